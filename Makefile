@@ -1,0 +1,52 @@
+# GlassBox Fleet. The README's two commands are `make demo` and `make test`; both set up
+# everything they need on a fresh Debian 12 machine and are safe to run again.
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+# One cargo target folder outside the clone, reused by every checkout and by CI.
+export CARGO_TARGET_DIR ?= $(HOME)/.cache/glassbox/target
+export CARGO_TERM_COLOR ?= never
+STACK_ENV := set -a; source .stack/env; set +a
+
+.PHONY: demo test stack down lint unit-and-integration deploy-checks bench clean-test-dbs
+
+## demo: start the stack and the fleet, ingest sample documents, search them
+demo: stack
+	cargo build --release --bins
+	$(STACK_ENV); scripts/demo.sh
+
+## test: formatting, lints and every test, against the real stack
+test: stack lint unit-and-integration deploy-checks
+
+## stack: PostgreSQL + pgvector, moto (SQS, S3) and the embedding model, installed and started
+stack:
+	scripts/stack.sh up
+
+## down: stop everything `make demo` and `make test` started
+down:
+	-scripts/demo.sh stop
+	scripts/stack.sh down
+
+lint:
+	cargo fmt --all --check
+	cargo clippy --workspace --all-targets --locked -- -D warnings
+
+unit-and-integration: clean-test-dbs
+	$(STACK_ENV); if cargo nextest --version >/dev/null 2>&1; then \
+		cargo nextest run --workspace --locked --no-fail-fast; \
+	else \
+		cargo test --workspace --locked --no-fail-fast; \
+	fi
+
+deploy-checks:
+	@if [ -x scripts/check-deploy.sh ]; then scripts/check-deploy.sh; fi
+
+## clean-test-dbs: drop the per-test databases earlier runs left behind
+clean-test-dbs:
+	@$(STACK_ENV); psql -qtA "$${GLASSBOX_DATABASE__URL%/*}/postgres" -c "select datname from pg_database where datname like 't\_%'" \
+		| while read -r name; do psql -q "$${GLASSBOX_DATABASE__URL%/*}/postgres" -c "drop database if exists $$name" >/dev/null; done
+
+## bench: ingestion benchmark (see bench/README.md)
+bench: stack
+	cargo build --release --bins --benches
+	$(STACK_ENV); bench/run.sh

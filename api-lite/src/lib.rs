@@ -1,0 +1,140 @@
+//! api-lite: the fleet's front door.
+//!
+//! # Layout
+//! - [`routes`]: the HTTP routes, one module per resource.
+//! - [`auth`]: bearer JWT verification and minting; the caller's org scopes every query.
+//! - [`error`]: [`error::ApiError`], the one error shape of the API.
+//! - [`extract`]: request extractors that reject in that shape.
+//! - [`state`]: what handlers can reach (pool, AWS clients, queues, embedders).
+//! - [`sweeper`]: re-enqueues accepted work that never started.
+//!
+//! [`run`] wires them together: migrations, queues, the outbox relay, the sweeper and
+//! the HTTP server, until the shutdown token fires.
+
+/// Bearer JWT auth.
+pub mod auth;
+/// The API's error type.
+pub mod error;
+/// Extractors with API-shaped rejections.
+pub mod extract;
+/// HTTP routes.
+pub mod routes;
+/// Shared handler state.
+pub mod state;
+/// Re-enqueues stalled work.
+pub mod sweeper;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::Router;
+use axum::http::{HeaderName, Request};
+use shared::aws::AwsClients;
+use shared::config::Settings;
+use shared::outbox::{self, OutboxRelay};
+use shared::queue::Queue;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::TraceLayer;
+
+use crate::auth::Keys;
+use crate::state::{AppState, Inner};
+
+const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Starts everything and serves `listener` until `shutdown` fires.
+pub async fn run(
+    listener: TcpListener,
+    settings: Settings,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let state = build_state(settings).await?;
+    let background = CancellationToken::new();
+    let relay = OutboxRelay::new(
+        state.pool.clone(),
+        queue_map(&state),
+        Duration::from_millis(state.settings.api.outbox_poll_ms),
+    );
+    let relay_task = tokio::spawn(relay.run(background.clone()));
+    let sweeper_task = tokio::spawn(sweeper::run(
+        state.pool.clone(),
+        Duration::from_secs(state.settings.api.sweeper_requeue_after_secs),
+        Duration::from_secs(state.settings.api.sweeper_interval_secs),
+        background.clone(),
+    ));
+    tracing::info!(address = %listener.local_addr()?, "api-lite listening");
+    axum::serve(listener, app(state))
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await
+        .context("http server failed")?;
+    background.cancel();
+    let _ = tokio::join!(relay_task, sweeper_task);
+    tracing::info!("api-lite stopped");
+    Ok(())
+}
+
+fn queue_map(state: &AppState) -> HashMap<String, Queue> {
+    HashMap::from([(outbox::FILE_JOBS.to_string(), state.file_queue.clone())])
+}
+
+pub async fn build_state(settings: Settings) -> anyhow::Result<AppState> {
+    let keys = Keys::new(settings.auth.secret()?);
+    let pool = shared::db::connect(&settings.database).await?;
+    shared::db::migrate(&pool).await?;
+    let aws = AwsClients::new(&settings.aws).await;
+    if settings.storage.create_bucket {
+        ensure_bucket(&aws, &settings.storage.bucket).await?;
+    }
+    let file_queue = if settings.queues.create {
+        Queue::ensure(
+            &aws.sqs,
+            &settings.queues.file_jobs,
+            settings.queues.max_receive_count,
+            settings.queues.visibility_timeout_secs,
+        )
+        .await?
+    } else {
+        Queue::open(&aws.sqs, &settings.queues.file_jobs).await?
+    };
+    let embedder = shared::embedders::from_settings(&settings.embedding)
+        .await
+        .context("loading the embedding model")?;
+    Ok(AppState::new(Inner {
+        pool,
+        aws,
+        settings,
+        file_queue,
+        keys,
+        embedders: vec![embedder],
+    }))
+}
+
+async fn ensure_bucket(aws: &AwsClients, bucket: &str) -> anyhow::Result<()> {
+    if aws.s3.head_bucket().bucket(bucket).send().await.is_ok() {
+        return Ok(());
+    }
+    aws.s3
+        .create_bucket()
+        .bucket(bucket)
+        .send()
+        .await
+        .with_context(|| format!("creating bucket {bucket}"))?;
+    Ok(())
+}
+
+/// The router with its layers: request ids (set, propagated and in every log line),
+/// tracing, and `/metrics`.
+pub fn app(state: AppState) -> Router {
+    let metrics = shared::metrics::handle();
+    routes::router()
+        .route("/metrics", axum::routing::get(move || std::future::ready(metrics.render())))
+        .with_state(state)
+        .layer(PropagateRequestIdLayer::new(REQUEST_ID))
+        .layer(TraceLayer::new_for_http().make_span_with(|request: &Request<_>| {
+            let request_id = request.headers().get(REQUEST_ID).and_then(|value| value.to_str().ok()).unwrap_or("-");
+            tracing::info_span!("request", method = %request.method(), path = %request.uri().path(), request_id, org_id = tracing::field::Empty)
+        }))
+        .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
+}

@@ -1,0 +1,95 @@
+//! `api-lite [serve]`, `api-lite migrate`, `api-lite token --org <id>`.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use shared::config::Settings;
+use uuid::Uuid;
+
+#[derive(Parser)]
+#[command(name = "api-lite", about = "The GlassBox Fleet API", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Apply migrations, start the outbox relay and serve HTTP (the default).
+    Serve,
+    /// Apply the database migrations and exit.
+    Migrate,
+    /// Print a bearer token for an org (development and ops).
+    Token {
+        #[arg(long)]
+        org: Uuid,
+        #[arg(long, default_value = "dev")]
+        subject: String,
+        /// Lifetime in seconds; GLASSBOX_AUTH__TOKEN_TTL_SECS when unset.
+        #[arg(long)]
+        ttl_secs: Option<u64>,
+    },
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let settings = match Settings::from_env() {
+        Ok(settings) => settings,
+        Err(error) => {
+            eprintln!("api-lite: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    shared::telemetry::init(
+        &settings.telemetry,
+        "info,sqlx=warn,aws=warn,tower_http=info",
+    );
+    let outcome = match cli.command.unwrap_or(Command::Serve) {
+        Command::Serve => serve(settings).await,
+        Command::Migrate => migrate(settings).await,
+        Command::Token {
+            org,
+            subject,
+            ttl_secs,
+        } => token(&settings, org, &subject, ttl_secs),
+    };
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("api-lite: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(settings: Settings) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(&settings.api.listen).await?;
+    api_lite::run(listener, settings, shared::shutdown::on_signal()).await
+}
+
+async fn migrate(settings: Settings) -> anyhow::Result<()> {
+    let pool = shared::db::connect(&settings.database).await?;
+    shared::db::migrate(&pool).await?;
+    tracing::info!("migrations applied");
+    Ok(())
+}
+
+fn token(
+    settings: &Settings,
+    org: Uuid,
+    subject: &str,
+    ttl_secs: Option<u64>,
+) -> anyhow::Result<()> {
+    let secret = settings.auth.secret()?;
+    println!(
+        "{}",
+        api_lite::auth::mint_token(
+            secret,
+            org,
+            subject,
+            ttl_secs.unwrap_or(settings.auth.token_ttl_secs)
+        )
+    );
+    Ok(())
+}

@@ -1,0 +1,375 @@
+//! Files: create (presigned upload), confirm (enqueue via the outbox), show, list,
+//! delete and reprocess. Every query is scoped by the caller's org.
+
+use std::time::Duration;
+
+use aws_sdk_s3::presigning::PresigningConfig;
+use axum::extract::State;
+use axum::http::StatusCode;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use shared::outbox;
+use shared::queue::{JobKind, JobMessage};
+use uuid::Uuid;
+
+use crate::auth::Caller;
+use crate::error::ApiError;
+use crate::extract::{ApiJson, ApiPath, ApiQuery};
+use crate::state::AppState;
+
+/// Every column a file view shows, in one place for all queries.
+const FILE_COLUMNS: &str = "id, name, content_type, size_bytes, status, stage, attempts, error_class, error_code, error_message, \
+     detected_type, pages, chunk_count, embedding_model, extractor_version, stage_durations_ms, \
+     created_at, updated_at, queued_at, started_at, finished_at";
+
+#[derive(Debug, Serialize, sqlx::FromRow)]
+pub struct FileView {
+    pub id: Uuid,
+    pub name: String,
+    pub content_type: String,
+    pub size_bytes: i64,
+    pub status: String,
+    pub stage: Option<String>,
+    pub attempts: i32,
+    pub error_class: Option<String>,
+    pub error_code: Option<String>,
+    pub error_message: Option<String>,
+    pub detected_type: Option<String>,
+    pub pages: Option<i32>,
+    pub chunk_count: Option<i32>,
+    pub embedding_model: Option<String>,
+    pub extractor_version: Option<i32>,
+    pub stage_durations_ms: Value,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub queued_at: Option<DateTime<Utc>>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+async fn load_file(state: &AppState, caller: &Caller, id: Uuid) -> Result<FileView, ApiError> {
+    let statement = format!("SELECT {FILE_COLUMNS} FROM files WHERE id = $1 AND org_id = $2");
+    sqlx::query_as(&statement)
+        .bind(id)
+        .bind(caller.org_id)
+        .fetch_optional(&state.pool)
+        .await?
+        .ok_or(ApiError::NotFound("file"))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateFile {
+    pub name: String,
+    pub content_type: String,
+    pub size: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct CreatedFile {
+    pub id: Uuid,
+    pub status: String,
+    pub upload: Upload,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Upload {
+    pub method: &'static str,
+    pub url: String,
+    /// Send these headers with the PUT; the signature covers them.
+    pub headers: serde_json::Map<String, Value>,
+    pub expires_at: DateTime<Utc>,
+}
+
+pub async fn create(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiJson(request): ApiJson<CreateFile>,
+) -> Result<(StatusCode, ApiJson<CreatedFile>), ApiError> {
+    let name = request.name.trim();
+    if name.is_empty() || name.chars().count() > 255 || name.chars().any(char::is_control) {
+        return Err(ApiError::invalid(
+            "name must be 1 to 255 characters without control characters",
+        ));
+    }
+    let content_type = request.content_type.trim().to_ascii_lowercase();
+    let base_type = content_type
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_string();
+    if !state
+        .settings
+        .api
+        .allowed_content_types
+        .iter()
+        .any(|allowed| allowed == &base_type)
+    {
+        return Err(ApiError::Invalid {
+            code: "unsupported_type",
+            message: format!(
+                "content type {base_type:?} is not accepted; accepted: {}",
+                state.settings.api.allowed_content_types.join(", ")
+            ),
+        });
+    }
+    if request.size > state.settings.api.max_file_bytes {
+        return Err(ApiError::TooLarge(format!(
+            "size {} bytes exceeds the limit of {} bytes",
+            request.size, state.settings.api.max_file_bytes
+        )));
+    }
+    let id = Uuid::now_v7();
+    let object_key = format!("orgs/{}/files/{id}", caller.org_id);
+    sqlx::query("INSERT INTO files (id, org_id, name, content_type, size_bytes, object_key) VALUES ($1, $2, $3, $4, $5, $6)")
+        .bind(id)
+        .bind(caller.org_id)
+        .bind(name)
+        .bind(&base_type)
+        .bind(request.size as i64)
+        .bind(&object_key)
+        .execute(&state.pool)
+        .await?;
+    let expiry = Duration::from_secs(state.settings.storage.presign_expiry_secs);
+    let presigning =
+        PresigningConfig::expires_in(expiry).map_err(|error| ApiError::Internal(error.into()))?;
+    let presigned = state
+        .aws
+        .s3
+        .put_object()
+        .bucket(&state.settings.storage.bucket)
+        .key(&object_key)
+        .content_type(&base_type)
+        .presigned(presigning)
+        .await
+        .map_err(|error| ApiError::Internal(anyhow::anyhow!("presign failed: {error}")))?;
+    let mut headers = serde_json::Map::new();
+    headers.insert("content-type".into(), Value::String(base_type));
+    let expires_at = Utc::now() + chrono::Duration::from_std(expiry).unwrap_or_default();
+    tracing::info!(file_id = %id, "file created, awaiting upload");
+    Ok((
+        StatusCode::CREATED,
+        ApiJson(CreatedFile {
+            id,
+            status: "awaiting_upload".into(),
+            upload: Upload {
+                method: "PUT",
+                url: presigned.uri().to_string(),
+                headers,
+                expires_at,
+            },
+        }),
+    ))
+}
+
+pub async fn confirm(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(id): ApiPath<Uuid>,
+) -> Result<(StatusCode, ApiJson<FileView>), ApiError> {
+    let file = load_file(&state, &caller, id).await?;
+    if file.status != "awaiting_upload" {
+        // Confirming twice is harmless: the file is already on its way.
+        return Ok((StatusCode::OK, ApiJson(file)));
+    }
+    let object_key = format!("orgs/{}/files/{id}", caller.org_id);
+    let head = state
+        .aws
+        .s3
+        .head_object()
+        .bucket(&state.settings.storage.bucket)
+        .key(&object_key)
+        .send()
+        .await;
+    let head = match head {
+        Ok(head) => head,
+        Err(error)
+            if error
+                .as_service_error()
+                .is_some_and(|service| service.is_not_found()) =>
+        {
+            return Err(ApiError::conflict(
+                "upload_missing",
+                "no object was uploaded for this file; PUT it to the upload URL first",
+            ));
+        }
+        Err(error) => return Err(ApiError::Unavailable(format!("s3 head_object: {error}"))),
+    };
+    let uploaded = head.content_length.unwrap_or(-1);
+    if uploaded != file.size_bytes {
+        return Err(ApiError::conflict(
+            "size_mismatch",
+            format!(
+                "the uploaded object has {uploaded} bytes, but the file was declared with {}",
+                file.size_bytes
+            ),
+        ));
+    }
+    let mut transaction = state.pool.begin().await?;
+    let updated = sqlx::query("UPDATE files SET status = 'queued', queued_at = now(), updated_at = now() WHERE id = $1 AND org_id = $2 AND status = 'awaiting_upload'")
+        .bind(id)
+        .bind(caller.org_id)
+        .execute(&mut *transaction)
+        .await?;
+    if updated.rows_affected() == 1 {
+        outbox::enqueue(
+            &mut transaction,
+            outbox::FILE_JOBS,
+            &JobMessage::new(JobKind::FileProcess, id, caller.org_id),
+        )
+        .await?;
+    }
+    transaction.commit().await?;
+    tracing::info!(file_id = %id, "file confirmed and enqueued");
+    Ok((
+        StatusCode::ACCEPTED,
+        ApiJson(load_file(&state, &caller, id).await?),
+    ))
+}
+
+pub async fn show(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(id): ApiPath<Uuid>,
+) -> Result<ApiJson<FileView>, ApiError> {
+    Ok(ApiJson(load_file(&state, &caller, id).await?))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    pub status: Option<String>,
+    pub limit: Option<i64>,
+    /// The `next_cursor` of the previous page.
+    pub cursor: Option<Uuid>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct FilePage {
+    pub files: Vec<FileView>,
+    pub next_cursor: Option<Uuid>,
+}
+
+const STATUSES: [&str; 7] = [
+    "awaiting_upload",
+    "queued",
+    "processing",
+    "retrying",
+    "ready",
+    "failed",
+    "dead_lettered",
+];
+
+pub async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiQuery(query): ApiQuery<ListQuery>,
+) -> Result<ApiJson<FilePage>, ApiError> {
+    let limit = query.limit.unwrap_or(50);
+    if !(1..=500).contains(&limit) {
+        return Err(ApiError::invalid("limit must be between 1 and 500"));
+    }
+    if let Some(status) = &query.status
+        && !STATUSES.contains(&status.as_str())
+    {
+        return Err(ApiError::invalid(format!(
+            "status must be one of {}",
+            STATUSES.join(", ")
+        )));
+    }
+    // Ids are UUIDv7, so id order is creation order: a stable keyset cursor.
+    let statement = format!(
+        "SELECT {FILE_COLUMNS} FROM files WHERE org_id = $1 AND ($2::text IS NULL OR status = $2) AND ($3::uuid IS NULL OR id < $3) \
+         ORDER BY id DESC LIMIT $4"
+    );
+    let mut files: Vec<FileView> = sqlx::query_as(&statement)
+        .bind(caller.org_id)
+        .bind(&query.status)
+        .bind(query.cursor)
+        .bind(limit + 1)
+        .fetch_all(&state.pool)
+        .await?;
+    let next_cursor = if files.len() as i64 > limit {
+        files.truncate(limit as usize);
+        files.last().map(|file| file.id)
+    } else {
+        None
+    };
+    Ok(ApiJson(FilePage { files, next_cursor }))
+}
+
+pub async fn delete(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(id): ApiPath<Uuid>,
+) -> Result<StatusCode, ApiError> {
+    let object_key: Option<String> =
+        sqlx::query_scalar("SELECT object_key FROM files WHERE id = $1 AND org_id = $2")
+            .bind(id)
+            .bind(caller.org_id)
+            .fetch_optional(&state.pool)
+            .await?;
+    let object_key = object_key.ok_or(ApiError::NotFound("file"))?;
+    // The object first: if that fails the row stays, and the caller can try again.
+    state
+        .aws
+        .s3
+        .delete_object()
+        .bucket(&state.settings.storage.bucket)
+        .key(&object_key)
+        .send()
+        .await
+        .map_err(|error| ApiError::Unavailable(format!("s3 delete_object: {error}")))?;
+    // Chunks go with the row (ON DELETE CASCADE); a worker still on it loses its fence.
+    sqlx::query("DELETE FROM files WHERE id = $1 AND org_id = $2")
+        .bind(id)
+        .bind(caller.org_id)
+        .execute(&state.pool)
+        .await?;
+    tracing::info!(file_id = %id, "file deleted");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+pub async fn reprocess(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(id): ApiPath<Uuid>,
+) -> Result<(StatusCode, ApiJson<FileView>), ApiError> {
+    let file = load_file(&state, &caller, id).await?;
+    if !matches!(file.status.as_str(), "ready" | "failed" | "dead_lettered") {
+        return Err(ApiError::conflict(
+            "not_reprocessable",
+            format!("a file in status {} cannot be reprocessed now", file.status),
+        ));
+    }
+    let mut transaction = state.pool.begin().await?;
+    let updated = sqlx::query(
+        "UPDATE files SET status = 'queued', queued_at = now(), updated_at = now(), attempts = 0, stage = NULL, \
+         error_class = NULL, error_code = NULL, error_message = NULL, lease_token = NULL, lease_expires_at = NULL, finished_at = NULL \
+         WHERE id = $1 AND org_id = $2 AND status IN ('ready', 'failed', 'dead_lettered')",
+    )
+    .bind(id)
+    .bind(caller.org_id)
+    .execute(&mut *transaction)
+    .await?;
+    if updated.rows_affected() == 0 {
+        return Err(ApiError::conflict(
+            "not_reprocessable",
+            "the file changed status; try again",
+        ));
+    }
+    outbox::enqueue(
+        &mut transaction,
+        outbox::FILE_JOBS,
+        &JobMessage::new(JobKind::FileProcess, id, caller.org_id),
+    )
+    .await?;
+    transaction.commit().await?;
+    tracing::info!(file_id = %id, "file reprocess enqueued");
+    Ok((
+        StatusCode::ACCEPTED,
+        ApiJson(load_file(&state, &caller, id).await?),
+    ))
+}

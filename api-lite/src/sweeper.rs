@@ -1,0 +1,58 @@
+//! Re-enqueues work that was accepted but never started: a file queued long ago whose
+//! message was lost, or one whose worker died and whose message is gone. Duplicates it
+//! may cause are harmless, because every handler is idempotent.
+
+use std::time::Duration;
+
+use shared::outbox;
+use shared::queue::{JobKind, JobMessage};
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+pub async fn run(
+    pool: PgPool,
+    requeue_after: Duration,
+    interval: Duration,
+    shutdown: CancellationToken,
+) {
+    loop {
+        match sweep_once(&pool, requeue_after).await {
+            Ok(0) => {}
+            Ok(requeued) => tracing::warn!(requeued, "sweeper re-enqueued stalled files"),
+            Err(error) => tracing::warn!(%error, "sweep failed"),
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(interval) => {}
+        }
+    }
+}
+
+/// One pass; returns how many files were re-enqueued.
+pub async fn sweep_once(pool: &PgPool, requeue_after: Duration) -> sqlx::Result<usize> {
+    let mut transaction = pool.begin().await?;
+    let stalled: Vec<(Uuid, Uuid)> = sqlx::query_as(
+        "SELECT id, org_id FROM files \
+         WHERE (status = 'queued' AND queued_at < now() - make_interval(secs => $1)) \
+            OR (status IN ('processing', 'retrying') AND lease_expires_at < now() - make_interval(secs => $1)) \
+         ORDER BY id LIMIT 100 FOR UPDATE SKIP LOCKED",
+    )
+    .bind(requeue_after.as_secs_f64())
+    .fetch_all(&mut *transaction)
+    .await?;
+    for (file_id, org_id) in &stalled {
+        sqlx::query("UPDATE files SET queued_at = now(), lease_expires_at = CASE WHEN lease_expires_at IS NULL THEN NULL ELSE now() END WHERE id = $1")
+            .bind(file_id)
+            .execute(&mut *transaction)
+            .await?;
+        outbox::enqueue(
+            &mut transaction,
+            outbox::FILE_JOBS,
+            &JobMessage::new(JobKind::FileProcess, *file_id, *org_id),
+        )
+        .await?;
+    }
+    transaction.commit().await?;
+    Ok(stalled.len())
+}

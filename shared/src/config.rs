@@ -1,0 +1,528 @@
+//! Typed, layered configuration read from the environment.
+//!
+//! Every variable starts with `GLASSBOX_`, and `__` separates nesting levels, so
+//! `GLASSBOX_DATABASE__URL` sets [`DatabaseSettings::url`]. All binaries read the same
+//! [`Settings`]: one fleet, one vocabulary. Unknown keys are rejected, so a typo such as
+//! `GLASSBOX_DATABSE__URL` fails at start instead of being silently ignored.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Serialized};
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize};
+
+/// Why the configuration cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read configuration: {0}")]
+    Read(#[from] Box<figment::Error>),
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+/// The whole fleet's settings; each binary validates the parts it uses.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Settings {
+    pub database: DatabaseSettings,
+    pub aws: AwsSettings,
+    pub storage: StorageSettings,
+    pub queues: QueueSettings,
+    pub retry: RetrySettings,
+    pub auth: AuthSettings,
+    pub api: ApiSettings,
+    pub embedding: EmbeddingSettings,
+    pub chunking: ChunkingSettings,
+    pub files_worker: FilesWorkerSettings,
+    pub llm: LlmSettings,
+    pub metrics: MetricsSettings,
+    pub telemetry: TelemetrySettings,
+}
+
+impl Settings {
+    /// Defaults, overridden by `GLASSBOX_*` environment variables.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_figment(
+            Figment::from(Serialized::defaults(Settings::default()))
+                .merge(Env::prefixed("GLASSBOX_").split("__")),
+        )
+    }
+
+    pub fn from_figment(figment: Figment) -> Result<Self, ConfigError> {
+        figment
+            .extract()
+            .map_err(|error| ConfigError::Read(Box::new(error)))
+    }
+}
+
+/// Where Postgres is: a full URL, or its parts (as Secrets Manager hands them to ECS).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatabaseSettings {
+    #[serde(serialize_with = "serialize_optional_secret")]
+    pub url: Option<SecretString>,
+    pub host: Option<String>,
+    pub port: Option<u16>,
+    pub user: Option<String>,
+    #[serde(serialize_with = "serialize_optional_secret")]
+    pub password: Option<SecretString>,
+    pub name: Option<String>,
+    pub max_connections: u32,
+    /// How long a request waits for a pooled connection before it fails as transient.
+    pub acquire_timeout_secs: u64,
+}
+
+impl Default for DatabaseSettings {
+    fn default() -> Self {
+        Self {
+            url: None,
+            host: None,
+            port: None,
+            user: None,
+            password: None,
+            name: None,
+            max_connections: 10,
+            acquire_timeout_secs: 10,
+        }
+    }
+}
+
+impl DatabaseSettings {
+    /// The connection URL, built from the parts when no URL is given.
+    pub fn connection_url(&self) -> Result<SecretString, ConfigError> {
+        if let Some(url) = &self.url {
+            return Ok(url.clone());
+        }
+        let (Some(host), Some(user)) = (&self.host, &self.user) else {
+            return Err(ConfigError::Invalid(
+                "set GLASSBOX_DATABASE__URL, or GLASSBOX_DATABASE__HOST and GLASSBOX_DATABASE__USER (with __PASSWORD, __PORT, __NAME)".into(),
+            ));
+        };
+        let password = self
+            .password
+            .as_ref()
+            .map(|secret| encode_url_part(secret.expose_secret()))
+            .unwrap_or_default();
+        let credentials = if password.is_empty() {
+            encode_url_part(user)
+        } else {
+            format!("{}:{password}", encode_url_part(user))
+        };
+        let port = self.port.unwrap_or(5432);
+        let name = self.name.as_deref().unwrap_or("glassbox");
+        Ok(SecretString::from(format!(
+            "postgres://{credentials}@{host}:{port}/{name}"
+        )))
+    }
+}
+
+fn encode_url_part(raw: &str) -> String {
+    raw.bytes()
+        .map(|byte| match byte {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (byte as char).to_string()
+            }
+            other => format!("%{other:02X}"),
+        })
+        .collect()
+}
+
+/// How to reach AWS; `endpoint_url` points the SDKs at moto (or LocalStack) instead.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AwsSettings {
+    pub region: String,
+    pub endpoint_url: Option<String>,
+}
+
+impl Default for AwsSettings {
+    fn default() -> Self {
+        Self {
+            region: "us-east-1".into(),
+            endpoint_url: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageSettings {
+    pub bucket: String,
+    /// Presigned upload URLs stay valid this long.
+    pub presign_expiry_secs: u64,
+    /// Create the bucket at start when it is missing (local stacks only; CDK owns it on AWS).
+    pub create_bucket: bool,
+}
+
+impl Default for StorageSettings {
+    fn default() -> Self {
+        Self {
+            bucket: "glassbox-files".into(),
+            presign_expiry_secs: 900,
+            create_bucket: false,
+        }
+    }
+}
+
+/// Queue names or URLs. A name is resolved with GetQueueUrl.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QueueSettings {
+    pub file_jobs: String,
+    pub agent_jobs: String,
+    /// Create the queues and their DLQs at start when missing (local stacks only).
+    pub create: bool,
+    /// Used only when `create` is set; on AWS the queue's RedrivePolicy is read instead.
+    pub max_receive_count: u32,
+    /// SQS visibility timeout for new queues and for each heartbeat extension.
+    pub visibility_timeout_secs: u32,
+}
+
+impl Default for QueueSettings {
+    fn default() -> Self {
+        Self {
+            file_jobs: "glassbox-file-jobs".into(),
+            agent_jobs: "glassbox-agent-jobs".into(),
+            create: false,
+            max_receive_count: 5,
+            visibility_timeout_secs: 120,
+        }
+    }
+}
+
+/// The backoff schedule for transient failures, designed together with the queues'
+/// `maxReceiveCount`: with the defaults a job waits about 10, 20, 40 and 80 s (with
+/// full jitter) before its fifth and last attempt.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetrySettings {
+    pub base_delay_secs: f64,
+    pub max_delay_secs: f64,
+}
+
+impl Default for RetrySettings {
+    fn default() -> Self {
+        Self {
+            base_delay_secs: 10.0,
+            max_delay_secs: 300.0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthSettings {
+    /// HS256 secret for bearer tokens.
+    #[serde(serialize_with = "serialize_optional_secret")]
+    pub jwt_secret: Option<SecretString>,
+    /// Lifetime of tokens minted by `api-lite token`.
+    pub token_ttl_secs: u64,
+}
+
+impl Default for AuthSettings {
+    fn default() -> Self {
+        Self {
+            jwt_secret: None,
+            token_ttl_secs: 24 * 3600,
+        }
+    }
+}
+
+impl AuthSettings {
+    pub fn secret(&self) -> Result<&SecretString, ConfigError> {
+        match &self.jwt_secret {
+            Some(secret) if secret.expose_secret().len() >= 16 => Ok(secret),
+            Some(_) => Err(ConfigError::Invalid(
+                "GLASSBOX_AUTH__JWT_SECRET must be at least 16 characters".into(),
+            )),
+            None => Err(ConfigError::Invalid(
+                "GLASSBOX_AUTH__JWT_SECRET is not set".into(),
+            )),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiSettings {
+    pub listen: String,
+    /// Largest upload accepted by `POST /v1/files`.
+    pub max_file_bytes: u64,
+    pub allowed_content_types: Vec<String>,
+    /// How often the outbox relay polls when nothing wakes it.
+    pub outbox_poll_ms: u64,
+    /// Files queued for longer than this without a worker starting them are re-enqueued.
+    pub sweeper_requeue_after_secs: u64,
+    pub sweeper_interval_secs: u64,
+}
+
+impl Default for ApiSettings {
+    fn default() -> Self {
+        Self {
+            listen: "0.0.0.0:8080".into(),
+            max_file_bytes: 100 * 1024 * 1024,
+            allowed_content_types: [
+                "application/pdf",
+                "application/vnd.openxmlformats-officedocument.wordprocessingml.document",
+                "text/plain",
+                "text/markdown",
+                "text/html",
+                "application/octet-stream",
+            ]
+            .into_iter()
+            .map(String::from)
+            .collect(),
+            outbox_poll_ms: 500,
+            sweeper_requeue_after_secs: 600,
+            sweeper_interval_secs: 60,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EmbeddingProvider {
+    /// all-MiniLM-L6-v2 on the CPU with candle; needs no key.
+    Local,
+    /// Any OpenAI-compatible `/embeddings` endpoint.
+    Openai,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EmbeddingSettings {
+    pub provider: EmbeddingProvider,
+    /// Folder with model.safetensors, config.json and tokenizer.json (local provider,
+    /// and the tokenizer used for chunking with any provider).
+    pub model_dir: PathBuf,
+    pub batch_size: usize,
+    pub base_url: String,
+    pub model: String,
+    pub dimensions: Option<usize>,
+    #[serde(serialize_with = "serialize_optional_secret")]
+    pub api_key: Option<SecretString>,
+    pub max_inputs_per_request: usize,
+    pub max_tokens_per_request: usize,
+    pub max_retries: usize,
+    pub request_timeout_secs: u64,
+}
+
+impl Default for EmbeddingSettings {
+    fn default() -> Self {
+        Self {
+            provider: EmbeddingProvider::Local,
+            model_dir: PathBuf::from(".stack/models/all-MiniLM-L6-v2"),
+            batch_size: 32,
+            base_url: "https://api.openai.com/v1".into(),
+            model: "text-embedding-3-small".into(),
+            dimensions: None,
+            api_key: None,
+            max_inputs_per_request: 256,
+            max_tokens_per_request: 100_000,
+            max_retries: 5,
+            request_timeout_secs: 60,
+        }
+    }
+}
+
+/// Token-aware chunking with the embedding model's tokenizer.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ChunkingSettings {
+    /// Most tokens per chunk; all-MiniLM-L6-v2 reads at most 256.
+    pub max_tokens: usize,
+    pub overlap_tokens: usize,
+}
+
+impl Default for ChunkingSettings {
+    fn default() -> Self {
+        Self {
+            max_tokens: 200,
+            overlap_tokens: 20,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FilesWorkerSettings {
+    /// Files processed at once by one worker.
+    pub concurrency: usize,
+    /// Largest file the worker downloads; bigger ones fail as `too_large`.
+    pub max_file_bytes: u64,
+    /// The lease on a file lasts this long and is renewed at half of it.
+    pub lease_secs: u64,
+    /// On SIGTERM, in-flight files get this long to finish before they are released.
+    pub shutdown_deadline_secs: u64,
+    /// Long-poll wait of each ReceiveMessage call.
+    pub receive_wait_secs: u32,
+    /// Where downloads are spooled; the system temp folder when unset.
+    pub spool_dir: Option<PathBuf>,
+    /// The program run for sandboxed extraction; the worker binary itself when unset.
+    pub extractor_program: Option<PathBuf>,
+    pub extract_timeout_secs: u64,
+    pub extract_memory_mb: u64,
+    pub extract_max_pages: u32,
+    /// Test hook: the worker stops dead at this named point (see `failpoint`).
+    pub failpoint: Option<String>,
+}
+
+impl Default for FilesWorkerSettings {
+    fn default() -> Self {
+        Self {
+            concurrency: 4,
+            max_file_bytes: 100 * 1024 * 1024,
+            lease_secs: 120,
+            shutdown_deadline_secs: 100,
+            receive_wait_secs: 20,
+            spool_dir: None,
+            extractor_program: None,
+            extract_timeout_secs: 120,
+            extract_memory_mb: 2048,
+            extract_max_pages: 5000,
+            failpoint: None,
+        }
+    }
+}
+
+impl FilesWorkerSettings {
+    pub fn lease(&self) -> Duration {
+        Duration::from_secs(self.lease_secs)
+    }
+}
+
+/// The OpenAI-compatible chat endpoint agents run on.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LlmSettings {
+    pub base_url: Option<String>,
+    #[serde(serialize_with = "serialize_optional_secret")]
+    pub api_key: Option<SecretString>,
+    pub model: String,
+}
+
+impl Default for LlmSettings {
+    fn default() -> Self {
+        Self {
+            base_url: None,
+            api_key: None,
+            model: "gpt-4o-mini".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsSettings {
+    /// Where workers serve `/metrics` and `/health`; api-lite serves them on its own port.
+    pub listen: String,
+}
+
+impl Default for MetricsSettings {
+    fn default() -> Self {
+        Self {
+            listen: "0.0.0.0:9100".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Pretty,
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct TelemetrySettings {
+    pub format: LogFormat,
+}
+
+fn serialize_optional_secret<S: serde::Serializer>(
+    value: &Option<SecretString>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    // Secrets only ever serialise as a marker, so a dump of the settings never leaks them.
+    match value {
+        Some(_) => serializer.serialize_some("[redacted]"),
+        None => serializer.serialize_none(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Reads the settings from exactly these environment variables, in a jail.
+    #[allow(clippy::result_large_err)] // figment's own Jail signature
+    fn with_env(pairs: &[(&str, &str)]) -> Result<Settings, String> {
+        let mut outcome = Err(String::new());
+        figment::Jail::expect_with(|jail| {
+            jail.clear_env();
+            for (key, value) in pairs {
+                jail.set_env(key, value);
+            }
+            outcome = Settings::from_env().map_err(|error| error.to_string());
+            Ok(())
+        });
+        outcome
+    }
+
+    #[test]
+    fn nested_values_override_defaults() {
+        let settings = with_env(&[
+            ("GLASSBOX_FILES_WORKER__CONCURRENCY", "7"),
+            ("GLASSBOX_AWS__ENDPOINT_URL", "http://127.0.0.1:1"),
+        ])
+        .unwrap();
+        assert_eq!(settings.files_worker.concurrency, 7);
+        assert_eq!(
+            settings.aws.endpoint_url.as_deref(),
+            Some("http://127.0.0.1:1")
+        );
+        assert_eq!(settings.queues.max_receive_count, 5);
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected() {
+        let error = with_env(&[("GLASSBOX_DATABSE__URL", "x")]).unwrap_err();
+        assert!(error.contains("databse"), "{error}");
+    }
+
+    #[test]
+    fn database_url_is_built_from_parts_with_escaping() {
+        let settings = with_env(&[
+            ("GLASSBOX_DATABASE__HOST", "db"),
+            ("GLASSBOX_DATABASE__USER", "app"),
+            ("GLASSBOX_DATABASE__PASSWORD", "p@ss/w"),
+        ])
+        .unwrap();
+        let url = settings.database.connection_url().unwrap();
+        assert_eq!(
+            url.expose_secret(),
+            "postgres://app:p%40ss%2Fw@db:5432/glassbox"
+        );
+    }
+
+    #[test]
+    fn secrets_never_serialise() {
+        let settings =
+            with_env(&[("GLASSBOX_AUTH__JWT_SECRET", "super-secret-value-123")]).unwrap();
+        let dumped = serde_json::to_string(&settings).unwrap();
+        assert!(!dumped.contains("super-secret"), "{dumped}");
+        assert!(
+            format!("{settings:?}").contains("jwt_secret")
+                && !format!("{settings:?}").contains("super-secret")
+        );
+    }
+
+    #[test]
+    fn short_jwt_secret_is_refused() {
+        let settings = with_env(&[("GLASSBOX_AUTH__JWT_SECRET", "short")]).unwrap();
+        assert!(settings.auth.secret().is_err());
+    }
+}

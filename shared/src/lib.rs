@@ -1,0 +1,43 @@
+//! What every GlassBox binary shares.
+//!
+//! # Layout
+//! - [`config`]: typed settings from `GLASSBOX_*` environment variables.
+//! - [`telemetry`]: logging setup, in one place.
+//! - [`metrics`]: the Prometheus recorder, `/metrics`, and the shared metric names.
+//! - [`db`]: the Postgres pool and the embedded migrations.
+//! - [`aws`]: SQS and S3 clients (real AWS or moto, by endpoint).
+//! - [`queue`]: the job message envelope and SQS operations, DLQ included.
+//! - [`outbox`]: enqueue in the caller's transaction; the relay that sends to SQS.
+//! - [`embed`]: the [`embed::Embedder`] trait, local candle MiniLM and OpenAI-compatible.
+//! - [`embedders`]: builds the configured embedder, the chunking tokenizer, model indexes.
+//! - [`error`]: [`error::JobError`], the retry decision handlers return.
+//! - [`worker`]: the one worker loop: receive, claim, run, ack; heartbeats; shutdown.
+//! - [`lease`]: fenced leases on job rows.
+//! - [`shutdown`]: SIGTERM and Ctrl-C as a cancellation token.
+
+/// SQS and S3 clients.
+pub mod aws;
+/// Typed settings from the environment.
+pub mod config;
+/// Postgres pool and migrations.
+pub mod db;
+/// Embedders: local all-MiniLM-L6-v2 (candle) and OpenAI-compatible endpoints.
+pub mod embed;
+/// Builds the configured embedder and its index.
+pub mod embedders;
+/// The retry decision of a failed job.
+pub mod error;
+/// Fenced leases on job rows.
+pub mod lease;
+/// Prometheus metrics.
+pub mod metrics;
+/// Transactional outbox and its relay.
+pub mod outbox;
+/// Job messages and SQS queues.
+pub mod queue;
+/// Signal handling.
+pub mod shutdown;
+/// Logging setup.
+pub mod telemetry;
+/// The shared worker loop.
+pub mod worker;

@@ -1,0 +1,174 @@
+//! The transactional outbox: a job row and its message commit together, and a relay
+//! sends committed messages to SQS, so a committed job always gets enqueued.
+//!
+//! Several relays (one per api-lite replica) share the table with
+//! `FOR UPDATE SKIP LOCKED`. A crash between send and delete re-sends a message, which
+//! is fine: every handler is idempotent.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use sqlx::postgres::PgListener;
+use sqlx::{PgConnection, PgPool};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+use crate::metrics as names;
+use crate::queue::{JobMessage, Queue};
+
+/// The NOTIFY channel that wakes relays when a message is enqueued.
+const CHANNEL: &str = "glassbox_outbox";
+const BATCH: i64 = 10;
+
+/// Queues are named logically in the outbox, so a row never holds an account-specific URL.
+pub const FILE_JOBS: &str = "file-jobs";
+pub const AGENT_JOBS: &str = "agent-jobs";
+
+/// Adds a message to the outbox inside the caller's transaction.
+pub async fn enqueue(
+    connection: &mut PgConnection,
+    queue: &str,
+    message: &JobMessage,
+) -> sqlx::Result<()> {
+    sqlx::query("INSERT INTO outbox (queue, body) VALUES ($1, $2)")
+        .bind(queue)
+        .bind(message.to_body())
+        .execute(&mut *connection)
+        .await?;
+    sqlx::query("SELECT pg_notify($1, '')")
+        .bind(CHANNEL)
+        .execute(&mut *connection)
+        .await?;
+    Ok(())
+}
+
+pub struct OutboxRelay {
+    pool: PgPool,
+    queues: HashMap<String, Queue>,
+    poll: Duration,
+}
+
+impl OutboxRelay {
+    pub fn new(pool: PgPool, queues: HashMap<String, Queue>, poll: Duration) -> Self {
+        Self { pool, queues, poll }
+    }
+
+    /// Relays until `shutdown`, woken by NOTIFY and by a poll as a fallback.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let mut listener = match PgListener::connect_with(&self.pool).await {
+            Ok(mut listener) => match listener.listen(CHANNEL).await {
+                Ok(()) => Some(listener),
+                Err(error) => {
+                    warn!(%error, "outbox listen failed; polling only");
+                    None
+                }
+            },
+            Err(error) => {
+                warn!(%error, "outbox listener failed to connect; polling only");
+                None
+            }
+        };
+        while !shutdown.is_cancelled() {
+            match self.relay_pending().await {
+                Ok(relayed) if relayed > 0 => debug!(relayed, "outbox relayed"),
+                Ok(_) => {}
+                Err(error) => warn!(%error, "outbox relay failed; retrying"),
+            }
+            let wake = async {
+                match listener.as_mut() {
+                    Some(listener) => {
+                        let _ = tokio::time::timeout(self.poll, listener.recv()).await;
+                    }
+                    None => tokio::time::sleep(self.poll).await,
+                }
+            };
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                () = wake => {}
+            }
+        }
+    }
+
+    /// Relays everything that is due; returns how many messages went out.
+    pub async fn relay_pending(&self) -> sqlx::Result<usize> {
+        let mut total = 0;
+        loop {
+            let (sent, fetched) = self.relay_batch().await?;
+            total += sent;
+            if fetched < BATCH as usize {
+                return Ok(total);
+            }
+        }
+    }
+
+    async fn relay_batch(&self) -> sqlx::Result<(usize, usize)> {
+        let mut transaction = self.pool.begin().await?;
+        let rows: Vec<(i64, String, String)> = sqlx::query_as(
+            "SELECT id, queue, body FROM outbox WHERE available_at <= now() ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
+        )
+        .bind(BATCH)
+        .fetch_all(&mut *transaction)
+        .await?;
+        let fetched = rows.len();
+        let mut by_queue: HashMap<&str, Vec<(String, String)>> = HashMap::new();
+        for (id, queue, body) in &rows {
+            by_queue
+                .entry(queue.as_str())
+                .or_default()
+                .push((id.to_string(), body.clone()));
+        }
+        let mut sent_ids: Vec<i64> = Vec::new();
+        let mut failures: Vec<(i64, String)> = Vec::new();
+        for (queue_name, entries) in by_queue {
+            let Some(queue) = self.queues.get(queue_name) else {
+                failures.extend(entries.iter().map(|(id, _)| {
+                    (
+                        id.parse().unwrap_or_default(),
+                        format!("no queue configured for {queue_name}"),
+                    )
+                }));
+                continue;
+            };
+            match queue.send_batch(&entries).await {
+                Ok(accepted) => {
+                    for (id, _) in &entries {
+                        let id_number: i64 = id.parse().unwrap_or_default();
+                        if accepted.contains(id) {
+                            sent_ids.push(id_number);
+                        } else {
+                            failures.push((id_number, "rejected by SendMessageBatch".into()));
+                        }
+                    }
+                }
+                Err(error) => failures.extend(
+                    entries
+                        .iter()
+                        .map(|(id, _)| (id.parse().unwrap_or_default(), error.to_string())),
+                ),
+            }
+        }
+        sqlx::query("DELETE FROM outbox WHERE id = ANY($1)")
+            .bind(&sent_ids)
+            .execute(&mut *transaction)
+            .await?;
+        for (id, error) in &failures {
+            // Back off per row: 1, 2, 4 ... 60 s.
+            sqlx::query(
+                "UPDATE outbox SET attempts = attempts + 1, last_error = $2, \
+                 available_at = now() + least(interval '60 seconds', interval '1 second' * power(2, attempts)) WHERE id = $1",
+            )
+            .bind(id)
+            .bind(error)
+            .execute(&mut *transaction)
+            .await?;
+        }
+        transaction.commit().await?;
+        if !sent_ids.is_empty() {
+            metrics::counter!(names::OUTBOX_RELAYED).increment(sent_ids.len() as u64);
+        }
+        if !failures.is_empty() {
+            warn!(failed = failures.len(), first_error = %failures[0].1, "outbox messages not sent; will retry");
+        }
+        Ok((sent_ids.len(), fetched))
+    }
+}

@@ -1,0 +1,407 @@
+//! The one worker loop every job kind shares: `receive → claim → run → ack`.
+//!
+//! The loop knows nothing about files or agents. A [`JobHandler`] claims a job (a fenced
+//! lease in Postgres), runs it and reports a [`JobError`] when it fails; the loop alone
+//! turns that into delete, change-visibility (backoff) or dead-letter, heartbeats long
+//! jobs, and shuts down in three phases on SIGTERM: stop receiving, let in-flight jobs
+//! finish until a deadline, then cancel and release the rest (visibility 0).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use rand::Rng;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{Instrument, info, info_span, warn};
+use uuid::Uuid;
+
+use crate::config::RetrySettings;
+use crate::error::JobError;
+use crate::metrics as names;
+use crate::queue::{Delivery, JobKind, JobMessage, Queue};
+
+/// What claiming a job found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Claim {
+    /// This worker now owns the job under `lease` (fenced: writes check it).
+    Acquired { lease: Uuid, attempt: u32 },
+    /// Another worker holds a live lease; look again after `retry_after`.
+    Busy { retry_after: Duration },
+    /// Nothing left to do (already done, failed for good, deleted or unknown).
+    Finished,
+}
+
+/// How a failed attempt ends, as recorded on the job's row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Disposition {
+    /// A permanent error: the job is failed and its message deleted.
+    Failed,
+    /// A transient error: the message comes back after `delay`.
+    Retrying { delay: Duration },
+    /// A transient error on the last allowed receive: SQS moves the message to the DLQ.
+    DeadLettered,
+}
+
+#[async_trait]
+pub trait JobHandler: Send + Sync + 'static {
+    fn kind(&self) -> JobKind;
+    async fn claim(&self, job: &JobMessage) -> Result<Claim, JobError>;
+    /// Does the work. `cancel` fires when the lease is lost or the shutdown deadline
+    /// passes; the handler should then stop at its next safe point.
+    async fn run(
+        &self,
+        job: &JobMessage,
+        lease: Uuid,
+        attempt: u32,
+        cancel: CancellationToken,
+    ) -> Result<(), JobError>;
+    /// Extends the lease; `Ok(false)` means another worker took it over.
+    async fn renew(&self, job: &JobMessage, lease: Uuid) -> Result<bool, JobError>;
+    /// Records a failed attempt on the job's row (fenced by the lease).
+    async fn record_failure(
+        &self,
+        job: &JobMessage,
+        lease: Uuid,
+        error: &JobError,
+        disposition: Disposition,
+    ) -> Result<(), JobError>;
+    /// Gives the job back unfinished so another worker can take it at once.
+    async fn release(&self, job: &JobMessage, lease: Uuid) -> Result<(), JobError>;
+}
+
+#[derive(Debug, Clone)]
+pub struct WorkerOptions {
+    pub concurrency: usize,
+    pub receive_wait: Duration,
+    /// The lease length; heartbeats run at half of it (or of the visibility timeout).
+    pub lease: Duration,
+    pub shutdown_deadline: Duration,
+    pub retry: RetrySettings,
+}
+
+/// The delay before attempt `receive_count + 1`: exponential from the base, capped, with
+/// "equal jitter" (half fixed, half random) so retries spread out but never collapse to 0.
+pub fn backoff_delay(retry: &RetrySettings, receive_count: u32) -> Duration {
+    let exponent = receive_count.saturating_sub(1).min(30);
+    let ceiling = (retry.base_delay_secs * 2f64.powi(exponent as i32))
+        .min(retry.max_delay_secs)
+        .max(0.0);
+    let half = ceiling / 2.0;
+    let jitter = if half > 0.0 {
+        rand::thread_rng().gen_range(0.0..=half)
+    } else {
+        0.0
+    };
+    Duration::from_secs_f64(half + jitter)
+}
+
+/// Runs the loop until `shutdown` fires, then drains as described in the module docs.
+pub async fn run_worker<H: JobHandler>(
+    queue: Queue,
+    handler: Arc<H>,
+    options: WorkerOptions,
+    shutdown: CancellationToken,
+) {
+    let permits = Arc::new(Semaphore::new(options.concurrency.max(1)));
+    let tracker = TaskTracker::new();
+    // Fires when the shutdown deadline passes: in-flight jobs are then cancelled and released.
+    let hard_stop = CancellationToken::new();
+    let queue = Arc::new(queue);
+    let options = Arc::new(options);
+    info!(queue = %queue.name, concurrency = options.concurrency, max_receive_count = queue.max_receive_count, "worker started");
+
+    while !shutdown.is_cancelled() {
+        // Receive only as many messages as there are free slots, so none waits unleased.
+        let first_permit = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            permit = permits.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
+        };
+        let free_slots = 1 + permits.available_permits();
+        let received = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            received = queue.receive(free_slots.min(10) as i32, options.receive_wait) => received,
+        };
+        let deliveries = match received {
+            Ok(deliveries) => deliveries,
+            Err(error) => {
+                warn!(%error, "receive failed; retrying in 1s");
+                drop(first_permit);
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                }
+            }
+        };
+        let mut first_permit = Some(first_permit);
+        for delivery in deliveries {
+            let permit = match first_permit.take() {
+                Some(permit) => permit,
+                None => permits
+                    .clone()
+                    .acquire_owned()
+                    .await
+                    .expect("the semaphore is never closed"),
+            };
+            let queue = queue.clone();
+            let handler = handler.clone();
+            let options = options.clone();
+            let hard_stop = hard_stop.clone();
+            tracker.spawn(async move {
+                handle_delivery(&queue, handler.as_ref(), &options, delivery, hard_stop).await;
+                drop(permit);
+            });
+        }
+    }
+
+    tracker.close();
+    info!(
+        in_flight = tracker.len(),
+        deadline_secs = options.shutdown_deadline.as_secs(),
+        "shutting down: no longer receiving"
+    );
+    if tokio::time::timeout(options.shutdown_deadline, tracker.wait())
+        .await
+        .is_err()
+    {
+        warn!(
+            in_flight = tracker.len(),
+            "shutdown deadline passed: releasing unfinished jobs"
+        );
+        hard_stop.cancel();
+        tracker.wait().await;
+    }
+    info!("worker stopped");
+}
+
+async fn handle_delivery<H: JobHandler>(
+    queue: &Queue,
+    handler: &H,
+    options: &WorkerOptions,
+    delivery: Delivery,
+    hard_stop: CancellationToken,
+) {
+    let job = match JobMessage::parse(&delivery.body) {
+        Ok(job) if job.kind == handler.kind() => job,
+        Ok(job) => {
+            return dead_letter_poison(
+                queue,
+                &delivery,
+                &format!(
+                    "job kind {} does not belong on {}",
+                    job.kind.as_str(),
+                    queue.name
+                ),
+            )
+            .await;
+        }
+        Err(reason) => return dead_letter_poison(queue, &delivery, &reason).await,
+    };
+    let span = info_span!("job", kind = job.kind.as_str(), job_id = %job.job_id, org_id = %job.org_id, receive_count = delivery.receive_count);
+    process_job(queue, handler, options, &delivery, &job, hard_stop)
+        .instrument(span)
+        .await;
+}
+
+async fn dead_letter_poison(queue: &Queue, delivery: &Delivery, reason: &str) {
+    warn!(message_id = %delivery.message_id, reason, "poison message: moving it to the dlq");
+    metrics::counter!(names::POISON_MESSAGES, "queue" => queue.name.clone()).increment(1);
+    if let Err(error) = queue.dead_letter(delivery, reason).await {
+        warn!(%error, "could not move the poison message; sqs will dead-letter it after maxReceiveCount");
+    }
+}
+
+async fn process_job<H: JobHandler>(
+    queue: &Queue,
+    handler: &H,
+    options: &WorkerOptions,
+    delivery: &Delivery,
+    job: &JobMessage,
+    hard_stop: CancellationToken,
+) {
+    let kind = job.kind.as_str();
+    if let (Some(sent_at), Ok(now)) = (
+        delivery.sent_at_epoch_ms,
+        SystemTime::now().duration_since(UNIX_EPOCH),
+    ) {
+        let waited = now.as_millis().saturating_sub(u128::from(sent_at)) as f64 / 1000.0;
+        metrics::histogram!(names::QUEUE_WAIT_SECONDS, "kind" => kind).record(waited);
+    }
+    let (lease, attempt) = match handler.claim(job).await {
+        Ok(Claim::Acquired { lease, attempt }) => (lease, attempt),
+        Ok(Claim::Finished) => {
+            info!("job already finished; acknowledging the message");
+            ack(queue, delivery).await;
+            return;
+        }
+        Ok(Claim::Busy { retry_after }) => {
+            info!(
+                retry_after_secs = retry_after.as_secs(),
+                "another worker holds the lease; backing off"
+            );
+            set_visibility(queue, delivery, retry_after).await;
+            return;
+        }
+        Err(error) => {
+            let delay = backoff_delay(&options.retry, delivery.receive_count);
+            warn!(%error, delay_secs = delay.as_secs(), "claim failed; retrying later");
+            set_visibility(queue, delivery, delay).await;
+            return;
+        }
+    };
+    metrics::counter!(names::JOBS_STARTED, "kind" => kind).increment(1);
+    info!(attempt, "job claimed");
+
+    let job_cancel = hard_stop.child_token();
+    let lease_lost = AtomicBool::new(false);
+    let result = {
+        let run = handler.run(job, lease, attempt, job_cancel.clone());
+        let beat = heartbeat(
+            queue,
+            delivery,
+            handler,
+            job,
+            lease,
+            options.lease,
+            &job_cancel,
+            &lease_lost,
+        );
+        tokio::pin!(run, beat);
+        tokio::select! {
+            result = &mut run => result,
+            // The lease was lost and the job cancelled: wait for it to stop.
+            () = &mut beat => run.await,
+        }
+    };
+
+    if lease_lost.load(Ordering::SeqCst) || matches!(result, Err(JobError::LeaseLost { .. })) {
+        warn!("lease lost to another worker; leaving the message to it");
+        metrics::counter!(names::JOBS_FINISHED, "kind" => kind, "outcome" => "lease_lost", "error_class" => "").increment(1);
+        return;
+    }
+    if hard_stop.is_cancelled() && result.is_err() {
+        info!("shutdown deadline: releasing the job for another worker");
+        if let Err(error) = handler.release(job, lease).await {
+            warn!(%error, "could not release the lease; it will expire");
+        }
+        set_visibility(queue, delivery, Duration::ZERO).await;
+        metrics::counter!(names::JOBS_FINISHED, "kind" => kind, "outcome" => "released", "error_class" => "").increment(1);
+        return;
+    }
+    match result {
+        Ok(()) => {
+            info!("job succeeded");
+            metrics::counter!(names::JOBS_FINISHED, "kind" => kind, "outcome" => "succeeded", "error_class" => "").increment(1);
+            ack(queue, delivery).await;
+        }
+        Err(error) => {
+            let disposition = match &error {
+                JobError::Permanent { .. } | JobError::LeaseLost { .. } => Disposition::Failed,
+                JobError::Transient { .. } if delivery.receive_count >= queue.max_receive_count => {
+                    Disposition::DeadLettered
+                }
+                JobError::Transient { retry_after, .. } => Disposition::Retrying {
+                    delay: retry_after
+                        .unwrap_or_else(|| backoff_delay(&options.retry, delivery.receive_count)),
+                },
+            };
+            let outcome = match disposition {
+                Disposition::Failed => "failed",
+                Disposition::Retrying { .. } => "retried",
+                Disposition::DeadLettered => "dead_lettered",
+            };
+            warn!(
+                error_class = error.class(),
+                error_code = error.code(),
+                error = error.message(),
+                outcome,
+                "job failed"
+            );
+            metrics::counter!(names::JOBS_FINISHED, "kind" => kind, "outcome" => outcome, "error_class" => error.code().to_string()).increment(1);
+            if let Err(record_error) = handler
+                .record_failure(job, lease, &error, disposition)
+                .await
+            {
+                warn!(error = %record_error, "could not record the failure on the row");
+            }
+            match disposition {
+                Disposition::Failed => ack(queue, delivery).await,
+                Disposition::Retrying { delay } => set_visibility(queue, delivery, delay).await,
+                // Visible again at once: the next receive exceeds maxReceiveCount, so SQS
+                // moves the message to the DLQ instead of delivering it.
+                Disposition::DeadLettered => set_visibility(queue, delivery, Duration::ZERO).await,
+            }
+        }
+    }
+}
+
+/// Extends the job's lease and the message's visibility at half the lease length. Returns
+/// only when the lease turns out to be lost, after cancelling the job.
+#[allow(clippy::too_many_arguments)]
+async fn heartbeat<H: JobHandler>(
+    queue: &Queue,
+    delivery: &Delivery,
+    handler: &H,
+    job: &JobMessage,
+    lease: Uuid,
+    lease_length: Duration,
+    job_cancel: &CancellationToken,
+    lease_lost: &AtomicBool,
+) {
+    let period = (lease_length.min(queue.visibility_timeout) / 2).max(Duration::from_millis(200));
+    loop {
+        tokio::time::sleep(period).await;
+        match handler.renew(job, lease).await {
+            Ok(true) => {}
+            Ok(false) => {
+                lease_lost.store(true, Ordering::SeqCst);
+                job_cancel.cancel();
+                return;
+            }
+            Err(error) => warn!(%error, "lease renewal failed; trying again at the next beat"),
+        }
+        if let Err(error) = queue
+            .set_visibility(delivery, queue.visibility_timeout)
+            .await
+        {
+            warn!(%error, "visibility extension failed");
+        }
+        metrics::counter!(names::HEARTBEATS, "queue" => queue.name.clone()).increment(1);
+    }
+}
+
+async fn ack(queue: &Queue, delivery: &Delivery) {
+    if let Err(error) = queue.delete(delivery).await {
+        // Harmless: the message comes back, and the claim finds the job finished.
+        warn!(%error, "delete failed; the message will be redelivered and found finished");
+    }
+}
+
+async fn set_visibility(queue: &Queue, delivery: &Delivery, delay: Duration) {
+    if let Err(error) = queue.set_visibility(delivery, delay).await {
+        warn!(%error, "change visibility failed; the message reappears at its current timeout");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_is_capped_and_jittered_within_bounds() {
+        let retry = RetrySettings {
+            base_delay_secs: 10.0,
+            max_delay_secs: 300.0,
+        };
+        for _ in 0..200 {
+            let first = backoff_delay(&retry, 1).as_secs_f64();
+            assert!((5.0..=10.0).contains(&first), "{first}");
+            let fourth = backoff_delay(&retry, 4).as_secs_f64();
+            assert!((40.0..=80.0).contains(&fourth), "{fourth}");
+            let late = backoff_delay(&retry, 30).as_secs_f64();
+            assert!((150.0..=300.0).contains(&late), "{late}");
+        }
+    }
+}

@@ -1,0 +1,471 @@
+//! Document fixtures, generated on demand so no binary file is ever committed.
+//!
+//! Valid documents ([`pdf_from_pages`], [`docx_from_paragraphs`]) round-trip their text through the
+//! extractors; the hostile ones each provoke one extraction error code:
+//!
+//! | fixture | code |
+//! |---|---|
+//! | [`truncated_pdf`] | `corrupt` |
+//! | [`encrypted_pdf`], [`encrypted_pdf_empty_user_password`] | `encrypted` |
+//! | [`random_bytes`] | `unsupported_type` |
+//! | [`zip_bomb`], [`zip_bomb_lying_sizes`] | `zip_bomb` |
+//! | [`zip_not_docx`] | `unsupported_type` |
+//! | [`hostile_pdf`] | `extract_crashed` (stack overflow; in-process it aborts the caller) |
+//! | [`looping_pdf`] | `extract_timeout` (endless loop; in-process it hangs the caller) |
+//! | [`panicking_pdf`] | `extract_crashed` (pdf-extract panics) |
+//! | [`pdf_flate_bomb`] | `extract_crashed` under a child memory limit below 128 MiB |
+//!
+//! Every function is pure and deterministic, and panics only on a bug in the fixture itself.
+
+use std::io::{Cursor, Write};
+
+use lopdf::content::{Content, Operation};
+use lopdf::{
+    Dictionary, Document, EncryptionState, EncryptionVersion, Object, ObjectId, Permissions,
+    Stream, StringFormat, dictionary,
+};
+
+/// Letter-size page, in points.
+const PAGE_WIDTH: f32 = 612.0;
+const PAGE_HEIGHT: f32 = 792.0;
+const MARGIN: f32 = 72.0;
+const FONT_SIZE: f32 = 11.0;
+const LEADING: f32 = 14.0;
+/// Helvetica at 11 pt fits about 85 average characters on 468 pt; stay below.
+const WRAP_COLUMNS: usize = 80;
+
+/// A valid PDF with one page per entry of `pages`, in Helvetica (standard Type1 font, WinAnsi encoding).
+///
+/// Within a page, `\n` starts a new line and an empty line leaves a blank line (a paragraph break); long
+/// lines wrap at about 80 characters. Pages with more lines than fit get a smaller font. Characters outside
+/// WinAnsi become `?`. Both pdf-extract and pdftotext read the text back.
+pub fn pdf_from_pages(pages: &[&str]) -> Vec<u8> {
+    let mut document = build_text_pdf(pages);
+    save(&mut document)
+}
+
+/// The document behind [`pdf_from_pages`], before saving.
+fn build_text_pdf(pages: &[&str]) -> Document {
+    let mut document = Document::with_version("1.5");
+    let pages_id = document.new_object_id();
+    let font_id = document.add_object(helvetica());
+    let resources_id = document.add_object(dictionary! {
+        "Font" => dictionary! { "F1" => font_id },
+    });
+    let mut kids = Vec::with_capacity(pages.len());
+    for page_text in pages {
+        let content_id =
+            document.add_object(Stream::new(Dictionary::new(), page_content(page_text)));
+        let page_id = document.add_object(dictionary! {
+            "Type" => "Page",
+            "Parent" => pages_id,
+            "Contents" => content_id,
+        });
+        kids.push(Object::Reference(page_id));
+    }
+    let page_count = i64::try_from(kids.len()).expect("page count fits i64");
+    document.objects.insert(
+        pages_id,
+        Object::Dictionary(dictionary! {
+            "Type" => "Pages",
+            "Kids" => kids,
+            "Count" => page_count,
+            "Resources" => resources_id,
+            "MediaBox" => media_box(),
+        }),
+    );
+    finish_catalog(&mut document, pages_id);
+    document
+}
+
+fn helvetica() -> Dictionary {
+    dictionary! {
+        "Type" => "Font",
+        "Subtype" => "Type1",
+        "BaseFont" => "Helvetica",
+        "Encoding" => "WinAnsiEncoding",
+    }
+}
+
+fn media_box() -> Vec<Object> {
+    vec![0.into(), 0.into(), PAGE_WIDTH.into(), PAGE_HEIGHT.into()]
+}
+
+fn finish_catalog(document: &mut Document, pages_id: ObjectId) {
+    let catalog_id = document.add_object(dictionary! {
+        "Type" => "Catalog",
+        "Pages" => pages_id,
+    });
+    document.trailer.set("Root", catalog_id);
+    // A file identifier: required by the standard security handler, harmless otherwise.
+    let file_id = Object::String(b"glassbox-fixture".to_vec(), StringFormat::Hexadecimal);
+    document.trailer.set("ID", vec![file_id.clone(), file_id]);
+}
+
+fn save(document: &mut Document) -> Vec<u8> {
+    document.compress();
+    let mut bytes = Vec::new();
+    document
+        .save_to(&mut bytes)
+        .expect("writing a PDF to memory cannot fail");
+    bytes
+}
+
+/// The content stream of one page: wrapped lines, top to bottom.
+fn page_content(page_text: &str) -> Vec<u8> {
+    let lines = wrap_lines(page_text);
+    let available_height = PAGE_HEIGHT - 2.0 * MARGIN;
+    let needed_height = lines.len() as f32 * LEADING;
+    let scale = if needed_height > available_height {
+        available_height / needed_height
+    } else {
+        1.0
+    };
+    let font_size = FONT_SIZE * scale;
+    let leading = LEADING * scale;
+
+    let mut operations = vec![
+        Operation::new("BT", vec![]),
+        Operation::new("Tf", vec!["F1".into(), font_size.into()]),
+        Operation::new("TL", vec![leading.into()]),
+        Operation::new("Td", vec![MARGIN.into(), (PAGE_HEIGHT - MARGIN).into()]),
+    ];
+    for line in lines {
+        if !line.is_empty() {
+            operations.push(Operation::new(
+                "Tj",
+                vec![Object::String(win_ansi(&line), StringFormat::Literal)],
+            ));
+        }
+        operations.push(Operation::new("T*", vec![]));
+    }
+    operations.push(Operation::new("ET", vec![]));
+    Content { operations }
+        .encode()
+        .expect("encoding a content stream cannot fail")
+}
+
+/// Splits on `\n` and wraps long lines at word boundaries (a longer word gets a line of its own).
+fn wrap_lines(page_text: &str) -> Vec<String> {
+    let mut lines = Vec::new();
+    for source_line in page_text.lines() {
+        let mut current = String::new();
+        for word in source_line.split_whitespace() {
+            if !current.is_empty()
+                && current.chars().count() + 1 + word.chars().count() > WRAP_COLUMNS
+            {
+                lines.push(std::mem::take(&mut current));
+            }
+            if !current.is_empty() {
+                current.push(' ');
+            }
+            current.push_str(word);
+        }
+        lines.push(current);
+    }
+    lines
+}
+
+/// Encodes text in WinAnsi (Windows-1252); unmappable characters become `?`.
+fn win_ansi(text: &str) -> Vec<u8> {
+    text.chars()
+        .map(|character| match character {
+            ' '..='~' => character as u8,
+            '\u{A0}'..='\u{FF}' => u8::try_from(u32::from(character)).unwrap_or(b'?'),
+            '€' => 0x80,
+            '…' => 0x85,
+            '‘' => 0x91,
+            '’' => 0x92,
+            '“' => 0x93,
+            '”' => 0x94,
+            '•' => 0x95,
+            '–' => 0x96,
+            '—' => 0x97,
+            '™' => 0x99,
+            _ => b'?',
+        })
+        .collect()
+}
+
+/// A valid DOCX with one paragraph per entry, built with docx-rs.
+pub fn docx_from_paragraphs(paragraphs: &[&str]) -> Vec<u8> {
+    let mut docx = docx_rs::Docx::new();
+    for paragraph_text in paragraphs {
+        docx = docx.add_paragraph(
+            docx_rs::Paragraph::new().add_run(docx_rs::Run::new().add_text(*paragraph_text)),
+        );
+    }
+    let mut cursor = Cursor::new(Vec::new());
+    docx.build()
+        .pack(&mut cursor)
+        .expect("packing a DOCX in memory cannot fail");
+    cursor.into_inner()
+}
+
+/// A valid two-page PDF cut in half: no cross-reference table, no trailer, so lopdf refuses it.
+pub fn truncated_pdf() -> Vec<u8> {
+    let mut bytes = pdf_from_pages(&[
+        "This document was cut in half during the upload.",
+        "The second page never arrived.",
+    ]);
+    bytes.truncate(bytes.len() / 2);
+    bytes
+}
+
+/// A genuinely encrypted PDF (standard security handler, RC4 128-bit, revision 3) with user password
+/// `glassbox-user` and owner password `glassbox-owner`.
+pub fn encrypted_pdf() -> Vec<u8> {
+    encrypted_text_pdf("glassbox-user")
+}
+
+/// An encrypted PDF whose user password is empty: any reader opens it without asking, lopdf decrypts it
+/// silently on load. Still rejected as `encrypted` in v1.
+pub fn encrypted_pdf_empty_user_password() -> Vec<u8> {
+    encrypted_text_pdf("")
+}
+
+fn encrypted_text_pdf(user_password: &str) -> Vec<u8> {
+    let mut document = build_text_pdf(&["Confidential: the quarterly numbers are encrypted."]);
+    let version = EncryptionVersion::V2 {
+        document: &document,
+        owner_password: "glassbox-owner",
+        user_password,
+        key_length: 128,
+        permissions: Permissions::all(),
+    };
+    let state = EncryptionState::try_from(version).expect("RC4 encryption state for a fixture");
+    document.encrypt(&state).expect("encrypting a fixture PDF");
+    let mut bytes = Vec::new();
+    document
+        .save_to(&mut bytes)
+        .expect("writing a PDF to memory cannot fail");
+    bytes
+}
+
+/// `len` pseudo-random bytes, the same for the same `seed`.
+pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
+    use rand::{RngCore, SeedableRng};
+    let mut generator = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut bytes = vec![0_u8; len];
+    generator.fill_bytes(&mut bytes);
+    bytes
+}
+
+/// Size `word/document.xml` of [`zip_bomb`] inflates to.
+pub const ZIP_BOMB_INFLATED_BYTES: u64 = 512 * 1024 * 1024;
+
+/// A ZIP with DOCX entry names whose `word/document.xml` inflates to 512 MiB of zeros (honestly declared),
+/// about 0.5 MiB on disk (ratio about 1000:1). The declared size alone exceeds the default limits.
+pub fn zip_bomb() -> Vec<u8> {
+    let mut archive = DeflatedZip::new();
+    archive.add("[Content_Types].xml", CONTENT_TYPES_XML.as_bytes());
+    archive.add("_rels/.rels", ROOT_RELS_XML.as_bytes());
+    archive.add_zeros("word/document.xml", ZIP_BOMB_INFLATED_BYTES);
+    archive.finish()
+}
+
+/// Like [`zip_bomb`] but 64 MiB of zeros, and both the local header and the central directory claim
+/// `word/document.xml` is 4 KiB: the declared sizes and the ratio look harmless, only a reader that caps
+/// inflation at the declared size catches it.
+pub fn zip_bomb_lying_sizes() -> Vec<u8> {
+    let mut archive = DeflatedZip::new();
+    archive.add("[Content_Types].xml", CONTENT_TYPES_XML.as_bytes());
+    archive.add("_rels/.rels", ROOT_RELS_XML.as_bytes());
+    archive.add_zeros("word/document.xml", 64 * 1024 * 1024);
+    let mut bytes = archive.finish();
+    let claimed_size: u32 = 4096;
+    patch_declared_size(&mut bytes, b"word/document.xml", claimed_size);
+    bytes
+}
+
+/// A valid ZIP with no `word/document.xml`.
+pub fn zip_not_docx() -> Vec<u8> {
+    let mut archive = DeflatedZip::new();
+    archive.add(
+        "README.txt",
+        b"Just an ordinary archive, not a Word document.\n",
+    );
+    archive.add("data/numbers.csv", b"a,b\n1,2\n");
+    archive.finish()
+}
+
+const CONTENT_TYPES_XML: &str = r#"<?xml version="1.0" encoding="UTF-8" standalone="yes"?>
+<Types xmlns="http://schemas.openxmlformats.org/package/2006/content-types"><Default Extension="rels" ContentType="application/vnd.openxmlformats-package.relationships+xml"/><Default Extension="xml" ContentType="application/xml"/><Override PartName="/word/document.xml" ContentType="application/vnd.openxmlformats-officedocument.wordprocessingml.document.main+xml"/></Types>"#;
+
+const ROOT_RELS_XML: &str = r#"<?xml version="1.0" encoding="UTF-8" standalone="yes"?>
+<Relationships xmlns="http://schemas.openxmlformats.org/package/2006/relationships"><Relationship Id="rId1" Type="http://schemas.openxmlformats.org/officeDocument/2006/relationships/officeDocument" Target="word/document.xml"/></Relationships>"#;
+
+/// A small wrapper around the zip writer: deflated entries at level 6 (about 1000:1 on zeros, 0.15 s for
+/// 512 MiB; level 1 only reaches 100:1).
+struct DeflatedZip {
+    writer: zip::ZipWriter<Cursor<Vec<u8>>>,
+}
+
+impl DeflatedZip {
+    fn new() -> Self {
+        DeflatedZip {
+            writer: zip::ZipWriter::new(Cursor::new(Vec::new())),
+        }
+    }
+
+    fn options() -> zip::write::SimpleFileOptions {
+        zip::write::SimpleFileOptions::default()
+            .compression_method(zip::CompressionMethod::Deflated)
+            .compression_level(Some(6))
+    }
+
+    fn add(&mut self, name: &str, content: &[u8]) {
+        self.writer
+            .start_file(name, Self::options())
+            .expect("zip entry");
+        self.writer.write_all(content).expect("zip entry content");
+    }
+
+    fn add_zeros(&mut self, name: &str, total_bytes: u64) {
+        self.writer
+            .start_file(name, Self::options().large_file(false))
+            .expect("zip entry");
+        let chunk = vec![0_u8; 1024 * 1024];
+        let mut remaining = total_bytes;
+        while remaining > 0 {
+            let chunk_len =
+                usize::try_from(remaining.min(chunk.len() as u64)).expect("chunk fits usize");
+            self.writer
+                .write_all(&chunk[..chunk_len])
+                .expect("zip entry content");
+            remaining -= chunk_len as u64;
+        }
+    }
+
+    fn finish(self) -> Vec<u8> {
+        self.writer
+            .finish()
+            .expect("finishing a zip in memory")
+            .into_inner()
+    }
+}
+
+/// Rewrites the uncompressed-size field of `entry_name` in its local header and its central directory
+/// record. Offsets follow the ZIP specification (APPNOTE 4.3.7 and 4.3.12).
+fn patch_declared_size(bytes: &mut [u8], entry_name: &[u8], claimed_size: u32) {
+    const LOCAL_SIGNATURE: &[u8] = b"PK\x03\x04";
+    const CENTRAL_SIGNATURE: &[u8] = b"PK\x01\x02";
+    let mut patched_records = 0;
+    for offset in 0..bytes.len().saturating_sub(46) {
+        let (size_field, name_field) = if bytes[offset..].starts_with(LOCAL_SIGNATURE) {
+            (offset + 22, offset + 30)
+        } else if bytes[offset..].starts_with(CENTRAL_SIGNATURE) {
+            (offset + 24, offset + 46)
+        } else {
+            continue;
+        };
+        if bytes[name_field..].starts_with(entry_name) {
+            bytes[size_field..size_field + 4].copy_from_slice(&claimed_size.to_le_bytes());
+            patched_records += 1;
+        }
+    }
+    assert_eq!(
+        patched_records, 2,
+        "expected one local header and one central record for the entry"
+    );
+}
+
+/// A PDF whose page content nests 100,000 arrays (`[[[...]]] TJ`), compressed to a few hundred bytes.
+///
+/// lopdf's content parser recurses once per nesting level without a depth limit, so pdf-extract overflows
+/// the stack of whatever thread runs it and the process aborts (SIGABRT after Rust's stack overflow
+/// handler); no `catch_unwind` can stop that. Isolated extraction turns it into `extract_crashed`.
+pub fn hostile_pdf() -> Vec<u8> {
+    const NESTING: usize = 100_000;
+    let mut content = b"BT /F1 12 Tf 72 720 Td ".to_vec();
+    content.extend(std::iter::repeat_n(b'[', NESTING));
+    content.extend(std::iter::repeat_n(b']', NESTING));
+    content.extend_from_slice(b" TJ ET");
+    let mut document = one_page_pdf(content, true);
+    save(&mut document)
+}
+
+/// A PDF whose only page names itself as its `/Parent` and has neither `/Resources` nor `/MediaBox`.
+///
+/// pdf-extract 0.9 looks up inherited page attributes by following `/Parent` without a cycle check. The
+/// optimiser turns that recursion into a loop, so extraction spins forever: `extract_timeout` once the
+/// child's CPU limit hits.
+pub fn looping_pdf() -> Vec<u8> {
+    let mut document = Document::with_version("1.5");
+    let pages_id = document.new_object_id();
+    let page_id = document.new_object_id();
+    let content_id = document.add_object(Stream::new(
+        Dictionary::new(),
+        b"BT /F1 12 Tf 72 720 Td (This page is its own parent.) Tj ET".to_vec(),
+    ));
+    document.objects.insert(
+        page_id,
+        Object::Dictionary(dictionary! {
+            "Type" => "Page",
+            "Parent" => page_id,
+            "Contents" => content_id,
+        }),
+    );
+    document.objects.insert(
+        pages_id,
+        Object::Dictionary(dictionary! {
+            "Type" => "Pages",
+            "Kids" => vec![Object::Reference(page_id)],
+            "Count" => 1,
+        }),
+    );
+    finish_catalog(&mut document, pages_id);
+    save(&mut document)
+}
+
+/// One page with the given content stream and a Helvetica font; with `with_media_box` false the page
+/// tree has no `/MediaBox` at all.
+fn one_page_pdf(content: Vec<u8>, with_media_box: bool) -> Document {
+    let mut document = Document::with_version("1.5");
+    let pages_id = document.new_object_id();
+    let font_id = document.add_object(helvetica());
+    let content_id = document.add_object(Stream::new(Dictionary::new(), content));
+    let mut page = dictionary! {
+        "Type" => "Page",
+        "Parent" => pages_id,
+        "Contents" => content_id,
+        "Resources" => dictionary! { "Font" => dictionary! { "F1" => font_id } },
+    };
+    if with_media_box {
+        page.set("MediaBox", media_box());
+    }
+    let page_id = document.add_object(page);
+    document.objects.insert(
+        pages_id,
+        Object::Dictionary(dictionary! {
+            "Type" => "Pages",
+            "Kids" => vec![Object::Reference(page_id)],
+            "Count" => 1,
+        }),
+    );
+    finish_catalog(&mut document, pages_id);
+    document
+}
+
+/// A PDF whose page has no `/MediaBox` anywhere in its page tree: pdf-extract 0.9 panics
+/// (`expect("MediaBox")`), which must surface as `extract_crashed` with the panic message.
+pub fn panicking_pdf() -> Vec<u8> {
+    let mut document = one_page_pdf(
+        b"BT /F1 12 Tf 72 720 Td (No media box here.) Tj ET".to_vec(),
+        false,
+    );
+    save(&mut document)
+}
+
+/// Bytes the page content of [`pdf_flate_bomb`] inflates to.
+pub const PDF_FLATE_BOMB_INFLATED_BYTES: usize = 128 * 1024 * 1024;
+
+/// A one-page PDF whose content stream is valid (a text object padded with spaces) but inflates from
+/// about 0.1 MiB to 128 MiB. Under a child memory limit below that, the allocation fails and the child
+/// aborts: `extract_crashed` ("out of memory").
+pub fn pdf_flate_bomb() -> Vec<u8> {
+    let mut content = b"BT /F1 12 Tf 72 720 Td (Mostly padding.) Tj ET".to_vec();
+    content.resize(PDF_FLATE_BOMB_INFLATED_BYTES, b' ');
+    let mut document = one_page_pdf(content, true);
+    save(&mut document)
+}

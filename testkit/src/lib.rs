@@ -1,0 +1,489 @@
+//! Test and benchmark helpers, in one place for every crate's integration tests.
+//!
+//! # Layout
+//! - [`TestApp`]: a fresh database, queue (with DLQ) and bucket on the local stack, an
+//!   in-process api-lite on port 0, and an org with a token; helpers to upload files
+//!   and wait for them.
+//! - [`WorkerProcess`]: a real worker binary started against that app, killable with
+//!   SIGTERM or SIGKILL.
+//! - [`scripted`]: scripted OpenAI-compatible servers (embeddings) for failure tests.
+//! - [`fixtures`]: generated documents, good and hostile.
+//!
+//! Set `TEST_LOG=1` to see the app's logs.
+
+/// Generated document fixtures.
+pub mod fixtures;
+/// Scripted OpenAI-compatible HTTP servers.
+pub mod scripted;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use serde_json::{Value, json};
+use shared::config::Settings;
+use shared::queue::Queue;
+use sqlx::PgPool;
+use sqlx::postgres::PgPoolOptions;
+use tokio::process::{Child, Command};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+pub const JWT_SECRET: &str = "test-secret-0123456789abcdef";
+
+/// The workspace root (for the model folder and binaries).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("testkit lives in the workspace")
+        .to_path_buf()
+}
+
+fn env_or(name: &str, default: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| default.to_string())
+}
+
+/// Where the local stack is: `.stack/env` as exported by the Makefile, or its defaults.
+pub fn admin_database_url() -> String {
+    database_url_for("postgres")
+}
+
+/// The stack's server URL with another database name.
+pub fn database_url_for(database: &str) -> String {
+    let url = env_or(
+        "GLASSBOX_DATABASE__URL",
+        "postgres://postgres@127.0.0.1:55432/glassbox",
+    );
+    let server = url
+        .rsplit_once('/')
+        .map(|(server, _)| server.to_string())
+        .unwrap_or(url);
+    format!("{server}/{database}")
+}
+
+pub fn aws_endpoint() -> String {
+    env_or("GLASSBOX_AWS__ENDPOINT_URL", "http://127.0.0.1:55000")
+}
+
+pub fn model_dir() -> PathBuf {
+    std::env::var_os("GLASSBOX_EMBEDDING__MODEL_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join(".stack/models/all-MiniLM-L6-v2"))
+}
+
+/// Knobs a test may turn before the app starts.
+#[derive(Debug, Clone)]
+pub struct TestOptions {
+    pub max_receive_count: u32,
+    pub visibility_timeout_secs: u32,
+}
+
+impl Default for TestOptions {
+    fn default() -> Self {
+        Self {
+            max_receive_count: 3,
+            visibility_timeout_secs: 6,
+        }
+    }
+}
+
+pub struct TestApp {
+    pub address: SocketAddr,
+    pub base_url: String,
+    pub settings: Settings,
+    pub database_url: String,
+    pub pool: PgPool,
+    pub org_id: Uuid,
+    pub token: String,
+    pub http: reqwest::Client,
+    pub aws: shared::aws::AwsClients,
+    pub queue: Queue,
+    shutdown: CancellationToken,
+}
+
+impl TestApp {
+    pub async fn spawn() -> anyhow::Result<Self> {
+        Self::spawn_with(TestOptions::default()).await
+    }
+
+    pub async fn spawn_with(options: TestOptions) -> anyhow::Result<Self> {
+        shared::telemetry::init_for_tests();
+        let unique = Uuid::new_v4().simple().to_string()[..12].to_string();
+        let database_name = format!("t_{unique}");
+        let admin = PgPoolOptions::new()
+            .max_connections(1)
+            .connect(&admin_database_url())
+            .await
+            .context("connecting to the stack's postgres (is `make stack` up?)")?;
+        sqlx::query(&format!("CREATE DATABASE {database_name}"))
+            .execute(&admin)
+            .await?;
+        admin.close().await;
+        let database_url = database_url_for(&database_name);
+
+        let mut settings = Settings::default();
+        settings.database.url = Some(database_url.clone().into());
+        settings.database.max_connections = 8;
+        settings.aws.endpoint_url = Some(aws_endpoint());
+        settings.storage.bucket = format!("t-{unique}");
+        settings.storage.create_bucket = true;
+        settings.queues.file_jobs = format!("t-{unique}-file-jobs");
+        settings.queues.agent_jobs = format!("t-{unique}-agent-jobs");
+        settings.queues.create = true;
+        settings.queues.max_receive_count = options.max_receive_count;
+        settings.queues.visibility_timeout_secs = options.visibility_timeout_secs;
+        settings.retry.base_delay_secs = 0.5;
+        settings.retry.max_delay_secs = 1.0;
+        settings.auth.jwt_secret = Some(JWT_SECRET.into());
+        settings.api.listen = "127.0.0.1:0".into();
+        settings.api.outbox_poll_ms = 200;
+        settings.api.max_file_bytes = 64 * 1024 * 1024;
+        settings.embedding.model_dir = model_dir();
+        settings.metrics.listen = "127.0.0.1:0".into();
+        settings.files_worker.lease_secs = 4;
+        settings.files_worker.receive_wait_secs = 1;
+        settings.files_worker.shutdown_deadline_secs = 10;
+        settings.files_worker.extract_timeout_secs = 20;
+        settings.files_worker.max_file_bytes = 8 * 1024 * 1024;
+
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let address = listener.local_addr()?;
+        let shutdown = CancellationToken::new();
+        let app_settings = settings.clone();
+        let app_shutdown = shutdown.clone();
+        let server =
+            tokio::spawn(async move { api_lite::run(listener, app_settings, app_shutdown).await });
+        let base_url = format!("http://{address}");
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .build()?;
+        let started = Instant::now();
+        while !http
+            .get(format!("{base_url}/health"))
+            .send()
+            .await
+            .is_ok_and(|response| response.status().is_success())
+        {
+            if server.is_finished() {
+                let outcome = server.await?;
+                bail!("api-lite stopped during start: {:?}", outcome.err());
+            }
+            if started.elapsed() > Duration::from_secs(60) {
+                bail!("api-lite did not come up within 60s");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let pool = PgPoolOptions::new()
+            .max_connections(4)
+            .connect(&database_url)
+            .await?;
+        let aws = shared::aws::AwsClients::new(&settings.aws).await;
+        let queue = Queue::open(&aws.sqs, &settings.queues.file_jobs).await?;
+        let org_id = Uuid::now_v7();
+        let token = api_lite::auth::mint_token(&JWT_SECRET.into(), org_id, "test", 3600);
+        Ok(Self {
+            address,
+            base_url,
+            settings,
+            database_url,
+            pool,
+            org_id,
+            token,
+            http,
+            aws,
+            queue,
+            shutdown,
+        })
+    }
+
+    pub fn token_for(&self, org_id: Uuid) -> String {
+        api_lite::auth::mint_token(&JWT_SECRET.into(), org_id, "test", 3600)
+    }
+
+    /// `GLASSBOX_*` variables that point a worker process at this app's stack.
+    pub fn worker_env(&self) -> Vec<(String, String)> {
+        let mut variables = Vec::new();
+        flatten_settings(
+            "GLASSBOX",
+            &serde_json::to_value(&self.settings).expect("settings serialise"),
+            &mut variables,
+        );
+        variables.retain(|(name, _)| {
+            !name.starts_with("GLASSBOX_API__") && name != "GLASSBOX_AUTH__JWT_SECRET"
+        });
+        for (name, value) in &mut variables {
+            if name == "GLASSBOX_DATABASE__URL" {
+                *value = self.database_url.clone();
+            }
+            if name == "GLASSBOX_QUEUES__CREATE" {
+                *value = "false".into();
+            }
+        }
+        variables.push((
+            "AWS_ACCESS_KEY_ID".into(),
+            env_or("AWS_ACCESS_KEY_ID", "test"),
+        ));
+        variables.push((
+            "AWS_SECRET_ACCESS_KEY".into(),
+            env_or("AWS_SECRET_ACCESS_KEY", "test"),
+        ));
+        variables
+    }
+
+    /// Starts a worker binary with this app's settings plus `overrides`.
+    pub fn spawn_worker(
+        &self,
+        binary: &str,
+        overrides: &[(&str, &str)],
+    ) -> anyhow::Result<WorkerProcess> {
+        let mut command = Command::new(binary);
+        command.env_clear();
+        command.env("PATH", env_or("PATH", "/usr/bin:/bin"));
+        command.env("RUST_LOG", env_or("RUST_LOG", "info,sqlx=warn,aws=warn"));
+        for (name, value) in self.worker_env() {
+            command.env(name, value);
+        }
+        for (name, value) in overrides {
+            command.env(name, value);
+        }
+        if std::env::var_os("TEST_LOG").is_none() {
+            command.stdout(Stdio::null()).stderr(Stdio::null());
+        }
+        command.kill_on_drop(true);
+        let child = command
+            .spawn()
+            .with_context(|| format!("starting {binary}"))?;
+        Ok(WorkerProcess { child })
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base_url)
+    }
+
+    pub async fn get(&self, path: &str) -> anyhow::Result<(u16, Value)> {
+        self.get_as(path, &self.token).await
+    }
+
+    pub async fn get_as(&self, path: &str, token: &str) -> anyhow::Result<(u16, Value)> {
+        let response = self
+            .http
+            .get(self.url(path))
+            .bearer_auth(token)
+            .send()
+            .await?;
+        read_json(response).await
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> anyhow::Result<(u16, Value)> {
+        self.post_as(path, body, &self.token).await
+    }
+
+    pub async fn post_as(
+        &self,
+        path: &str,
+        body: Value,
+        token: &str,
+    ) -> anyhow::Result<(u16, Value)> {
+        let response = self
+            .http
+            .post(self.url(path))
+            .bearer_auth(token)
+            .json(&body)
+            .send()
+            .await?;
+        read_json(response).await
+    }
+
+    /// Creates a file, PUTs the bytes to the presigned URL, and confirms it.
+    pub async fn upload(
+        &self,
+        name: &str,
+        content_type: &str,
+        bytes: Vec<u8>,
+    ) -> anyhow::Result<Uuid> {
+        let (status, created) = self
+            .post(
+                "/v1/files",
+                json!({ "name": name, "content_type": content_type, "size": bytes.len() }),
+            )
+            .await?;
+        if status != 201 {
+            bail!("create file answered {status}: {created}");
+        }
+        let id: Uuid = created["id"].as_str().context("id")?.parse()?;
+        let url = created["upload"]["url"].as_str().context("upload url")?;
+        let put = self
+            .http
+            .put(url)
+            .header("content-type", content_type)
+            .body(bytes)
+            .send()
+            .await?;
+        if !put.status().is_success() {
+            bail!("presigned PUT answered {}", put.status());
+        }
+        let (status, confirmed) = self
+            .post(&format!("/v1/files/{id}/confirm"), json!({}))
+            .await?;
+        if status != 202 {
+            bail!("confirm answered {status}: {confirmed}");
+        }
+        Ok(id)
+    }
+
+    /// Polls the file until its status is one of `statuses`; returns the file.
+    pub async fn wait_for_file(
+        &self,
+        id: Uuid,
+        statuses: &[&str],
+        timeout: Duration,
+    ) -> anyhow::Result<Value> {
+        let started = Instant::now();
+        loop {
+            let (_, file) = self.get(&format!("/v1/files/{id}")).await?;
+            if statuses.contains(&file["status"].as_str().unwrap_or_default()) {
+                return Ok(file);
+            }
+            if started.elapsed() > timeout {
+                bail!("file {id} did not reach {statuses:?} within {timeout:?}; last seen: {file}");
+            }
+            tokio::time::sleep(Duration::from_millis(150)).await;
+        }
+    }
+
+    /// Messages waiting in the DLQ (received and made visible again at once).
+    pub async fn dead_letters(&self) -> anyhow::Result<Vec<String>> {
+        let output = self
+            .aws
+            .sqs
+            .receive_message()
+            .queue_url(&self.queue.dlq_url)
+            .max_number_of_messages(10)
+            .wait_time_seconds(1)
+            .visibility_timeout(0)
+            .send()
+            .await?;
+        Ok(output
+            .messages
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|message| message.body)
+            .collect())
+    }
+}
+
+impl TestApp {
+    /// Collects DLQ messages until at least `count` distinct bodies arrived.
+    pub async fn wait_for_dead_letters(
+        &self,
+        count: usize,
+        timeout: Duration,
+    ) -> anyhow::Result<Vec<String>> {
+        let started = Instant::now();
+        let mut bodies: Vec<String> = Vec::new();
+        loop {
+            for body in self.dead_letters().await? {
+                if !bodies.contains(&body) {
+                    bodies.push(body);
+                }
+            }
+            if bodies.len() >= count {
+                return Ok(bodies);
+            }
+            if started.elapsed() > timeout {
+                bail!(
+                    "only {} of {count} messages reached the DLQ within {timeout:?}: {bodies:?}",
+                    bodies.len()
+                );
+            }
+        }
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+fn flatten_settings(prefix: &str, value: &Value, out: &mut Vec<(String, String)>) {
+    match value {
+        Value::Object(map) => {
+            for (key, nested) in map {
+                let separator = if prefix == "GLASSBOX" { "_" } else { "__" };
+                flatten_settings(
+                    &format!("{prefix}{separator}{}", key.to_ascii_uppercase()),
+                    nested,
+                    out,
+                );
+            }
+        }
+        Value::Null | Value::Array(_) => {}
+        Value::String(text) => out.push((prefix.to_string(), text.clone())),
+        other => out.push((prefix.to_string(), other.to_string())),
+    }
+}
+
+async fn read_json(response: reqwest::Response) -> anyhow::Result<(u16, Value)> {
+    let status = response.status().as_u16();
+    let text = response.text().await?;
+    let body = if text.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_str(&text).unwrap_or(Value::String(text))
+    };
+    Ok((status, body))
+}
+
+/// Polls `condition` every 100 ms until it holds or `timeout` passes.
+pub async fn wait_until<F, Fut>(timeout: Duration, mut condition: F) -> anyhow::Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let started = Instant::now();
+    while started.elapsed() < timeout {
+        if condition().await {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    bail!("condition not met within {timeout:?}")
+}
+
+/// A worker process; killed when dropped.
+pub struct WorkerProcess {
+    child: Child,
+}
+
+impl WorkerProcess {
+    pub fn pid(&self) -> u32 {
+        self.child.id().unwrap_or_default()
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    pub async fn kill(&mut self) -> anyhow::Result<()> {
+        self.child.kill().await?;
+        Ok(())
+    }
+
+    /// Sends SIGTERM and waits for the exit, up to `timeout`.
+    pub async fn terminate(
+        &mut self,
+        timeout: Duration,
+    ) -> anyhow::Result<std::process::ExitStatus> {
+        let pid = self.pid().to_string();
+        let status = Command::new("kill").args(["-TERM", &pid]).status().await?;
+        if !status.success() {
+            bail!("kill -TERM {pid} failed");
+        }
+        Ok(tokio::time::timeout(timeout, self.child.wait())
+            .await
+            .context("the worker did not exit in time")??)
+    }
+}

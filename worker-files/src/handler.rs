@@ -1,0 +1,454 @@
+//! The file job: claim the file's fenced lease, then download, extract (in a child
+//! process), chunk, embed and store, recording stage and timings on the row as it goes.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use shared::config::FilesWorkerSettings;
+use shared::embed::{EmbedError, Embedder};
+use shared::error::JobError;
+use shared::lease::{self, LeasedTable};
+use shared::queue::{JobKind, JobMessage};
+use shared::worker::{Claim, Disposition, JobHandler};
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::chunk::Chunker;
+use crate::extract::{self, ExtractLimits};
+use crate::store::{self, EmbeddedChunk};
+use crate::{download, failpoint};
+
+pub struct FileHandler {
+    pub pool: PgPool,
+    pub s3: aws_sdk_s3::Client,
+    pub bucket: String,
+    pub embedder: Arc<dyn Embedder>,
+    pub chunker: Arc<Chunker>,
+    pub settings: FilesWorkerSettings,
+    pub extract_limits: ExtractLimits,
+    /// The program and leading arguments that run the sandboxed extractor.
+    pub extractor_program: PathBuf,
+    pub extractor_args: Vec<String>,
+    pub spool_dir: PathBuf,
+}
+
+#[derive(sqlx::FromRow)]
+struct FileRow {
+    org_id: Uuid,
+    name: String,
+    content_type: String,
+    object_key: String,
+}
+
+/// Milliseconds per stage for the current attempt, shown by `GET /v1/files/{id}`.
+#[derive(Default)]
+struct StageTimings(BTreeMap<&'static str, u64>);
+
+impl StageTimings {
+    fn record(&mut self, stage: &'static str, started: Instant) {
+        let elapsed = started.elapsed();
+        metrics::histogram!(shared::metrics::STAGE_SECONDS, "kind" => "file.process", "stage" => stage).record(elapsed.as_secs_f64());
+        self.0.insert(stage, elapsed.as_millis() as u64);
+    }
+
+    fn to_json(&self) -> serde_json::Value {
+        serde_json::to_value(&self.0).unwrap_or_default()
+    }
+}
+
+fn lease_lost() -> JobError {
+    JobError::LeaseLost {
+        message: "another worker owns this file now, or it was deleted or reprocessed".into(),
+    }
+}
+
+fn cancelled() -> JobError {
+    JobError::transient(
+        "cancelled",
+        "stopped before finishing (shutdown or lost lease)",
+    )
+}
+
+fn extract_error(error: extract::ExtractError) -> JobError {
+    if error.is_permanent() {
+        JobError::permanent(error.code(), error.to_string())
+    } else {
+        // The document is not at fault (spool file gone, child could not start): try again.
+        JobError::transient(error.code(), error.to_string())
+    }
+}
+
+fn embed_error(error: EmbedError) -> JobError {
+    match error {
+        EmbedError::Transient {
+            message,
+            retry_after,
+        } => JobError::Transient {
+            code: "embedding_unavailable".into(),
+            message,
+            retry_after,
+        },
+        EmbedError::Permanent { code, message } => JobError::permanent(code, message),
+    }
+}
+
+impl FileHandler {
+    /// Moves the row to `stage` with the timings so far; fails when the lease is gone.
+    async fn enter_stage(
+        &self,
+        file_id: Uuid,
+        lease: Uuid,
+        stage: &str,
+        timings: &StageTimings,
+    ) -> Result<(), JobError> {
+        let updated = sqlx::query("UPDATE files SET stage = $3, stage_durations_ms = $4, updated_at = now() WHERE id = $1 AND lease_token = $2")
+            .bind(file_id)
+            .bind(lease)
+            .bind(stage)
+            .bind(timings.to_json())
+            .execute(&self.pool)
+            .await?;
+        if updated.rows_affected() == 0 {
+            return Err(lease_lost());
+        }
+        Ok(())
+    }
+
+    async fn process(
+        &self,
+        job: &JobMessage,
+        lease: Uuid,
+        cancel: &CancellationToken,
+    ) -> Result<(), JobError> {
+        let file_id = job.job_id;
+        let row: Option<FileRow> = sqlx::query_as("SELECT org_id, name, content_type, object_key FROM files WHERE id = $1 AND lease_token = $2")
+            .bind(file_id)
+            .bind(lease)
+            .fetch_optional(&self.pool)
+            .await?;
+        let row = row.ok_or_else(lease_lost)?;
+        if row.org_id != job.org_id {
+            return Err(JobError::permanent(
+                "org_mismatch",
+                "the message's org does not own this file",
+            ));
+        }
+        let mut timings = StageTimings::default();
+
+        let started = Instant::now();
+        let downloaded = until_cancelled(
+            cancel,
+            download::download(
+                &self.s3,
+                &self.bucket,
+                &row.object_key,
+                self.settings.max_file_bytes,
+                &self.spool_dir,
+            ),
+        )
+        .await?;
+        timings.record("download", started);
+        let content_sha256 = downloaded.sha256.clone();
+        failpoint::hit(
+            self.settings.failpoint.as_deref(),
+            failpoint::AFTER_DOWNLOAD,
+            cancel,
+        )
+        .await;
+
+        self.enter_stage(file_id, lease, "extract", &timings)
+            .await?;
+        let started = Instant::now();
+        let path = downloaded.file.path().to_path_buf();
+        let kind = extract::detect_kind(&path, Some(&row.content_type), Some(&row.name))
+            .map_err(extract_error)?;
+        let document = until_cancelled(cancel, async {
+            extract::extract_isolated(
+                &self.extractor_program,
+                &self.extractor_args,
+                &path,
+                kind,
+                &self.extract_limits,
+            )
+            .await
+            .map_err(extract_error)
+        })
+        .await?;
+        drop(downloaded);
+        timings.record("extract", started);
+
+        self.enter_stage(file_id, lease, "chunk", &timings).await?;
+        let started = Instant::now();
+        let chunker = self.chunker.clone();
+        let pages = document.pages;
+        let (chunks, pages) =
+            tokio::task::spawn_blocking(move || (chunker.chunk(kind, &pages), pages))
+                .await
+                .map_err(|error| {
+                    JobError::permanent("chunk_failed", format!("chunking panicked: {error}"))
+                })?;
+        if chunks.is_empty() {
+            return Err(JobError::permanent(
+                "empty_text",
+                "the file has no text to index",
+            ));
+        }
+        timings.record("chunk", started);
+
+        self.enter_stage(file_id, lease, "embed", &timings).await?;
+        let started = Instant::now();
+        let hashes: Vec<[u8; 32]> = chunks
+            .iter()
+            .map(|chunk| store::text_sha256(&chunk.text))
+            .collect();
+        let vectors =
+            until_cancelled(cancel, self.embed_with_reuse(row.org_id, &chunks, &hashes)).await?;
+        timings.record("embed", started);
+
+        self.enter_stage(file_id, lease, "store", &timings).await?;
+        failpoint::hit(
+            self.settings.failpoint.as_deref(),
+            failpoint::BEFORE_STORE,
+            cancel,
+        )
+        .await;
+        if cancel.is_cancelled() {
+            return Err(cancelled());
+        }
+        let started = Instant::now();
+        let embedded: Vec<EmbeddedChunk<'_>> = chunks
+            .iter()
+            .zip(&hashes)
+            .map(|(chunk, hash)| EmbeddedChunk {
+                chunk,
+                text_sha256: *hash,
+                embedding: &vectors[hash],
+            })
+            .collect();
+        let mut transaction = self.pool.begin().await?;
+        if !lease::fence(&mut transaction, LeasedTable::Files, file_id, lease).await? {
+            return Err(lease_lost());
+        }
+        sqlx::query("DELETE FROM chunks WHERE file_id = $1")
+            .bind(file_id)
+            .execute(&mut *transaction)
+            .await?;
+        store::copy_chunks(
+            &mut transaction,
+            row.org_id,
+            file_id,
+            self.embedder.model_id(),
+            &embedded,
+        )
+        .await?;
+        timings.record("store", started);
+        let page_count = pages
+            .iter()
+            .filter(|page| page.number.is_some())
+            .count()
+            .max(1) as i32;
+        sqlx::query(
+            "UPDATE files SET status = 'ready', stage = NULL, error_class = NULL, error_code = NULL, error_message = NULL, \
+             detected_type = $2, pages = $3, chunk_count = $4, embedding_model = $5, extractor_version = $6, content_sha256 = $7, \
+             stage_durations_ms = $8, lease_token = NULL, lease_expires_at = NULL, finished_at = now(), updated_at = now() WHERE id = $1",
+        )
+        .bind(file_id)
+        .bind(kind.as_str())
+        .bind(page_count)
+        .bind(chunks.len() as i32)
+        .bind(self.embedder.model_id())
+        .bind(document.extractor_version as i32)
+        .bind(&content_sha256)
+        .bind(timings.to_json())
+        .execute(&mut *transaction)
+        .await?;
+        transaction.commit().await?;
+        tracing::info!(
+            chunks = chunks.len(),
+            pages = page_count,
+            kind = kind.as_str(),
+            "file stored"
+        );
+        Ok(())
+    }
+
+    /// Vectors for every distinct chunk text: reused when this org already embedded the
+    /// same text with the same model, computed in batches otherwise.
+    async fn embed_with_reuse(
+        &self,
+        org_id: Uuid,
+        chunks: &[crate::chunk::Chunk],
+        hashes: &[[u8; 32]],
+    ) -> Result<HashMap<[u8; 32], Vec<f32>>, JobError> {
+        let model_id = self.embedder.model_id();
+        let distinct: Vec<Vec<u8>> = {
+            let mut seen = std::collections::HashSet::new();
+            hashes
+                .iter()
+                .filter(|hash| seen.insert(**hash))
+                .map(|hash| hash.to_vec())
+                .collect()
+        };
+        let mut vectors: HashMap<[u8; 32], Vec<f32>> = HashMap::new();
+        for (hash, vector) in
+            store::reusable_embeddings(&self.pool, org_id, model_id, &distinct).await?
+        {
+            if let Ok(key) = <[u8; 32]>::try_from(hash.as_slice()) {
+                vectors.insert(key, vector.to_vec());
+            }
+        }
+        let reused = vectors.len();
+        let mut missing_texts = Vec::new();
+        let mut missing_hashes = Vec::new();
+        for (chunk, hash) in chunks.iter().zip(hashes) {
+            if !vectors.contains_key(hash) && !missing_hashes.contains(hash) {
+                missing_hashes.push(*hash);
+                missing_texts.push(chunk.text.clone());
+            }
+        }
+        if !missing_texts.is_empty() {
+            let computed = self
+                .embedder
+                .embed(&missing_texts)
+                .await
+                .map_err(embed_error)?;
+            if computed.len() != missing_texts.len() {
+                return Err(JobError::transient(
+                    "embedding_unavailable",
+                    format!(
+                        "asked for {} vectors, got {}",
+                        missing_texts.len(),
+                        computed.len()
+                    ),
+                ));
+            }
+            vectors.extend(missing_hashes.into_iter().zip(computed));
+        }
+        tracing::info!(
+            reused,
+            embedded = vectors.len() - reused,
+            "embeddings ready"
+        );
+        Ok(vectors)
+    }
+}
+
+/// Runs `work` unless `cancel` fires first.
+async fn until_cancelled<T>(
+    cancel: &CancellationToken,
+    work: impl Future<Output = Result<T, JobError>>,
+) -> Result<T, JobError> {
+    tokio::select! {
+        result = work => result,
+        _ = cancel.cancelled() => Err(cancelled()),
+    }
+}
+
+#[async_trait]
+impl JobHandler for FileHandler {
+    fn kind(&self) -> JobKind {
+        JobKind::FileProcess
+    }
+
+    async fn claim(&self, job: &JobMessage) -> Result<Claim, JobError> {
+        let lease = Uuid::new_v4();
+        let claimed: Option<(i32,)> = sqlx::query_as(
+            "UPDATE files SET status = 'processing', stage = 'download', lease_token = $3, \
+                 lease_expires_at = now() + make_interval(secs => $4), attempts = attempts + 1, \
+                 started_at = now(), finished_at = NULL, stage_durations_ms = '{}'::jsonb, updated_at = now() \
+             WHERE id = $1 AND org_id = $2 \
+               AND (status IN ('queued', 'retrying', 'dead_lettered') \
+                    OR (status = 'processing' AND (lease_expires_at IS NULL OR lease_expires_at < now()))) \
+             RETURNING attempts",
+        )
+        .bind(job.job_id)
+        .bind(job.org_id)
+        .bind(lease)
+        .bind(self.settings.lease().as_secs_f64())
+        .fetch_optional(&self.pool)
+        .await?;
+        if let Some((attempt,)) = claimed {
+            return Ok(Claim::Acquired {
+                lease,
+                attempt: attempt as u32,
+            });
+        }
+        let current: Option<(String, Option<f64>)> =
+            sqlx::query_as("SELECT status, extract(epoch FROM lease_expires_at - now())::float8 FROM files WHERE id = $1 AND org_id = $2")
+                .bind(job.job_id)
+                .bind(job.org_id)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(match current {
+            Some((status, Some(remaining))) if status == "processing" => Claim::Busy {
+                retry_after: Duration::from_secs_f64(remaining.max(0.0) + 1.0)
+                    .min(Duration::from_secs(900)),
+            },
+            // Ready, failed, never uploaded, deleted or unknown: nothing to do.
+            _ => Claim::Finished,
+        })
+    }
+
+    async fn run(
+        &self,
+        job: &JobMessage,
+        lease: Uuid,
+        attempt: u32,
+        cancel: CancellationToken,
+    ) -> Result<(), JobError> {
+        tracing::debug!(attempt, "processing file");
+        self.process(job, lease, &cancel).await
+    }
+
+    async fn renew(&self, job: &JobMessage, lease: Uuid) -> Result<bool, JobError> {
+        Ok(lease::renew(
+            &self.pool,
+            LeasedTable::Files,
+            job.job_id,
+            lease,
+            self.settings.lease(),
+        )
+        .await?)
+    }
+
+    async fn record_failure(
+        &self,
+        job: &JobMessage,
+        lease: Uuid,
+        error: &JobError,
+        disposition: Disposition,
+    ) -> Result<(), JobError> {
+        let status = match disposition {
+            Disposition::Failed => "failed",
+            Disposition::Retrying { .. } => "retrying",
+            Disposition::DeadLettered => "dead_lettered",
+        };
+        sqlx::query(
+            "UPDATE files SET status = $3, error_class = $4, error_code = $5, error_message = $6, lease_token = NULL, lease_expires_at = NULL, \
+             finished_at = CASE WHEN $3 = 'retrying' THEN NULL ELSE now() END, updated_at = now() \
+             WHERE id = $1 AND lease_token = $2",
+        )
+        .bind(job.job_id)
+        .bind(lease)
+        .bind(status)
+        .bind(error.class())
+        .bind(error.code())
+        .bind(error.message())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn release(&self, job: &JobMessage, lease: Uuid) -> Result<(), JobError> {
+        sqlx::query("UPDATE files SET status = 'queued', stage = NULL, lease_token = NULL, lease_expires_at = NULL, updated_at = now() WHERE id = $1 AND lease_token = $2")
+            .bind(job.job_id)
+            .bind(lease)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,37 @@
+//! `worker-files`: consumes file jobs until SIGTERM. `worker-files extract-child ...` is
+//! the sandboxed extractor the worker starts for each file; it is not for people.
+
+use std::process::ExitCode;
+
+use shared::config::Settings;
+
+fn main() -> ExitCode {
+    let arguments: Vec<String> = std::env::args().collect();
+    if arguments.get(1).map(String::as_str) == Some(worker_files::EXTRACT_CHILD_ARG) {
+        return worker_files::extract::child_main(arguments[2..].to_vec());
+    }
+    let settings = match Settings::from_env() {
+        Ok(settings) => settings,
+        Err(error) => {
+            eprintln!("worker-files: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    shared::telemetry::init(&settings.telemetry, "info,sqlx=warn,aws=warn");
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("worker-files: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let outcome = runtime
+        .block_on(async { worker_files::run(settings, shared::shutdown::on_signal()).await });
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("worker-files: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,250 @@
+//! File ingestion end to end on the real stack: moto S3/SQS, Postgres with pgvector, the
+//! local model, api-lite in process and worker-files as a real child process.
+
+use std::time::Duration;
+
+use serde_json::json;
+use testkit::TestApp;
+use testkit::fixtures;
+
+const WORKER: &str = env!("CARGO_BIN_EXE_worker-files");
+const PROCESSING: Duration = Duration::from_secs(90);
+
+const DOCX: &str = "application/vnd.openxmlformats-officedocument.wordprocessingml.document";
+
+async fn chunk_rows(app: &TestApp, file_id: uuid::Uuid) -> (i64, i64) {
+    sqlx::query_as("SELECT count(*), count(DISTINCT chunk_index) FROM chunks WHERE file_id = $1")
+        .bind(file_id)
+        .fetch_one(&app.pool)
+        .await
+        .expect("count chunks")
+}
+
+#[tokio::test]
+async fn three_documents_are_ingested_and_the_right_one_is_found_first() {
+    let app = TestApp::spawn().await.unwrap();
+    let _worker = app.spawn_worker(WORKER, &[]).unwrap();
+
+    let pdf = fixtures::pdf_from_pages(&[
+        "Volcanic soils on the island support vineyards. Basalt weathers into fertile ground rich in minerals.",
+        "The harbour lighthouse was rebuilt in granite after the storm of the century; its lamp turns every ten seconds.",
+    ]);
+    let docx = fixtures::docx_from_paragraphs(&[
+        "Quarterly payroll runs on the last business day of each month.",
+        "Employees submit expense reports through the finance portal before the fifth.",
+    ]);
+    let markdown = "# Sourdough\n\nFeed the starter twice a day with equal weights of flour and water.\n\n## Baking\n\nBake the loaf in a preheated dutch oven at high heat.\n";
+
+    let pdf_id = app
+        .upload("island.pdf", "application/pdf", pdf)
+        .await
+        .unwrap();
+    let docx_id = app.upload("payroll.docx", DOCX, docx).await.unwrap();
+    let markdown_id = app
+        .upload("bread.md", "text/markdown", markdown.as_bytes().to_vec())
+        .await
+        .unwrap();
+
+    let pdf_file = app
+        .wait_for_file(pdf_id, &["ready"], PROCESSING)
+        .await
+        .unwrap();
+    let docx_file = app
+        .wait_for_file(docx_id, &["ready"], PROCESSING)
+        .await
+        .unwrap();
+    let markdown_file = app
+        .wait_for_file(markdown_id, &["ready"], PROCESSING)
+        .await
+        .unwrap();
+
+    assert_eq!(pdf_file["detected_type"], "pdf");
+    assert_eq!(pdf_file["pages"], 2);
+    assert_eq!(docx_file["detected_type"], "docx");
+    assert_eq!(markdown_file["detected_type"], "markdown");
+    for file in [&pdf_file, &docx_file, &markdown_file] {
+        assert_eq!(file["embedding_model"], "all-minilm-l6-v2", "{file}");
+        assert!(file["chunk_count"].as_i64().unwrap() >= 1, "{file}");
+        assert_eq!(file["attempts"], 1, "{file}");
+        assert!(file["error_code"].is_null(), "{file}");
+        for stage in ["download", "extract", "chunk", "embed", "store"] {
+            assert!(
+                file["stage_durations_ms"][stage].is_u64(),
+                "missing {stage} timing: {file}"
+            );
+        }
+    }
+
+    let (status, found) = app
+        .post(
+            "/v1/search",
+            json!({ "query": "when is the lighthouse lamp turning", "top_k": 3 }),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{found}");
+    let first = &found["hits"][0];
+    assert_eq!(first["file_id"], pdf_id.to_string(), "{found}");
+    assert_eq!(first["page"], 2, "the lighthouse is on page 2: {found}");
+    assert!(
+        first["text"].as_str().unwrap().contains("lighthouse"),
+        "{found}"
+    );
+    assert!(first["score"].as_f64().unwrap() > 0.3, "{found}");
+    let (start, end) = (
+        first["byte_start"].as_i64().unwrap(),
+        first["byte_end"].as_i64().unwrap(),
+    );
+    assert!(end > start);
+
+    let (_, found) = app
+        .post(
+            "/v1/search",
+            json!({ "query": "how do I submit my expenses", "top_k": 2 }),
+        )
+        .await
+        .unwrap();
+    assert_eq!(found["hits"][0]["file_id"], docx_id.to_string(), "{found}");
+    let (_, found) = app
+        .post(
+            "/v1/search",
+            json!({ "query": "feeding a sourdough starter", "top_k": 2 }),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        found["hits"][0]["file_id"],
+        markdown_id.to_string(),
+        "{found}"
+    );
+
+    // Restricted to one file, only that file answers.
+    let (_, found) = app
+        .post(
+            "/v1/search",
+            json!({ "query": "lighthouse", "top_k": 5, "file_ids": [docx_id] }),
+        )
+        .await
+        .unwrap();
+    assert!(
+        found["hits"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|hit| hit["file_id"] == docx_id.to_string()),
+        "{found}"
+    );
+}
+
+#[tokio::test]
+async fn the_same_message_delivered_three_times_leaves_one_set_of_chunks() {
+    let app = TestApp::spawn().await.unwrap();
+    let text = "Duplicate deliveries must be harmless. ".repeat(60);
+    let id = app
+        .upload("dup.txt", "text/plain", text.into_bytes())
+        .await
+        .unwrap();
+    // The outbox already sent one message; send the very same body three more times.
+    let body = shared::queue::JobMessage::new(shared::queue::JobKind::FileProcess, id, app.org_id)
+        .to_body();
+    for _ in 0..3 {
+        app.queue.send(&body).await.unwrap();
+    }
+    let _first = app.spawn_worker(WORKER, &[]).unwrap();
+    let _second = app.spawn_worker(WORKER, &[]).unwrap();
+    let file = app.wait_for_file(id, &["ready"], PROCESSING).await.unwrap();
+    let chunk_count = file["chunk_count"].as_i64().unwrap();
+    // Let every copy be received and acknowledged.
+    testkit::wait_until(Duration::from_secs(40), || async {
+        app.queue
+            .depth()
+            .await
+            .map(|depth| depth.visible + depth.in_flight == 0)
+            .unwrap_or(false)
+    })
+    .await
+    .expect("all copies acknowledged");
+    let (rows, distinct) = chunk_rows(&app, id).await;
+    assert_eq!(rows, chunk_count);
+    assert_eq!(distinct, chunk_count);
+    assert!(
+        app.dead_letters().await.unwrap().is_empty(),
+        "no copy may end in the DLQ"
+    );
+}
+
+#[tokio::test]
+async fn a_worker_killed_mid_file_is_finished_by_another() {
+    let app = TestApp::spawn().await.unwrap();
+    let pdf = fixtures::pdf_from_pages(&[
+        "Crash recovery keeps exactly one set of chunks.",
+        "Second page text for the crash test.",
+    ]);
+    let id = app
+        .upload("crash.pdf", "application/pdf", pdf)
+        .await
+        .unwrap();
+    let mut doomed = app
+        .spawn_worker(
+            WORKER,
+            &[("GLASSBOX_FILES_WORKER__FAILPOINT", "before_store")],
+        )
+        .unwrap();
+    testkit::wait_until(PROCESSING, || async {
+        app.get(&format!("/v1/files/{id}"))
+            .await
+            .map(|(_, file)| file["stage"] == "store")
+            .unwrap_or(false)
+    })
+    .await
+    .expect("the first worker reaches the store stage");
+    doomed.kill().await.unwrap();
+
+    let _rescuer = app.spawn_worker(WORKER, &[]).unwrap();
+    let file = app.wait_for_file(id, &["ready"], PROCESSING).await.unwrap();
+    assert_eq!(file["attempts"], 2, "one attempt per worker: {file}");
+    let (rows, distinct) = chunk_rows(&app, id).await;
+    assert_eq!(rows, file["chunk_count"].as_i64().unwrap());
+    assert_eq!(rows, distinct);
+}
+
+#[tokio::test]
+async fn sigterm_releases_an_unfinished_file_to_another_worker_at_once() {
+    let app = TestApp::spawn().await.unwrap();
+    let id = app
+        .upload(
+            "release.txt",
+            "text/plain",
+            b"Graceful shutdown hands the file back.".to_vec(),
+        )
+        .await
+        .unwrap();
+    let mut stopping = app
+        .spawn_worker(
+            WORKER,
+            &[
+                ("GLASSBOX_FILES_WORKER__FAILPOINT", "before_store"),
+                ("GLASSBOX_FILES_WORKER__SHUTDOWN_DEADLINE_SECS", "1"),
+            ],
+        )
+        .unwrap();
+    testkit::wait_until(PROCESSING, || async {
+        app.get(&format!("/v1/files/{id}"))
+            .await
+            .map(|(_, file)| file["stage"] == "store")
+            .unwrap_or(false)
+    })
+    .await
+    .unwrap();
+    let exit = stopping.terminate(Duration::from_secs(15)).await.unwrap();
+    assert!(exit.success(), "graceful exit: {exit:?}");
+    let (_, file) = app.get(&format!("/v1/files/{id}")).await.unwrap();
+    assert_eq!(
+        file["status"], "queued",
+        "released, not left leased: {file}"
+    );
+
+    let _next = app.spawn_worker(WORKER, &[]).unwrap();
+    let file = app.wait_for_file(id, &["ready"], PROCESSING).await.unwrap();
+    assert_eq!(file["attempts"], 2);
+}
