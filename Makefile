@@ -12,7 +12,7 @@ STACK_ENV := set -a; source .stack/env; set +a
 
 ## demo: start the stack and the fleet, ingest sample documents, search them
 demo: stack
-	cargo build --release --bins
+	cargo build --bins
 	$(STACK_ENV); scripts/demo.sh
 
 ## test: formatting, lints and every test, against the real stack

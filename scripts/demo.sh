@@ -5,7 +5,8 @@ set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 RUN="$ROOT/.stack/fleet"
-BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release"
+# The dev profile: it shares the test build, and dependencies are optimised anyway.
+BIN="${CARGO_TARGET_DIR:-$ROOT/target}/debug"
 API_PORT="${DEMO_API_PORT:-58080}"
 
 stop() {
@@ -54,11 +55,13 @@ echo $! >"$RUN/worker-files.pid"
 
 SAMPLES="$RUN/samples"
 "$BIN/make-samples" "$SAMPLES" >/dev/null
-ORG="00000000-0000-7000-8000-000000000001"
+# A fresh org per run, so earlier runs never show up in this run's results.
+ORG="$(cat /proc/sys/kernel/random/uuid)"
 TOKEN="$("$BIN/api-lite" token --org "$ORG" --subject demo)"
 
 python3 "$ROOT/scripts/demo_client.py" "http://127.0.0.1:$API_PORT" "$TOKEN" "$SAMPLES"
 echo
-echo "The fleet is still running: try the API with"
-echo "  TOKEN=\$($BIN/api-lite token --org $ORG)   (with GLASSBOX_AUTH__JWT_SECRET as above)"
+echo "The fleet is still running at http://127.0.0.1:$API_PORT. To call it as this run's org:"
+echo "  TOKEN=\$(GLASSBOX_AUTH__JWT_SECRET=$GLASSBOX_AUTH__JWT_SECRET $BIN/api-lite token --org $ORG)"
+echo "  curl -s -H \"authorization: Bearer \$TOKEN\" http://127.0.0.1:$API_PORT/v1/files"
 echo "Stop everything with: make down"

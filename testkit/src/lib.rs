@@ -245,6 +245,9 @@ impl TestApp {
         for (name, value) in self.worker_env() {
             command.env(name, value);
         }
+        // A known metrics port, so tests can scrape the worker.
+        let metrics_address = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+        command.env("GLASSBOX_METRICS__LISTEN", metrics_address.to_string());
         for (name, value) in overrides {
             command.env(name, value);
         }
@@ -255,7 +258,11 @@ impl TestApp {
         let child = command
             .spawn()
             .with_context(|| format!("starting {binary}"))?;
-        Ok(WorkerProcess { child })
+        Ok(WorkerProcess {
+            child,
+            metrics_address,
+            http: self.http.clone(),
+        })
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -456,11 +463,25 @@ where
 /// A worker process; killed when dropped.
 pub struct WorkerProcess {
     child: Child,
+    metrics_address: SocketAddr,
+    http: reqwest::Client,
 }
 
 impl WorkerProcess {
     pub fn pid(&self) -> u32 {
         self.child.id().unwrap_or_default()
+    }
+
+    /// The worker's Prometheus text.
+    pub async fn metrics(&self) -> anyhow::Result<String> {
+        Ok(self
+            .http
+            .get(format!("http://{}/metrics", self.metrics_address))
+            .send()
+            .await?
+            .error_for_status()?
+            .text()
+            .await?)
     }
 
     pub fn is_running(&mut self) -> bool {

@@ -209,7 +209,7 @@ async fn a_worker_killed_mid_file_is_finished_by_another() {
 }
 
 #[tokio::test]
-async fn sigterm_releases_an_unfinished_file_to_another_worker_at_once() {
+async fn heartbeats_keep_a_long_file_and_sigterm_releases_it_to_another_worker_at_once() {
     let app = TestApp::spawn().await.unwrap();
     let id = app
         .upload(
@@ -236,15 +236,128 @@ async fn sigterm_releases_an_unfinished_file_to_another_worker_at_once() {
     })
     .await
     .unwrap();
-    let exit = stopping.terminate(Duration::from_secs(15)).await.unwrap();
-    assert!(exit.success(), "graceful exit: {exit:?}");
+    // A second worker waits while the first holds the file well past the lease (4 s)
+    // and the visibility timeout (6 s): heartbeats extend both.
+    let _next = app.spawn_worker(WORKER, &[]).unwrap();
+    tokio::time::sleep(Duration::from_secs(10)).await;
     let (_, file) = app.get(&format!("/v1/files/{id}")).await.unwrap();
-    assert_eq!(
-        file["status"], "queued",
-        "released, not left leased: {file}"
+    assert_eq!(file["status"], "processing", "{file}");
+    assert_eq!(file["attempts"], 1, "nobody took the file over: {file}");
+    let metrics = stopping.metrics().await.unwrap();
+    let extensions = metrics
+        .lines()
+        .find(|line| line.starts_with("glassbox_heartbeat_extensions_total"))
+        .unwrap_or_default()
+        .to_string();
+    let count: f64 = extensions
+        .rsplit(' ')
+        .next()
+        .and_then(|value| value.parse().ok())
+        .unwrap_or(0.0);
+    assert!(
+        count >= 2.0,
+        "at least two heartbeats in 10 s: {extensions:?}"
     );
 
-    let _next = app.spawn_worker(WORKER, &[]).unwrap();
+    let exit = stopping.terminate(Duration::from_secs(15)).await.unwrap();
+    assert!(exit.success(), "graceful exit: {exit:?}");
+    // Released, not left leased: the waiting worker finishes it without a lease expiry.
     let file = app.wait_for_file(id, &["ready"], PROCESSING).await.unwrap();
     assert_eq!(file["attempts"], 2);
+}
+
+#[tokio::test]
+async fn identical_content_is_embedded_once_per_org_and_model() {
+    use testkit::scripted::{EmbeddingReply, ScriptedEmbeddings};
+    let app = TestApp::spawn().await.unwrap();
+    let endpoint = ScriptedEmbeddings::start(vec![EmbeddingReply::Vectors])
+        .await
+        .unwrap();
+    let base_url = endpoint.base_url();
+    let _worker = app
+        .spawn_worker(
+            WORKER,
+            &[
+                ("GLASSBOX_EMBEDDING__PROVIDER", "openai"),
+                ("GLASSBOX_EMBEDDING__BASE_URL", &base_url),
+                ("GLASSBOX_EMBEDDING__MODEL", "scripted"),
+                ("GLASSBOX_EMBEDDING__DIMENSIONS", "8"),
+            ],
+        )
+        .unwrap();
+    let text = "Reuse saves money on paid embedding endpoints. ".repeat(30);
+    let first = app
+        .upload("one.txt", "text/plain", text.clone().into_bytes())
+        .await
+        .unwrap();
+    app.wait_for_file(first, &["ready"], PROCESSING)
+        .await
+        .unwrap();
+    let requests_after_first = endpoint.requests();
+    assert!(requests_after_first >= 1);
+
+    let second = app
+        .upload("copy.txt", "text/plain", text.into_bytes())
+        .await
+        .unwrap();
+    let file = app
+        .wait_for_file(second, &["ready"], PROCESSING)
+        .await
+        .unwrap();
+    assert_eq!(
+        endpoint.requests(),
+        requests_after_first,
+        "the copy must not be embedded again"
+    );
+    let (copies,): (i64,) = sqlx::query_as(
+        "SELECT count(*) FROM chunks a JOIN chunks b ON a.text_sha256 = b.text_sha256 AND a.chunk_index = b.chunk_index \
+         WHERE a.file_id = $1 AND b.file_id = $2 AND a.embedding = b.embedding",
+    )
+    .bind(first)
+    .bind(second)
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(copies, file["chunk_count"].as_i64().unwrap());
+
+    // Another org gets no reuse: its text is embedded on its own.
+    let other_org = uuid::Uuid::now_v7();
+    let other_token = app.token_for(other_org);
+    let (status, created) = app
+        .post_as(
+            "/v1/files",
+            json!({ "name": "theirs.txt", "content_type": "text/plain", "size": 12 }),
+            &other_token,
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 201, "{created}");
+    let put = app
+        .http
+        .put(created["upload"]["url"].as_str().unwrap())
+        .header("content-type", "text/plain")
+        .body("their words!")
+        .send()
+        .await
+        .unwrap();
+    assert!(put.status().is_success());
+    let theirs: uuid::Uuid = created["id"].as_str().unwrap().parse().unwrap();
+    let (status, _) = app
+        .post_as(
+            &format!("/v1/files/{theirs}/confirm"),
+            json!({}),
+            &other_token,
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 202);
+    testkit::wait_until(PROCESSING, || async {
+        app.get_as(&format!("/v1/files/{theirs}"), &other_token)
+            .await
+            .map(|(_, file)| file["status"] == "ready")
+            .unwrap_or(false)
+    })
+    .await
+    .unwrap();
+    assert_eq!(endpoint.requests(), requests_after_first + 1);
 }
