@@ -154,17 +154,26 @@ async fn truncated_pdf_is_corrupt() {
 }
 
 #[tokio::test]
-async fn encrypted_pdfs_are_encrypted() {
-    for bytes in [
-        fixtures::encrypted_pdf(),
-        fixtures::encrypted_pdf_empty_user_password(),
-    ] {
-        assert_eq!(detect(&bytes, None, None).unwrap(), DocumentKind::Pdf);
-        let error = isolated(&bytes, DocumentKind::Pdf, &ExtractLimits::default())
-            .await
-            .unwrap_err();
-        assert_eq!(error.code(), "encrypted", "{error}");
-    }
+async fn password_protected_pdfs_are_encrypted() {
+    let bytes = fixtures::encrypted_pdf();
+    assert_eq!(detect(&bytes, None, None).unwrap(), DocumentKind::Pdf);
+    let error = isolated(&bytes, DocumentKind::Pdf, &ExtractLimits::default())
+        .await
+        .unwrap_err();
+    assert_eq!(error.code(), "encrypted", "{error}");
+}
+
+#[tokio::test]
+async fn pdfs_encrypted_with_an_empty_user_password_are_extracted_like_any_viewer_would() {
+    let bytes = fixtures::encrypted_pdf_empty_user_password();
+    let document = isolated(&bytes, DocumentKind::Pdf, &ExtractLimits::default())
+        .await
+        .unwrap();
+    assert!(
+        squash(&document.pages[0].text).contains("quarterly numbers are encrypted"),
+        "{:?}",
+        document.pages
+    );
 }
 
 #[test]

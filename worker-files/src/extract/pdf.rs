@@ -8,8 +8,8 @@ use super::{ExtractError, ExtractLimits, Page, normalize_text, panic_message};
 
 /// Extracts the pages of a PDF, each with its 1-based number.
 ///
-/// Encryption is detected up front and rejected as `encrypted`, even when the user password is empty and
-/// lopdf could decrypt the file on its own: v1 does not extract encrypted PDFs at all. A page on which
+/// A PDF that needs a password is rejected as `encrypted`; one whose user password is empty (permission
+/// flags only, opened by any viewer without a prompt) is decrypted by lopdf and extracted. A page on which
 /// pdf-extract reports an error yields an empty page (the rest of the document is still useful); when every
 /// page fails the document is `corrupt`. A panic inside pdf-extract becomes `extract_crashed`.
 pub(super) fn extract_pdf(path: &Path, limits: &ExtractLimits) -> Result<Vec<Page>, ExtractError> {
@@ -84,16 +84,13 @@ fn load_document(bytes: &[u8]) -> Result<Document, ExtractError> {
             });
         }
     };
-    // lopdf silently decrypts files whose user password is empty and then drops /Encrypt from the trailer;
-    // `encryption_state` remembers that it did.
-    if document.is_encrypted() || document.encryption_state.is_some() {
-        let password_note = if document.encryption_state.is_some() {
-            "empty user password"
-        } else {
-            "user password set"
-        };
+    // A file whose user password is empty opens in every viewer without a prompt (it is
+    // "encrypted" only to carry permission flags); lopdf decrypts it on load, and we
+    // extract it like any other. Only a file that really needs a password is refused.
+    if document.is_encrypted() {
         return Err(ExtractError::Encrypted {
-            detail: format!("PDF is encrypted ({password_note}); encrypted PDFs are not extracted"),
+            detail: "PDF needs a password to open; password-protected PDFs are not extracted"
+                .to_owned(),
         });
     }
     Ok(document)
