@@ -11,12 +11,18 @@ use std::time::Instant;
 use async_trait::async_trait;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
-use candle_transformers::models::bert::{BertModel, Config};
+use candle_transformers::models::bert::Config;
 use tokenizers::{Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy};
 use tokio::sync::Semaphore;
 
+use self::minilm::{MiniLmEncoder, masked_mean};
 use super::batch::shortest_first;
 use super::{EmbedError, Embedder, l2_normalize, record_batch};
+
+/// Fused in-place CPU ops used by the encoder.
+mod cpu_ops;
+/// The BERT encoder laid out for CPU throughput.
+mod minilm;
 
 /// Id stored next to vectors from this model.
 const MODEL_ID: &str = "all-minilm-l6-v2";
@@ -54,7 +60,7 @@ pub struct LocalMiniLm {
 
 /// What the blocking threads need.
 struct Model {
-    bert: BertModel,
+    encoder: MiniLmEncoder,
     /// Truncates at [`MAX_SEQ_LENGTH`]; padding is done per batch after sorting by length.
     tokenizer: Tokenizer,
 }
@@ -86,8 +92,8 @@ impl LocalMiniLm {
         // Read into memory rather than mmap: the mmap constructors are `unsafe`.
         let weights = std::fs::read(model_dir.join("model.safetensors"))
             .map_err(|error| invalid("cannot read model.safetensors", &error))?;
-        let bert = VarBuilder::from_buffered_safetensors(weights, DType::F32, &Device::Cpu)
-            .and_then(|variables| BertModel::load(variables, &config))
+        let encoder = VarBuilder::from_buffered_safetensors(weights, DType::F32, &Device::Cpu)
+            .and_then(|variables| MiniLmEncoder::load(variables, &config))
             .map_err(|error| invalid("cannot load the BERT weights", &error))?;
 
         let mut counting_tokenizer = Tokenizer::from_file(model_dir.join("tokenizer.json"))
@@ -110,7 +116,7 @@ impl LocalMiniLm {
 
         Ok(Self {
             model: Arc::new(Model {
-                bert,
+                encoder,
                 tokenizer: inference_tokenizer,
             }),
             counting_tokenizer,
@@ -185,13 +191,11 @@ impl Model {
         let type_ids = Tensor::from_vec(type_ids, shape, &Device::Cpu)?;
         let mask = Tensor::from_vec(mask, shape, &Device::Cpu)?;
 
+        let mask = mask.to_dtype(DType::F32)?;
         // [batch, tokens, hidden]
-        let hidden = self.bert.forward(&ids, &type_ids, Some(&mask))?;
-        // Mean over the tokens the mask keeps.
-        let mask = mask.to_dtype(DType::F32)?.unsqueeze(2)?;
-        let summed = hidden.broadcast_mul(&mask)?.sum(1)?;
-        let counts = mask.sum(1)?;
-        let pooled = summed.broadcast_div(&counts)?;
+        let lengths: Vec<usize> = batch.iter().map(|text| text.ids.len()).collect();
+        let hidden = self.encoder.forward(&ids, &type_ids, &lengths)?;
+        let pooled = masked_mean(&hidden, &mask)?;
 
         let mut vectors = pooled.to_vec2::<f32>()?;
         for vector in &mut vectors {
