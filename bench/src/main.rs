@@ -1,0 +1,207 @@
+//! `glassbox-bench`: benchmarks of the ingestion pipeline on a corpus of real LaTeX
+//! manuals (PDF) and DOCX files made from the same text. See `bench/README.md`.
+//!
+//! # Layout
+//! - [`corpus`]: downloads the Debian package, picks the PDFs, writes the DOCX twins.
+//! - [`extract`]: our extraction (in process and sandboxed) against pdftotext: speed and text similarity.
+//! - [`similarity`]: the word-level similarity measures the extraction section reports.
+//! - [`pipeline`]: extract + chunk + store without the model, and the LlamaIndex peer on the same corpus.
+//! - [`embed`]: local all-MiniLM-L6-v2 throughput.
+//! - [`e2e`]: api-lite and a real worker-files process, uploads through the API, RSS sampling.
+//! - [`copy`]: binary COPY against row-by-row INSERT for the store stage.
+//! - [`database`]: a fresh, migrated database per section.
+//! - [`rss`]: resident set sizes from `/proc`.
+//! - [`report`]: aligned tables and the findings every section hands to `all`.
+
+/// Binary COPY against row-by-row INSERT.
+mod copy;
+/// The benchmark corpus.
+mod corpus;
+/// Fresh databases per section.
+mod database;
+/// End to end with real processes.
+mod e2e;
+/// Local embedding throughput.
+mod embed;
+/// Extraction against pdftotext.
+mod extract;
+/// The pipeline without the model, and the LlamaIndex peer.
+mod pipeline;
+/// Tables and findings.
+mod report;
+/// Memory figures from `/proc`.
+mod rss;
+/// Word-level text similarity.
+mod similarity;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+
+use crate::report::Finding;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "glassbox-bench",
+    about = "Ingestion benchmarks: extraction, pipeline, embeddings, end to end, COPY"
+)]
+struct Cli {
+    /// Where the corpus, the peer's venv and the results live (ignored by git).
+    #[arg(long, global = true, default_value_os_t = default_out_dir())]
+    out: PathBuf,
+    /// Folder with the release binaries (worker-files); defaults to this binary's folder.
+    #[arg(long, global = true)]
+    bin_dir: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Section,
+}
+
+#[derive(Debug, Clone, Subcommand)]
+enum Section {
+    /// Build the corpus under OUT/corpus unless it is already there.
+    Corpus,
+    /// Extraction speed and text similarity against pdftotext (PDFs only).
+    Extract,
+    /// Extract + chunk + store with binary COPY, stand-in vectors; the LlamaIndex peer if installed.
+    Pipeline {
+        /// Files in flight at once for the second run (the worker's default is 4).
+        #[arg(long, default_value_t = 4)]
+        concurrency: usize,
+        /// Skip the LlamaIndex peer even when its venv exists.
+        #[arg(long)]
+        skip_peer: bool,
+    },
+    /// all-MiniLM-L6-v2 chunks/s on ~60-token chunks, batch 32.
+    Embed {
+        /// How many ~60-token chunks to embed.
+        #[arg(long, default_value_t = 1024)]
+        chunks: usize,
+    },
+    /// api-lite in process + a release worker-files process: upload the corpus, wait, measure.
+    E2e {
+        /// Upload the first N files of the corpus (a PDF, its DOCX, the next PDF, ...); the
+        /// default keeps the run to a few minutes, since every chunk goes through the model.
+        #[arg(long, default_value_t = 12)]
+        files: usize,
+    },
+    /// Store N chunks with binary COPY and with row-by-row INSERT.
+    Copy {
+        /// Chunks per run.
+        #[arg(long, default_value_t = 2000)]
+        rows: usize,
+    },
+    /// Every section, each in its own process, then a summary against DESIGN's targets.
+    All,
+}
+
+impl Section {
+    fn name(&self) -> &'static str {
+        match self {
+            Section::Corpus => "corpus",
+            Section::Extract => "extract",
+            Section::Pipeline { .. } => "pipeline",
+            Section::Embed { .. } => "embed",
+            Section::E2e { .. } => "e2e",
+            Section::Copy { .. } => "copy",
+            Section::All => "all",
+        }
+    }
+}
+
+/// Shared by every section.
+pub struct Paths {
+    pub out_dir: PathBuf,
+    pub bin_dir: PathBuf,
+}
+
+impl Paths {
+    pub fn worker_binary(&self) -> PathBuf {
+        self.bin_dir.join("worker-files")
+    }
+}
+
+fn default_out_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("out")
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let bin_dir = match cli.bin_dir.clone() {
+        Some(folder) => folder,
+        None => std::env::current_exe()?
+            .parent()
+            .context("this binary has no parent folder")?
+            .to_path_buf(),
+    };
+    let paths = Paths {
+        out_dir: cli.out.clone(),
+        bin_dir,
+    };
+    if let Section::All = cli.command {
+        return run_all(&paths);
+    }
+    let runtime = tokio::runtime::Runtime::new()?;
+    let findings = runtime.block_on(run_section(&paths, &cli.command))?;
+    if !findings.is_empty() {
+        report::save_findings(&paths.out_dir, cli.command.name(), &findings)?;
+    }
+    Ok(())
+}
+
+async fn run_section(paths: &Paths, section: &Section) -> anyhow::Result<Vec<Finding>> {
+    match section {
+        Section::Corpus => {
+            let corpus = corpus::ensure(&paths.out_dir)?;
+            corpus.print_overview();
+            Ok(Vec::new())
+        }
+        Section::Extract => extract::run(paths, &corpus::load(&paths.out_dir)?).await,
+        Section::Pipeline {
+            concurrency,
+            skip_peer,
+        } => {
+            let corpus = corpus::load(&paths.out_dir)?;
+            pipeline::run(paths, &corpus, *concurrency, *skip_peer).await
+        }
+        Section::Embed { chunks } => embed::run(&corpus::load(&paths.out_dir)?, *chunks).await,
+        Section::E2e { files } => e2e::run(paths, &corpus::load(&paths.out_dir)?, *files).await,
+        Section::Copy { rows } => copy::run(&corpus::load(&paths.out_dir)?, *rows).await,
+        Section::All => bail!("`all` is not a single section"),
+    }
+}
+
+/// Runs every section in its own process, so each peak RSS belongs to one section only,
+/// then prints the findings side by side.
+fn run_all(paths: &Paths) -> anyhow::Result<()> {
+    let corpus = corpus::ensure(&paths.out_dir)?;
+    corpus.print_overview();
+    report::clear_findings(&paths.out_dir)?;
+    let executable = std::env::current_exe()?;
+    let sections = ["extract", "pipeline", "embed", "e2e", "copy"];
+    let mut failed = Vec::new();
+    for section in sections {
+        let status = Command::new(&executable)
+            .arg("--out")
+            .arg(&paths.out_dir)
+            .arg("--bin-dir")
+            .arg(&paths.bin_dir)
+            .arg(section)
+            .status()
+            .with_context(|| format!("starting section {section}"))?;
+        if !status.success() {
+            eprintln!("section {section} failed: {status}");
+            failed.push(section);
+        }
+    }
+    let mut findings = Vec::new();
+    for section in sections {
+        findings.extend(report::load_findings(&paths.out_dir, section)?);
+    }
+    report::print_summary(&findings);
+    if !failed.is_empty() {
+        bail!("sections failed: {}", failed.join(", "));
+    }
+    Ok(())
+}

@@ -1,0 +1,81 @@
+//! Resident set sizes from `/proc/<pid>/status` (Linux only, like the fleet).
+
+use std::collections::HashMap;
+
+/// `VmRSS` (now) and `VmHWM` (peak) of a process, in KiB.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Memory {
+    pub rss_kib: u64,
+    pub peak_kib: u64,
+}
+
+pub fn memory_of(pid: u32) -> Option<Memory> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let mut memory = Memory::default();
+    for line in status.lines() {
+        if let Some(value) = line.strip_prefix("VmRSS:") {
+            memory.rss_kib = parse_kib(value)?;
+        } else if let Some(value) = line.strip_prefix("VmHWM:") {
+            memory.peak_kib = parse_kib(value)?;
+        }
+    }
+    Some(memory)
+}
+
+pub fn own_memory() -> Option<Memory> {
+    memory_of(std::process::id())
+}
+
+fn parse_kib(value: &str) -> Option<u64> {
+    value.trim().trim_end_matches("kB").trim().parse().ok()
+}
+
+/// Direct children of `pid` (every thread's `children` list).
+pub fn children_of(pid: u32) -> Vec<u32> {
+    let mut children = Vec::new();
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return children;
+    };
+    for task in tasks.flatten() {
+        let Ok(list) = std::fs::read_to_string(task.path().join("children")) else {
+            continue;
+        };
+        children.extend(
+            list.split_whitespace()
+                .filter_map(|child| child.parse::<u32>().ok()),
+        );
+    }
+    children
+}
+
+/// Peak memory seen per process while sampling.
+#[derive(Debug, Default)]
+pub struct PeakTracker {
+    peaks: HashMap<u32, u64>,
+}
+
+impl PeakTracker {
+    /// Records the current `VmHWM` of every child of `parent`.
+    pub fn sample_children(&mut self, parent: u32) {
+        for child in children_of(parent) {
+            if let Some(memory) = memory_of(child) {
+                let peak = self.peaks.entry(child).or_default();
+                *peak = (*peak).max(memory.peak_kib);
+            }
+        }
+    }
+
+    pub fn sampled_processes(&self) -> usize {
+        self.peaks.len()
+    }
+
+    pub fn highest_kib(&self) -> u64 {
+        self.peaks.values().copied().max().unwrap_or(0)
+    }
+
+    pub fn median_kib(&self) -> u64 {
+        let mut values: Vec<u64> = self.peaks.values().copied().collect();
+        values.sort_unstable();
+        values.get(values.len() / 2).copied().unwrap_or(0)
+    }
+}
