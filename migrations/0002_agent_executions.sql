@@ -86,6 +86,8 @@ CREATE TABLE execution_inputs (
     org_id       uuid NOT NULL,
     step         integer NOT NULL,
     tool_call_id text NOT NULL,
+    -- The call's position in its step: with the step it makes the tool idempotency key.
+    call_index   integer NOT NULL,
     kind         text NOT NULL CHECK (kind IN ('question', 'approval')),
     tool         text NOT NULL,
     arguments    jsonb NOT NULL DEFAULT '{}'::jsonb,

@@ -471,21 +471,18 @@ pub struct AgentWorkerSettings {
 
 impl Default for AgentWorkerSettings {
     fn default() -> Self {
-        let prices = [
-            ("gpt-4o-mini", 0.15, 0.60),
-            ("gpt-4o", 2.50, 10.00),
-        ]
-        .into_iter()
-        .map(|(model, input, output)| {
-            (
-                model.to_string(),
-                ModelPrice {
-                    input_per_million_usd: input,
-                    output_per_million_usd: output,
-                },
-            )
-        })
-        .collect();
+        let prices = [("gpt-4o-mini", 0.15, 0.60), ("gpt-4o", 2.50, 10.00)]
+            .into_iter()
+            .map(|(model, input, output)| {
+                (
+                    model.to_string(),
+                    ModelPrice {
+                        input_per_million_usd: input,
+                        output_per_million_usd: output,
+                    },
+                )
+            })
+            .collect();
         Self {
             concurrency: 8,
             lease_secs: 60,

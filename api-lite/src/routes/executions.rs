@@ -225,7 +225,7 @@ async fn requeue(
     from_status: &str,
 ) -> Result<bool, ApiError> {
     let requeued = sqlx::query(
-        "UPDATE executions SET status = 'queued', control = NULL, queued_at = now(), updated_at = now() \
+        "UPDATE executions SET status = 'queued', queued_at = now(), updated_at = now() \
          WHERE id = $1 AND status = $2 \
            AND NOT EXISTS (SELECT 1 FROM execution_inputs WHERE execution_id = $1 AND status = 'pending')",
     )
