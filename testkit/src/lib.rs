@@ -6,7 +6,7 @@
 //!   and wait for them.
 //! - [`WorkerProcess`]: a real worker binary started against that app, killable with
 //!   SIGTERM or SIGKILL.
-//! - [`scripted`]: scripted OpenAI-compatible servers (embeddings) for failure tests.
+//! - [`scripted`]: scripted OpenAI-compatible servers (embeddings, chat with tool calls).
 //! - [`fixtures`]: generated documents, good and hostile.
 //!
 //! Set `TEST_LOG=1` to see the app's logs.
@@ -147,6 +147,12 @@ impl TestApp {
         settings.files_worker.shutdown_deadline_secs = 10;
         settings.files_worker.extract_timeout_secs = 20;
         settings.files_worker.max_file_bytes = 8 * 1024 * 1024;
+        settings.agent_worker.lease_secs = 3;
+        settings.agent_worker.receive_wait_secs = 1;
+        settings.agent_worker.shutdown_deadline_secs = 10;
+        settings.agent_worker.control_poll_ms = 100;
+        settings.agent_worker.request_timeout_secs = 60;
+        settings.agent_worker.retry_base_ms = 50;
 
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let address = listener.local_addr()?;
@@ -400,6 +406,108 @@ impl TestApp {
             }
         }
     }
+}
+
+/// Agent executions: nodes, starting runs, waiting for a status.
+impl TestApp {
+    /// Creates a node and returns its id.
+    pub async fn create_node(
+        &self,
+        title: &str,
+        instructions: &str,
+        inputs: Value,
+    ) -> anyhow::Result<Uuid> {
+        let (status, node) = self
+            .post(
+                "/v1/nodes",
+                json!({ "title": title, "instructions": instructions, "inputs": inputs }),
+            )
+            .await?;
+        if status != 201 {
+            bail!("create node answered {status}: {node}");
+        }
+        Ok(node["id"].as_str().context("node id")?.parse()?)
+    }
+
+    /// `POST /v1/nodes/{id}/execute` with an optional Idempotency-Key; returns the status
+    /// code and the execution.
+    pub async fn execute(
+        &self,
+        node_id: Uuid,
+        idempotency_key: Option<&str>,
+        body: Value,
+    ) -> anyhow::Result<(u16, Value)> {
+        let mut request = self
+            .http
+            .post(self.url(&format!("/v1/nodes/{node_id}/execute")))
+            .bearer_auth(&self.token)
+            .json(&body);
+        if let Some(key) = idempotency_key {
+            request = request.header("Idempotency-Key", key);
+        }
+        read_json(request.send().await?).await
+    }
+
+    /// Polls the execution until its status is one of `statuses`; returns it.
+    pub async fn wait_for_execution(
+        &self,
+        id: Uuid,
+        statuses: &[&str],
+        timeout: Duration,
+    ) -> anyhow::Result<Value> {
+        let started = Instant::now();
+        loop {
+            let (_, execution) = self.get(&format!("/v1/executions/{id}")).await?;
+            if statuses.contains(&execution["status"].as_str().unwrap_or_default()) {
+                return Ok(execution);
+            }
+            if started.elapsed() > timeout {
+                bail!(
+                    "execution {id} did not reach {statuses:?} within {timeout:?}; last seen: {execution}"
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Every trace event of the execution, following the pages.
+    pub async fn trace(&self, id: Uuid) -> anyhow::Result<Vec<Value>> {
+        let mut events = Vec::new();
+        let mut after = 0i64;
+        loop {
+            let (status, page) = self
+                .get(&format!(
+                    "/v1/executions/{id}/trace?after={after}&limit=100"
+                ))
+                .await?;
+            if status != 200 {
+                bail!("trace answered {status}: {page}");
+            }
+            events.extend(page["events"].as_array().cloned().unwrap_or_default());
+            match page["next_cursor"].as_i64() {
+                Some(cursor) => after = cursor,
+                None => return Ok(events),
+            }
+        }
+    }
+
+    /// The agent queue of this app.
+    pub async fn agent_queue(&self) -> anyhow::Result<Queue> {
+        Ok(Queue::open(&self.aws.sqs, &self.settings.queues.agent_jobs).await?)
+    }
+}
+
+/// A binary of another workspace crate, built next to the test binary (nextest and
+/// `cargo build --workspace` build every binary); `CARGO_BIN_EXE_*` only covers the
+/// test's own crate.
+pub fn workspace_binary(name: &str) -> PathBuf {
+    let test_binary = std::env::current_exe().expect("the test binary has a path");
+    // target/<profile>/deps/<test> -> target/<profile>/<name>
+    test_binary
+        .parent()
+        .and_then(Path::parent)
+        .map(|profile| profile.join(name))
+        .expect("test binaries live in target/<profile>/deps")
 }
 
 impl Drop for TestApp {
