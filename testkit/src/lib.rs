@@ -497,6 +497,95 @@ impl TestApp {
     }
 }
 
+/// One Server-Sent Event: its id, event name and data.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SseEvent {
+    pub id: Option<String>,
+    pub event: Option<String>,
+    pub data: String,
+}
+
+/// Reads Server-Sent Events from a streaming response.
+pub struct SseReader {
+    response: reqwest::Response,
+    buffer: String,
+}
+
+impl SseReader {
+    /// Opens `path` as an event stream, optionally resuming after `last_event_id`.
+    pub async fn open(
+        app: &TestApp,
+        path: &str,
+        last_event_id: Option<&str>,
+    ) -> anyhow::Result<Self> {
+        let mut request = app
+            .http
+            .get(app.url(path))
+            .bearer_auth(&app.token)
+            .timeout(Duration::from_secs(120));
+        if let Some(id) = last_event_id {
+            request = request.header("Last-Event-ID", id);
+        }
+        let response = request.send().await?;
+        if !response.status().is_success() {
+            bail!("event stream answered {}", response.status());
+        }
+        Ok(Self {
+            response,
+            buffer: String::new(),
+        })
+    }
+
+    /// The next event (keep-alive comments skipped); `None` once the server closed.
+    pub async fn next(&mut self, timeout: Duration) -> anyhow::Result<Option<SseEvent>> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(end) = self.buffer.find("\n\n") {
+                let block: String = self.buffer.drain(..end + 2).collect();
+                let mut event = SseEvent {
+                    id: None,
+                    event: None,
+                    data: String::new(),
+                };
+                let mut has_field = false;
+                for line in block.lines() {
+                    if let Some(value) = line.strip_prefix("id:") {
+                        event.id = Some(value.trim().to_string());
+                        has_field = true;
+                    } else if let Some(value) = line.strip_prefix("event:") {
+                        event.event = Some(value.trim().to_string());
+                        has_field = true;
+                    } else if let Some(value) = line.strip_prefix("data:") {
+                        event.data.push_str(value.trim_start());
+                        has_field = true;
+                    }
+                }
+                if has_field {
+                    return Ok(Some(event));
+                }
+                continue;
+            }
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            let chunk = tokio::time::timeout(remaining, self.response.chunk())
+                .await
+                .context("no event within the timeout")??;
+            match chunk {
+                Some(bytes) => self.buffer.push_str(&String::from_utf8_lossy(&bytes)),
+                None => return Ok(None),
+            }
+        }
+    }
+
+    /// Every event until the server closes the stream.
+    pub async fn collect(mut self, timeout: Duration) -> anyhow::Result<Vec<SseEvent>> {
+        let mut events = Vec::new();
+        while let Some(event) = self.next(timeout).await? {
+            events.push(event);
+        }
+        Ok(events)
+    }
+}
+
 /// A binary of another workspace crate, built next to the test binary (nextest and
 /// `cargo build --workspace` build every binary); `CARGO_BIN_EXE_*` only covers the
 /// test's own crate.

@@ -1,8 +1,10 @@
 //! The executions API on its own (no worker runs): idempotent execute, tenancy, control
 //! of a queued run, 409s for answers nobody asked for, and the paged trace.
 
+use std::time::Duration;
+
 use serde_json::json;
-use testkit::TestApp;
+use testkit::{SseReader, TestApp};
 use uuid::Uuid;
 
 #[tokio::test]
@@ -121,4 +123,56 @@ async fn execute_is_idempotent_and_control_works_on_a_queued_run() {
         .unwrap();
     assert_eq!(rest["events"][0]["kind"], "resumed");
     assert!(rest["next_cursor"].is_null());
+}
+
+#[tokio::test]
+async fn the_event_stream_is_live_and_resumes_after_last_event_id() {
+    let app = TestApp::spawn().await.unwrap();
+    let node = app.create_node("Stream", "x", json!({})).await.unwrap();
+    let (_, execution) = app.execute(node, None, json!({})).await.unwrap();
+    let id = execution["id"].as_str().unwrap().to_string();
+    let path = format!("/v1/executions/{id}/events");
+
+    let mut live = SseReader::open(&app, &path, None).await.unwrap();
+    let first = live.next(Duration::from_secs(5)).await.unwrap().unwrap();
+    assert_eq!(first.event.as_deref(), Some("queued"));
+    app.post(&format!("/v1/executions/{id}/pause"), json!({}))
+        .await
+        .unwrap();
+    let paused = live.next(Duration::from_secs(5)).await.unwrap().unwrap();
+    assert_eq!(
+        paused.event.as_deref(),
+        Some("paused"),
+        "events arrive live"
+    );
+    app.post(&format!("/v1/executions/{id}/cancel"), json!({}))
+        .await
+        .unwrap();
+    let rest = live.collect(Duration::from_secs(5)).await.unwrap();
+    let names: Vec<_> = rest
+        .iter()
+        .filter_map(|event| event.event.clone())
+        .collect();
+    assert_eq!(names, ["cancelled"], "the stream closes once the run ended");
+    let data: serde_json::Value = serde_json::from_str(&rest[0].data).unwrap();
+    assert_eq!(data["kind"], "cancelled");
+
+    let resumed = SseReader::open(&app, &path, first.id.as_deref())
+        .await
+        .unwrap()
+        .collect(Duration::from_secs(5))
+        .await
+        .unwrap();
+    let names: Vec<_> = resumed
+        .iter()
+        .filter_map(|event| event.event.clone())
+        .collect();
+    assert_eq!(
+        names,
+        ["paused", "cancelled"],
+        "resumed right after the last seen event"
+    );
+    let stranger = app.token_for(Uuid::now_v7());
+    let (status, _) = app.get_as(&path, &stranger).await.unwrap();
+    assert_eq!(status, 404);
 }

@@ -30,6 +30,7 @@ pub fn router() -> Router<AppState> {
         .route("/v1/nodes/{id}/execute", post(nodes::execute))
         .route("/v1/executions/{id}", get(executions::show))
         .route("/v1/executions/{id}/trace", get(executions::trace))
+        .route("/v1/executions/{id}/events", get(executions::events))
         .route("/v1/executions/{id}/pause", post(executions::pause))
         .route("/v1/executions/{id}/resume", post(executions::resume))
         .route("/v1/executions/{id}/cancel", post(executions::cancel))
