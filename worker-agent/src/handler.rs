@@ -456,7 +456,7 @@ impl AgentHandler {
             Some((status, Some(result))) if status != "started" => {
                 return Ok((outcome_from_ledger(&result), true));
             }
-            Some(_) if !tool.is_idempotent() => {
+            Some(_) if !tool.is_idempotent() && !tool.effect_commits_with_ledger() => {
                 let outcome: ToolOutcome = Err(format!(
                     "the outcome of this {} call is unknown after an interruption; it was not run again",
                     tool.name()
@@ -500,6 +500,13 @@ impl AgentHandler {
                 }
             }
         }
+        failpoint::hit(
+            self.settings.failpoint.as_deref(),
+            failpoint::BEFORE_TOOL_EFFECT,
+            step,
+            &self.shutdown,
+        )
+        .await;
         let outcome = match args {
             ToolArgs::WriteOutput {
                 key: output_key,

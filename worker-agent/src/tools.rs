@@ -61,6 +61,14 @@ impl Tool {
         matches!(self, Self::SearchFiles | Self::GetNodeContext)
     }
 
+    /// Its effect commits in the same transaction as its ledger entry, so a call left
+    /// `started` certainly had no effect and may run again. A tool with an outside effect
+    /// (an HTTP call, an email) is neither idempotent nor atomic: after a crash its
+    /// outcome is unknown and it is not run again.
+    pub fn effect_commits_with_ledger(self) -> bool {
+        matches!(self, Self::WriteOutput)
+    }
+
     fn description(self) -> &'static str {
         match self {
             Self::SearchFiles => {

@@ -213,3 +213,96 @@ async fn a_duplicate_delivery_to_two_workers_runs_each_step_once() {
     let after: Value = app.get(&format!("/v1/executions/{id}")).await.unwrap().1;
     assert_eq!(after["status"], "completed");
 }
+
+#[tokio::test]
+async fn sigkill_before_an_atomic_tool_effect_runs_it_on_the_next_worker() {
+    let app = TestApp::spawn().await.unwrap();
+    let chat = ScriptedChat::start(vec![
+        ChatReply::tool("write_output", json!({ "key": "a", "value": 1 })),
+        ChatReply::text("done"),
+    ])
+    .await
+    .unwrap();
+    let mut doomed = spawn_agent(
+        &app,
+        &chat,
+        &[("GLASSBOX_AGENT_WORKER__FAILPOINT", "before_tool_effect")],
+    );
+    let (id, node) = start(&app).await;
+    wait_until(RUN, || async {
+        ledger(&app, id)
+            .await
+            .first()
+            .is_some_and(|row| row.2 == "started")
+    })
+    .await
+    .unwrap();
+    doomed.kill().await.unwrap();
+    assert_eq!(
+        outputs(&app, node).await,
+        json!({}),
+        "no effect before the kill"
+    );
+
+    let _survivor = spawn_agent(&app, &chat, &[]);
+    let done = app
+        .wait_for_execution(id, &["completed", "failed"], RUN)
+        .await
+        .unwrap();
+    assert_eq!(done["status"], "completed", "{done}");
+    // The write commits with its ledger entry, so `started` proves it never happened:
+    // the body runs again, and the effect lands exactly once.
+    assert_eq!(ledger(&app, id).await, [(0, 0, "succeeded".to_string(), 2)]);
+    assert_eq!(outputs(&app, node).await, json!({ "a": 1 }));
+}
+
+#[tokio::test]
+async fn sigterm_finishes_the_step_in_flight_and_hands_the_run_back() {
+    let app = TestApp::spawn().await.unwrap();
+    let chat = ScriptedChat::start(vec![
+        ChatReply::slow(
+            Duration::from_millis(1500),
+            ChatReply::tool("write_output", json!({ "key": "a", "value": 1 })),
+        ),
+        ChatReply::text("done"),
+    ])
+    .await
+    .unwrap();
+    let mut stopping = spawn_agent(&app, &chat, &[]);
+    let (id, node) = start(&app).await;
+    wait_until(RUN, || async { chat.requests_for_step(0) == 1 })
+        .await
+        .unwrap();
+    let exit = stopping.terminate(Duration::from_secs(20)).await.unwrap();
+    assert!(exit.success(), "{exit:?}");
+    let handed_back = app
+        .wait_for_execution(id, &["queued"], Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(
+        handed_back["step"], 1,
+        "the step in flight committed before the exit"
+    );
+
+    let _next = spawn_agent(&app, &chat, &[]);
+    let done = app
+        .wait_for_execution(id, &["completed", "failed"], RUN)
+        .await
+        .unwrap();
+    assert_eq!(done["status"], "completed", "{done}");
+    assert_eq!(
+        chat.requests_for_step(0),
+        1,
+        "the committed step was not redone"
+    );
+    assert_eq!(ledger(&app, id).await, [(0, 0, "succeeded".to_string(), 1)]);
+    assert_eq!(outputs(&app, node).await, json!({ "a": 1 }));
+    let kinds: Vec<String> = app
+        .trace(id)
+        .await
+        .unwrap()
+        .iter()
+        .map(|event| event["kind"].as_str().unwrap().to_string())
+        .collect();
+    assert!(kinds.contains(&"released".to_string()), "{kinds:?}");
+}
