@@ -798,6 +798,7 @@ impl AgentHandler {
         let advanced = sqlx::query(
             "UPDATE executions SET step = step + 1, tokens_in = tokens_in + $3, tokens_out = tokens_out + $4, cost_usd = cost_usd + $5, \
                     active_ms = active_ms + $6, status = $7, result = COALESCE($8, result), \
+                    control = CASE WHEN $7 = 'completed' THEN NULL ELSE control END, \
                     lease_token = CASE WHEN $9 THEN NULL ELSE lease_token END, lease_expires_at = CASE WHEN $9 THEN NULL ELSE lease_expires_at END, \
                     finished_at = CASE WHEN $7 = 'completed' THEN now() ELSE finished_at END, updated_at = now() \
              WHERE id = $1 AND step = $2",

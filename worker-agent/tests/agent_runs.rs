@@ -494,3 +494,81 @@ async fn exceeded_budgets_fail_the_run_with_their_code() {
         "budget_steps_exceeded"
     );
 }
+
+#[tokio::test]
+async fn answers_to_several_questions_are_all_kept_and_a_pause_waits_for_them() {
+    let app = TestApp::spawn().await.unwrap();
+    let chat = ScriptedChat::start(vec![
+        ChatReply::ToolCalls(vec![
+            (
+                "ask_human".into(),
+                json!({ "question": "first?" }).to_string(),
+            ),
+            (
+                "ask_human".into(),
+                json!({ "question": "second?" }).to_string(),
+            ),
+        ]),
+        ChatReply::text("thanks"),
+    ])
+    .await
+    .unwrap();
+    let _worker = spawn_agent(&app, &chat, &[]);
+    let id = start(&app, json!({})).await;
+    let waiting = app
+        .wait_for_execution(id, &["awaiting_input"], RUN)
+        .await
+        .unwrap();
+    let pending = waiting["pending_inputs"].as_array().unwrap().clone();
+    assert_eq!(pending.len(), 2, "{waiting}");
+    let (status, ambiguous) = app
+        .post(
+            &format!("/v1/executions/{id}/input"),
+            json!({ "answer": "x" }),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 422, "{ambiguous}");
+
+    // A pause asked while waiting is honoured once the answers let the run go on.
+    let (status, _) = app
+        .post(&format!("/v1/executions/{id}/pause"), json!({}))
+        .await
+        .unwrap();
+    assert_eq!(status, 202);
+    for (input, answer) in pending.iter().zip(["one", "two"]) {
+        let (status, after) = app
+            .post(
+                &format!("/v1/executions/{id}/input"),
+                json!({ "answer": answer, "input_id": input["id"] }),
+            )
+            .await
+            .unwrap();
+        assert_eq!(status, 202, "{after}");
+        if answer == "one" {
+            assert_eq!(
+                after["status"], "awaiting_input",
+                "one question is still open"
+            );
+        }
+    }
+    let paused = app.wait_for_execution(id, &["paused"], RUN).await.unwrap();
+    assert_eq!(paused["step"], 1);
+    assert_eq!(chat.requests_for_step(1), 0);
+    let (status, _) = app
+        .post(&format!("/v1/executions/{id}/resume"), json!({}))
+        .await
+        .unwrap();
+    assert_eq!(status, 202);
+    app.wait_for_execution(id, &["completed"], RUN)
+        .await
+        .unwrap();
+    assert_eq!(
+        tool_result_seen(&chat, "call_0_0").unwrap(),
+        json!({ "answer": "one" }).to_string()
+    );
+    assert_eq!(
+        tool_result_seen(&chat, "call_0_1").unwrap(),
+        json!({ "answer": "two" }).to_string()
+    );
+}

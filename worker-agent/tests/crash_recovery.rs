@@ -210,6 +210,7 @@ async fn a_duplicate_delivery_to_two_workers_runs_each_step_once() {
     assert_eq!(outputs(&app, node).await, json!({ "a": 1 }));
     assert_eq!(committed_steps(&app, id).await, 2);
     assert_eq!(done["tokens_in"], 2 * CHAT_TOKENS_IN);
+    assert_eq!(done["attempts"], 1, "only one claim ever succeeded");
     let after: Value = app.get(&format!("/v1/executions/{id}")).await.unwrap().1;
     assert_eq!(after["status"], "completed");
 }
