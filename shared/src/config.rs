@@ -618,6 +618,34 @@ mod tests {
     }
 
     #[test]
+    fn agent_tool_policies_and_prices_come_from_the_environment() {
+        let settings = with_env(&[
+            ("GLASSBOX_AGENT_WORKER__TOOL_POLICY__WRITE_OUTPUT", "allow"),
+            ("GLASSBOX_AGENT_WORKER__TOOL_POLICY__SEARCH_FILES", "deny"),
+            (
+                "GLASSBOX_AGENT_WORKER__PRICES__MY-MODEL__INPUT_PER_MILLION_USD",
+                "1.5",
+            ),
+            (
+                "GLASSBOX_AGENT_WORKER__PRICES__MY-MODEL__OUTPUT_PER_MILLION_USD",
+                "3",
+            ),
+        ])
+        .unwrap();
+        let agent = &settings.agent_worker;
+        assert_eq!(agent.tool_policy["write_output"], ToolPolicy::Allow);
+        assert_eq!(agent.tool_policy["search_files"], ToolPolicy::Deny);
+        assert_eq!(agent.prices["my-model"].output_per_million_usd, 3.0);
+        assert!(
+            agent.prices.contains_key("gpt-4o-mini"),
+            "defaults stay next to overrides"
+        );
+        assert!(
+            with_env(&[("GLASSBOX_AGENT_WORKER__TOOL_POLICY__WRITE_OUTPUT", "maybe")]).is_err()
+        );
+    }
+
+    #[test]
     fn short_jwt_secret_is_refused() {
         let settings = with_env(&[("GLASSBOX_AUTH__JWT_SECRET", "short")]).unwrap();
         assert!(settings.auth.secret().is_err());
