@@ -770,7 +770,8 @@ impl AgentHandler {
             };
             let commit_started = Instant::now();
             self.commit_step(run, step, &commit).await?;
-            metrics::histogram!(shared::metrics::STAGE_SECONDS, "kind" => "agent.run", "stage" => "commit").record(commit_started.elapsed().as_secs_f64());
+            let commit_time = commit_started.elapsed();
+            metrics::histogram!(shared::metrics::STAGE_SECONDS, "kind" => "agent.run", "stage" => "commit").record(commit_time.as_secs_f64());
             metrics::counter!(STEPS_COMMITTED).increment(1);
             counters.step += 1;
             counters.tokens_in += commit.tokens_in;
@@ -782,6 +783,8 @@ impl AgentHandler {
                 status,
                 tokens_in = commit.tokens_in,
                 tokens_out = commit.tokens_out,
+                // The fenced commit transaction, begin to commit; bench-agent reads it.
+                commit_us = commit_time.as_micros() as u64,
                 "step committed"
             );
             failpoint::hit(failpoint, failpoint::AFTER_STEP_COMMIT, step, cancel).await;
