@@ -8,7 +8,7 @@ export CARGO_TARGET_DIR ?= $(HOME)/.cache/glassbox/target
 export CARGO_TERM_COLOR ?= never
 STACK_ENV := set -a; source .stack/env; set +a
 
-.PHONY: demo test stack down lint unit-and-integration deploy-checks bench clean-test-dbs
+.PHONY: demo test stack down lint unit-and-integration deploy-checks bench bench-agent clean-test-dbs
 
 ## demo: start the stack and the fleet, ingest sample documents, search them
 demo: stack
@@ -50,3 +50,7 @@ clean-test-dbs:
 bench: stack
 	cargo build --release --bins --benches
 	$(STACK_ENV); bench/run.sh
+
+## bench-agent: agent orchestration benchmark (see bench-agent/README.md)
+bench-agent: stack
+	bench-agent/run.sh

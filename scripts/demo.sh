@@ -1,6 +1,11 @@
 #!/usr/bin/env bash
 # `make demo`: start api-lite and worker-files against the local stack, ingest three
-# sample documents, show progress, then search. `scripts/demo.sh stop` stops the fleet.
+# sample documents, show progress, then search. Then start worker-agent and run an agent
+# on a node: it searches the files, asks a question (answered through the API), writes an
+# output (approved through the API) and completes; the trace shows tokens and cost.
+# The agent's model is LLM_BASE_URL + LLM_API_KEY (+ LLM_MODEL) when both are set, and
+# otherwise the recorded responses in testkit/recordings/demo-agent.json, served by the
+# recorded-llm binary. `scripts/demo.sh stop` stops the fleet.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -8,6 +13,7 @@ RUN="$ROOT/.stack/fleet"
 # The dev profile: it shares the test build, and dependencies are optimised anyway.
 BIN="${CARGO_TARGET_DIR:-$ROOT/target}/debug"
 API_PORT="${DEMO_API_PORT:-58080}"
+LLM_PORT="${DEMO_LLM_PORT:-58090}"
 
 stop() {
   for pid_file in "$RUN"/*.pid; do
@@ -34,6 +40,7 @@ export GLASSBOX_AUTH__JWT_SECRET="${GLASSBOX_AUTH__JWT_SECRET:-demo-secret-chang
 export GLASSBOX_STORAGE__BUCKET="${GLASSBOX_STORAGE__BUCKET:-glassbox-demo}"
 export GLASSBOX_STORAGE__CREATE_BUCKET=true
 export GLASSBOX_QUEUES__FILE_JOBS="${GLASSBOX_QUEUES__FILE_JOBS:-glassbox-demo-file-jobs}"
+export GLASSBOX_QUEUES__AGENT_JOBS="${GLASSBOX_QUEUES__AGENT_JOBS:-glassbox-demo-agent-jobs}"
 export GLASSBOX_QUEUES__CREATE=true
 export GLASSBOX_API__LISTEN="127.0.0.1:$API_PORT"
 export GLASSBOX_METRICS__LISTEN="127.0.0.1:0"
@@ -59,9 +66,37 @@ SAMPLES="$RUN/samples"
 ORG="$(cat /proc/sys/kernel/random/uuid)"
 TOKEN="$("$BIN/api-lite" token --org "$ORG" --subject demo)"
 
-python3 "$ROOT/scripts/demo_client.py" "http://127.0.0.1:$API_PORT" "$TOKEN" "$SAMPLES"
+python3 "$ROOT/scripts/demo_client.py" files "http://127.0.0.1:$API_PORT" "$TOKEN" "$SAMPLES"
+
+echo
+if [ -n "${LLM_BASE_URL:-}" ] && [ -n "${LLM_API_KEY:-}" ]; then
+  MODEL="${LLM_MODEL:-gpt-4o-mini}"
+  MODEL_LABEL="live model $MODEL at $LLM_BASE_URL"
+  export GLASSBOX_LLM__BASE_URL="$LLM_BASE_URL"
+  export GLASSBOX_LLM__API_KEY="$LLM_API_KEY"
+else
+  RECORDING="$ROOT/testkit/recordings/demo-agent.json"
+  MODEL="${LLM_MODEL:-gpt-4o-mini}"
+  MODEL_LABEL="recorded responses, not a live model ($(basename "$RECORDING"); set LLM_BASE_URL and LLM_API_KEY for a live one)"
+  echo "==> starting recorded-llm on http://127.0.0.1:$LLM_PORT (log: .stack/fleet/recorded-llm.log)"
+  "$BIN/recorded-llm" "$RECORDING" "127.0.0.1:$LLM_PORT" >"$RUN/recorded-llm.log" 2>&1 &
+  echo $! >"$RUN/recorded-llm.pid"
+  for _ in $(seq 1 100); do
+    curl -fs "http://127.0.0.1:$LLM_PORT/health" >/dev/null && break
+    kill -0 "$(cat "$RUN/recorded-llm.pid")" 2>/dev/null || { tail -20 "$RUN/recorded-llm.log"; exit 1; }
+    sleep 0.1
+  done
+  export GLASSBOX_LLM__BASE_URL="http://127.0.0.1:$LLM_PORT/v1"
+  export GLASSBOX_LLM__API_KEY="not-needed-for-recorded-responses"
+fi
+echo "==> agent model: $MODEL_LABEL"
+echo "==> starting worker-agent (log: .stack/fleet/worker-agent.log)"
+GLASSBOX_AGENT_WORKER__RECEIVE_WAIT_SECS=1 "$BIN/worker-agent" >"$RUN/worker-agent.log" 2>&1 &
+echo $! >"$RUN/worker-agent.pid"
+python3 "$ROOT/scripts/demo_client.py" agent "http://127.0.0.1:$API_PORT" "$TOKEN" "$MODEL" "$MODEL_LABEL"
 echo
 echo "The fleet is still running at http://127.0.0.1:$API_PORT. To call it as this run's org:"
 echo "  TOKEN=\$(GLASSBOX_AUTH__JWT_SECRET=$GLASSBOX_AUTH__JWT_SECRET $BIN/api-lite token --org $ORG)"
 echo "  curl -s -H \"authorization: Bearer \$TOKEN\" http://127.0.0.1:$API_PORT/v1/files"
+echo "  curl -s -H \"authorization: Bearer \$TOKEN\" http://127.0.0.1:$API_PORT/v1/executions/<id>/trace"
 echo "Stop everything with: make down"

@@ -1,4 +1,8 @@
-"""The demo's client: upload the samples through the API, show progress, search.
+"""The demo's client, in two parts.
+
+- `files BASE TOKEN FOLDER`: upload the samples through the API, show progress, search.
+- `agent BASE TOKEN MODEL LABEL`: create a node, execute it, answer the agent's questions
+  and approve its outputs through the API, then print the trace with tokens and cost.
 
 Standard library only, so `make demo` needs nothing beyond Python 3.
 """
@@ -17,10 +21,12 @@ CONTENT_TYPES = {
 QUERIES = ["what happens after the fifth receive of a message", "how much sun do tomatoes need"]
 
 
-def call(base, token, method, path, body=None):
+def call(base, token, method, path, body=None, headers=None):
     data = None if body is None else json.dumps(body).encode()
     request = urllib.request.Request(base + path, data=data, method=method)
     request.add_header("authorization", f"Bearer {token}")
+    for header, value in (headers or {}).items():
+        request.add_header(header, value)
     if data is not None:
         request.add_header("content-type", "application/json")
     try:
@@ -51,8 +57,7 @@ def upload(base, token, path):
     return created["id"]
 
 
-def main():
-    base, token, folder = sys.argv[1], sys.argv[2], sys.argv[3]
+def files_part(base, token, folder):
     print("==> uploading sample documents (made by the project: PDF, DOCX, Markdown)")
     ids = [upload(base, token, os.path.join(folder, name)) for name in sorted(os.listdir(folder))]
 
@@ -89,6 +94,130 @@ def main():
             print(f"    error {f['error_code']}: {f['error_message']}")
     if any(f["status"] != "ready" for f in files.values()):
         sys.exit("some files did not become ready")
+
+
+NODE = {
+    "title": "Dead-letter runbook entry",
+    "instructions": (
+        "Search the uploaded files for what happens to a message after its fifth receive. "
+        "Then ask a person which team owns the dead-letter queue. "
+        "Finally record a runbook entry with write_output under the key dlq_runbook "
+        "(the rule, the owner and the source file), and finish with a one-sentence summary."
+    ),
+    "inputs": {"audience": "on-call operators"},
+}
+HUMAN_ANSWER = "The platform team (#platform-oncall)"
+TERMINAL = ("completed", "failed", "cancelled")
+
+
+def describe(event):
+    data = event["data"]
+    kind = event["kind"]
+    if kind == "model_call":
+        return (f"{data.get('model')}  in={data.get('tokens_in')} out={data.get('tokens_out')} "
+                f"cost=${data.get('cost_usd', 0):.6f}  {data.get('latency_ms')} ms  tool calls={data.get('tool_calls')}")
+    if kind == "tool_call":
+        return f"{data.get('tool')}({clip(data.get('arguments', ''), 80)})"
+    if kind == "tool_result":
+        outcome = "ok" if data.get("ok") else f"error: {data.get('error')}"
+        return f"{data.get('tool')}: {outcome}{' (replayed)' if data.get('replayed') else ''}"
+    if kind == "question":
+        return clip(data.get("question", ""), 100)
+    return clip(json.dumps(data), 100) if data else ""
+
+
+def clip(text, limit):
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def trace(base, token, execution_id):
+    events, after = [], 0
+    while True:
+        status, page = call(base, token, "GET", f"/v1/executions/{execution_id}/trace?after={after}&limit=100")
+        if status != 200:
+            sys.exit(f"trace failed: {status} {page}")
+        events.extend(page["events"])
+        if page.get("next_cursor") is None:
+            return events
+        after = page["next_cursor"]
+
+
+def agent_part(base, token, model, label):
+    print(f"==> agent run (model: {label})")
+    status, node = call(base, token, "POST", "/v1/nodes", NODE)
+    if status != 201:
+        sys.exit(f"create node failed: {status} {node}")
+    print(f"  node {node['id']}: {node['title']}")
+    status, execution = call(base, token, "POST", f"/v1/nodes/{node['id']}/execute",
+                             {"model": model, "budget": {"max_steps": 12}},
+                             headers={"Idempotency-Key": f"demo-{node['id']}"})
+    if status != 202:
+        sys.exit(f"execute failed: {status} {execution}")
+    execution_id = execution["id"]
+    print(f"  execution {execution_id} queued")
+
+    handled, last_status = set(), None
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        _, execution = call(base, token, "GET", f"/v1/executions/{execution_id}")
+        if execution["status"] != last_status:
+            last_status = execution["status"]
+            print(f"  status: {last_status} (step {execution['step']})")
+        for pending in execution.get("pending_inputs", []):
+            if pending["id"] in handled:
+                continue
+            handled.add(pending["id"])
+            if pending["kind"] == "question":
+                print(f"  agent asks: {pending['question']}")
+                status, answered = call(base, token, "POST", f"/v1/executions/{execution_id}/input",
+                                        {"input_id": pending["id"], "answer": HUMAN_ANSWER})
+                print(f"  answered through the API: {HUMAN_ANSWER!r} -> {status}")
+                if status != 202:
+                    print(f"    {answered}")
+            else:
+                print(f"  agent wants to run {pending['tool']}({clip(json.dumps(pending['arguments']), 100)})")
+                status, approved = call(base, token, "POST",
+                                        f"/v1/executions/{execution_id}/approvals/{pending['id']}/approve", {})
+                print(f"  approved through the API -> {status}")
+                if status != 202:
+                    print(f"    {approved}")
+        if execution["status"] in TERMINAL:
+            break
+        time.sleep(0.3)
+
+    print("==> trace")
+    print(f"  {'id':>5} {'step':>4}  {'kind':<18} detail")
+    for event in trace(base, token, execution_id):
+        step = "-" if event["step"] is None else event["step"]
+        print(f"  {event['id']:>5} {step:>4}  {event['kind']:<18} {describe(event)}")
+
+    _, node = call(base, token, "GET", f"/v1/nodes/{node['id']}")
+    print("==> node outputs")
+    for key, value in (node.get("outputs") or {}).items():
+        print(f"  {key}: {json.dumps(value)}")
+    print("==> execution")
+    print(f"  model        {execution['model']}  ({label})")
+    print(f"  status       {execution['status']}")
+    print(f"  steps        {execution['step']}")
+    print(f"  tokens       in {execution['tokens_in']}, out {execution['tokens_out']}")
+    print(f"  cost         ${execution['cost_usd']:.6f}")
+    if execution.get("result"):
+        print(f"  result       {clip(execution['result'], 160)}")
+    if execution.get("error_code"):
+        print(f"  error        {execution['error_code']}: {execution['error_message']}")
+    if execution["status"] != "completed":
+        sys.exit(f"the agent run ended {execution['status']}")
+
+
+def main():
+    part, args = sys.argv[1], sys.argv[2:]
+    if part == "files":
+        files_part(*args)
+    elif part == "agent":
+        agent_part(*args)
+    else:
+        sys.exit(f"unknown part {part!r}: use files or agent")
 
 
 if __name__ == "__main__":

@@ -76,7 +76,10 @@ pub async fn run(
 }
 
 fn queue_map(state: &AppState) -> HashMap<String, Queue> {
-    HashMap::from([(outbox::FILE_JOBS.to_string(), state.file_queue.clone())])
+    HashMap::from([
+        (outbox::FILE_JOBS.to_string(), state.file_queue.clone()),
+        (outbox::AGENT_JOBS.to_string(), state.agent_queue.clone()),
+    ])
 }
 
 pub async fn build_state(settings: Settings) -> anyhow::Result<AppState> {
@@ -87,17 +90,8 @@ pub async fn build_state(settings: Settings) -> anyhow::Result<AppState> {
     if settings.storage.create_bucket {
         ensure_bucket(&aws, &settings.storage.bucket).await?;
     }
-    let file_queue = if settings.queues.create {
-        Queue::ensure(
-            &aws.sqs,
-            &settings.queues.file_jobs,
-            settings.queues.max_receive_count,
-            settings.queues.visibility_timeout_secs,
-        )
-        .await?
-    } else {
-        Queue::open(&aws.sqs, &settings.queues.file_jobs).await?
-    };
+    let file_queue = open_queue(&aws, &settings, &settings.queues.file_jobs).await?;
+    let agent_queue = open_queue(&aws, &settings, &settings.queues.agent_jobs).await?;
     let embedder = shared::embedders::from_settings(&settings.embedding)
         .await
         .context("loading the embedding model")?;
@@ -106,9 +100,26 @@ pub async fn build_state(settings: Settings) -> anyhow::Result<AppState> {
         aws,
         settings,
         file_queue,
+        agent_queue,
         keys,
         embedders: vec![embedder],
     }))
+}
+
+/// Opens a queue, creating it and its DLQ first on local stacks.
+async fn open_queue(aws: &AwsClients, settings: &Settings, name: &str) -> anyhow::Result<Queue> {
+    let queue = if settings.queues.create {
+        Queue::ensure(
+            &aws.sqs,
+            name,
+            settings.queues.max_receive_count,
+            settings.queues.visibility_timeout_secs,
+        )
+        .await?
+    } else {
+        Queue::open(&aws.sqs, name).await?
+    };
+    Ok(queue)
 }
 
 async fn ensure_bucket(aws: &AwsClients, bucket: &str) -> anyhow::Result<()> {

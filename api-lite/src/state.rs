@@ -18,6 +18,7 @@ pub struct Inner {
     pub aws: AwsClients,
     pub settings: Settings,
     pub file_queue: Queue,
+    pub agent_queue: Queue,
     pub keys: Keys,
     /// Every model search can embed a query with; chunks of other models are skipped.
     pub embedders: Vec<Arc<dyn Embedder>>,

@@ -22,6 +22,11 @@ pub async fn run(
             Ok(requeued) => tracing::warn!(requeued, "sweeper re-enqueued stalled files"),
             Err(error) => tracing::warn!(%error, "sweep failed"),
         }
+        match sweep_executions_once(&pool, requeue_after).await {
+            Ok(0) => {}
+            Ok(requeued) => tracing::warn!(requeued, "sweeper re-enqueued stalled executions"),
+            Err(error) => tracing::warn!(%error, "execution sweep failed"),
+        }
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(interval) => {}
@@ -50,6 +55,36 @@ pub async fn sweep_once(pool: &PgPool, requeue_after: Duration) -> sqlx::Result<
             &mut transaction,
             outbox::FILE_JOBS,
             &JobMessage::new(JobKind::FileProcess, *file_id, *org_id),
+        )
+        .await?;
+    }
+    transaction.commit().await?;
+    Ok(stalled.len())
+}
+
+/// One pass over agent executions: queued ones nobody started, and running ones whose
+/// worker's lease ran out long ago (its message may be gone). Parked runs (awaiting_input,
+/// paused) are left alone: an answer or a resume enqueues them.
+pub async fn sweep_executions_once(pool: &PgPool, requeue_after: Duration) -> sqlx::Result<usize> {
+    let mut transaction = pool.begin().await?;
+    let stalled: Vec<(Uuid, Uuid)> = sqlx::query_as(
+        "SELECT id, org_id FROM executions \
+         WHERE (status = 'queued' AND queued_at < now() - make_interval(secs => $1)) \
+            OR (status = 'running' AND lease_expires_at < now() - make_interval(secs => $1)) \
+         ORDER BY id LIMIT 100 FOR UPDATE SKIP LOCKED",
+    )
+    .bind(requeue_after.as_secs_f64())
+    .fetch_all(&mut *transaction)
+    .await?;
+    for (execution_id, org_id) in &stalled {
+        sqlx::query("UPDATE executions SET queued_at = now(), lease_expires_at = CASE WHEN lease_expires_at IS NULL THEN NULL ELSE now() END WHERE id = $1")
+            .bind(execution_id)
+            .execute(&mut *transaction)
+            .await?;
+        outbox::enqueue(
+            &mut transaction,
+            outbox::AGENT_JOBS,
+            &JobMessage::new(JobKind::AgentRun, *execution_id, *org_id),
         )
         .await?;
     }

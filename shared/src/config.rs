@@ -37,6 +37,7 @@ pub struct Settings {
     pub chunking: ChunkingSettings,
     pub files_worker: FilesWorkerSettings,
     pub llm: LlmSettings,
+    pub agent_worker: AgentWorkerSettings,
     pub metrics: MetricsSettings,
     pub telemetry: TelemetrySettings,
 }
@@ -413,6 +414,102 @@ impl Default for LlmSettings {
     }
 }
 
+/// Whether a tool runs, is refused, or waits for a person's approval.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ToolPolicy {
+    Allow,
+    Deny,
+    RequireApproval,
+}
+
+/// What a model costs, in US dollars per million tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelPrice {
+    pub input_per_million_usd: f64,
+    pub output_per_million_usd: f64,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AgentWorkerSettings {
+    /// Executions run at once by one worker.
+    pub concurrency: usize,
+    /// The lease on an execution lasts this long and is renewed at half of it.
+    pub lease_secs: u64,
+    /// On SIGTERM, in-flight steps get this long to finish before they are abandoned.
+    pub shutdown_deadline_secs: u64,
+    /// Long-poll wait of each ReceiveMessage call.
+    pub receive_wait_secs: u32,
+    /// How often a running step looks for a cancel while the model answers; a cancel
+    /// ends the run within about this long.
+    pub control_poll_ms: u64,
+    /// Time limit of one model request; a timeout is retried like a 5xx.
+    pub request_timeout_secs: u64,
+    /// Retries of one model request after 429, 5xx or a timeout.
+    pub max_retries: usize,
+    /// First retry delay; doubles each time, with jitter.
+    pub retry_base_ms: u64,
+    /// Budgets used when the execution does not set its own.
+    pub default_max_steps: u32,
+    pub default_max_tokens: u64,
+    pub default_max_cost_usd: f64,
+    pub default_max_wall_secs: u64,
+    /// Per-tool policy overrides, e.g. `write_output = "allow"`; unlisted tools keep
+    /// their built-in policy (write_output needs approval, the others are allowed).
+    pub tool_policy: std::collections::BTreeMap<String, ToolPolicy>,
+    /// Prices per model (names without dots: `__` and `.` both nest in the
+    /// environment); a model missing here is traced with `price_known: false` and
+    /// costs 0 against the budget.
+    pub prices: std::collections::BTreeMap<String, ModelPrice>,
+    /// Checkpoints (step deltas) of executions finished longer ago than this are deleted.
+    pub checkpoint_retention_days: u32,
+    /// Test hook: the worker stops dead at this named point (see `failpoint`).
+    pub failpoint: Option<String>,
+}
+
+impl Default for AgentWorkerSettings {
+    fn default() -> Self {
+        let prices = [("gpt-4o-mini", 0.15, 0.60), ("gpt-4o", 2.50, 10.00)]
+            .into_iter()
+            .map(|(model, input, output)| {
+                (
+                    model.to_string(),
+                    ModelPrice {
+                        input_per_million_usd: input,
+                        output_per_million_usd: output,
+                    },
+                )
+            })
+            .collect();
+        Self {
+            concurrency: 8,
+            lease_secs: 60,
+            shutdown_deadline_secs: 100,
+            receive_wait_secs: 20,
+            control_poll_ms: 200,
+            request_timeout_secs: 120,
+            max_retries: 4,
+            retry_base_ms: 500,
+            default_max_steps: 30,
+            default_max_tokens: 200_000,
+            default_max_cost_usd: 1.0,
+            default_max_wall_secs: 1800,
+            tool_policy: std::collections::BTreeMap::new(),
+            prices,
+            checkpoint_retention_days: 30,
+            failpoint: None,
+        }
+    }
+}
+
+impl AgentWorkerSettings {
+    pub fn lease(&self) -> Duration {
+        Duration::from_secs(self.lease_secs)
+    }
+}
+
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MetricsSettings {
@@ -517,6 +614,34 @@ mod tests {
         assert!(
             format!("{settings:?}").contains("jwt_secret")
                 && !format!("{settings:?}").contains("super-secret")
+        );
+    }
+
+    #[test]
+    fn agent_tool_policies_and_prices_come_from_the_environment() {
+        let settings = with_env(&[
+            ("GLASSBOX_AGENT_WORKER__TOOL_POLICY__WRITE_OUTPUT", "allow"),
+            ("GLASSBOX_AGENT_WORKER__TOOL_POLICY__SEARCH_FILES", "deny"),
+            (
+                "GLASSBOX_AGENT_WORKER__PRICES__MY-MODEL__INPUT_PER_MILLION_USD",
+                "1.5",
+            ),
+            (
+                "GLASSBOX_AGENT_WORKER__PRICES__MY-MODEL__OUTPUT_PER_MILLION_USD",
+                "3",
+            ),
+        ])
+        .unwrap();
+        let agent = &settings.agent_worker;
+        assert_eq!(agent.tool_policy["write_output"], ToolPolicy::Allow);
+        assert_eq!(agent.tool_policy["search_files"], ToolPolicy::Deny);
+        assert_eq!(agent.prices["my-model"].output_per_million_usd, 3.0);
+        assert!(
+            agent.prices.contains_key("gpt-4o-mini"),
+            "defaults stay next to overrides"
+        );
+        assert!(
+            with_env(&[("GLASSBOX_AGENT_WORKER__TOOL_POLICY__WRITE_OUTPUT", "maybe")]).is_err()
         );
     }
 

@@ -15,12 +15,14 @@ use uuid::Uuid;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LeasedTable {
     Files,
+    Executions,
 }
 
 impl LeasedTable {
     fn name(self) -> &'static str {
         match self {
             Self::Files => "files",
+            Self::Executions => "executions",
         }
     }
 }

@@ -10,6 +10,7 @@
 //! - [`outbox`]: enqueue in the caller's transaction; the relay that sends to SQS.
 //! - [`embed`]: the [`embed::Embedder`] trait, local candle MiniLM and OpenAI-compatible.
 //! - [`embedders`]: builds the configured embedder, the chunking tokenizer, model indexes.
+//! - [`search`]: semantic search over an org's chunks (the API and the agent's tool).
 //! - [`error`]: [`error::JobError`], the retry decision handlers return.
 //! - [`worker`]: the one worker loop: receive, claim, run, ack; heartbeats; shutdown.
 //! - [`lease`]: fenced leases on job rows.
@@ -35,6 +36,8 @@ pub mod metrics;
 pub mod outbox;
 /// Job messages and SQS queues.
 pub mod queue;
+/// Semantic search over an org's chunks.
+pub mod search;
 /// Signal handling.
 pub mod shutdown;
 /// Logging setup.

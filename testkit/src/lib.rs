@@ -6,7 +6,7 @@
 //!   and wait for them.
 //! - [`WorkerProcess`]: a real worker binary started against that app, killable with
 //!   SIGTERM or SIGKILL.
-//! - [`scripted`]: scripted OpenAI-compatible servers (embeddings) for failure tests.
+//! - [`scripted`]: scripted OpenAI-compatible servers (embeddings, chat with tool calls).
 //! - [`fixtures`]: generated documents, good and hostile.
 //!
 //! Set `TEST_LOG=1` to see the app's logs.
@@ -147,6 +147,12 @@ impl TestApp {
         settings.files_worker.shutdown_deadline_secs = 10;
         settings.files_worker.extract_timeout_secs = 20;
         settings.files_worker.max_file_bytes = 8 * 1024 * 1024;
+        settings.agent_worker.lease_secs = 3;
+        settings.agent_worker.receive_wait_secs = 1;
+        settings.agent_worker.shutdown_deadline_secs = 10;
+        settings.agent_worker.control_poll_ms = 100;
+        settings.agent_worker.request_timeout_secs = 60;
+        settings.agent_worker.retry_base_ms = 50;
 
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let address = listener.local_addr()?;
@@ -407,6 +413,197 @@ impl TestApp {
             }
         }
     }
+}
+
+/// Agent executions: nodes, starting runs, waiting for a status.
+impl TestApp {
+    /// Creates a node and returns its id.
+    pub async fn create_node(
+        &self,
+        title: &str,
+        instructions: &str,
+        inputs: Value,
+    ) -> anyhow::Result<Uuid> {
+        let (status, node) = self
+            .post(
+                "/v1/nodes",
+                json!({ "title": title, "instructions": instructions, "inputs": inputs }),
+            )
+            .await?;
+        if status != 201 {
+            bail!("create node answered {status}: {node}");
+        }
+        Ok(node["id"].as_str().context("node id")?.parse()?)
+    }
+
+    /// `POST /v1/nodes/{id}/execute` with an optional Idempotency-Key; returns the status
+    /// code and the execution.
+    pub async fn execute(
+        &self,
+        node_id: Uuid,
+        idempotency_key: Option<&str>,
+        body: Value,
+    ) -> anyhow::Result<(u16, Value)> {
+        let mut request = self
+            .http
+            .post(self.url(&format!("/v1/nodes/{node_id}/execute")))
+            .bearer_auth(&self.token)
+            .json(&body);
+        if let Some(key) = idempotency_key {
+            request = request.header("Idempotency-Key", key);
+        }
+        read_json(request.send().await?).await
+    }
+
+    /// Polls the execution until its status is one of `statuses`; returns it.
+    pub async fn wait_for_execution(
+        &self,
+        id: Uuid,
+        statuses: &[&str],
+        timeout: Duration,
+    ) -> anyhow::Result<Value> {
+        let started = Instant::now();
+        loop {
+            let (_, execution) = self.get(&format!("/v1/executions/{id}")).await?;
+            if statuses.contains(&execution["status"].as_str().unwrap_or_default()) {
+                return Ok(execution);
+            }
+            if started.elapsed() > timeout {
+                bail!(
+                    "execution {id} did not reach {statuses:?} within {timeout:?}; last seen: {execution}"
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Every trace event of the execution, following the pages.
+    pub async fn trace(&self, id: Uuid) -> anyhow::Result<Vec<Value>> {
+        let mut events = Vec::new();
+        let mut after = 0i64;
+        loop {
+            let (status, page) = self
+                .get(&format!(
+                    "/v1/executions/{id}/trace?after={after}&limit=100"
+                ))
+                .await?;
+            if status != 200 {
+                bail!("trace answered {status}: {page}");
+            }
+            events.extend(page["events"].as_array().cloned().unwrap_or_default());
+            match page["next_cursor"].as_i64() {
+                Some(cursor) => after = cursor,
+                None => return Ok(events),
+            }
+        }
+    }
+
+    /// The agent queue of this app.
+    pub async fn agent_queue(&self) -> anyhow::Result<Queue> {
+        Ok(Queue::open(&self.aws.sqs, &self.settings.queues.agent_jobs).await?)
+    }
+}
+
+/// One Server-Sent Event: its id, event name and data.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SseEvent {
+    pub id: Option<String>,
+    pub event: Option<String>,
+    pub data: String,
+}
+
+/// Reads Server-Sent Events from a streaming response.
+pub struct SseReader {
+    response: reqwest::Response,
+    buffer: String,
+}
+
+impl SseReader {
+    /// Opens `path` as an event stream, optionally resuming after `last_event_id`.
+    pub async fn open(
+        app: &TestApp,
+        path: &str,
+        last_event_id: Option<&str>,
+    ) -> anyhow::Result<Self> {
+        let mut request = app
+            .http
+            .get(app.url(path))
+            .bearer_auth(&app.token)
+            .timeout(Duration::from_secs(120));
+        if let Some(id) = last_event_id {
+            request = request.header("Last-Event-ID", id);
+        }
+        let response = request.send().await?;
+        if !response.status().is_success() {
+            bail!("event stream answered {}", response.status());
+        }
+        Ok(Self {
+            response,
+            buffer: String::new(),
+        })
+    }
+
+    /// The next event (keep-alive comments skipped); `None` once the server closed.
+    pub async fn next(&mut self, timeout: Duration) -> anyhow::Result<Option<SseEvent>> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(end) = self.buffer.find("\n\n") {
+                let block: String = self.buffer.drain(..end + 2).collect();
+                let mut event = SseEvent {
+                    id: None,
+                    event: None,
+                    data: String::new(),
+                };
+                let mut has_field = false;
+                for line in block.lines() {
+                    if let Some(value) = line.strip_prefix("id:") {
+                        event.id = Some(value.trim().to_string());
+                        has_field = true;
+                    } else if let Some(value) = line.strip_prefix("event:") {
+                        event.event = Some(value.trim().to_string());
+                        has_field = true;
+                    } else if let Some(value) = line.strip_prefix("data:") {
+                        event.data.push_str(value.trim_start());
+                        has_field = true;
+                    }
+                }
+                if has_field {
+                    return Ok(Some(event));
+                }
+                continue;
+            }
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            let chunk = tokio::time::timeout(remaining, self.response.chunk())
+                .await
+                .context("no event within the timeout")??;
+            match chunk {
+                Some(bytes) => self.buffer.push_str(&String::from_utf8_lossy(&bytes)),
+                None => return Ok(None),
+            }
+        }
+    }
+
+    /// Every event until the server closes the stream.
+    pub async fn collect(mut self, timeout: Duration) -> anyhow::Result<Vec<SseEvent>> {
+        let mut events = Vec::new();
+        while let Some(event) = self.next(timeout).await? {
+            events.push(event);
+        }
+        Ok(events)
+    }
+}
+
+/// A binary of another workspace crate, built next to the test binary (nextest and
+/// `cargo build --workspace` build every binary); `CARGO_BIN_EXE_*` only covers the
+/// test's own crate.
+pub fn workspace_binary(name: &str) -> PathBuf {
+    let test_binary = std::env::current_exe().expect("the test binary has a path");
+    // target/<profile>/deps/<test> -> target/<profile>/<name>
+    test_binary
+        .parent()
+        .and_then(Path::parent)
+        .map(|profile| profile.join(name))
+        .expect("test binaries live in target/<profile>/deps")
 }
 
 impl Drop for TestApp {

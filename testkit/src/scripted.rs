@@ -113,3 +113,162 @@ fn pseudo_vector(text: &str, dimensions: usize) -> Vec<f32> {
     values.iter_mut().for_each(|value| *value /= norm);
     values
 }
+
+/// One scripted chat completion.
+#[derive(Debug, Clone)]
+pub enum ChatReply {
+    /// A final answer without tool calls.
+    Text(String),
+    /// Tool calls as (name, raw JSON arguments); the raw text may be malformed on purpose.
+    ToolCalls(Vec<(String, String)>),
+    /// This HTTP status with an OpenAI-style error body.
+    Status(u16),
+    /// Waits, then answers with the inner reply.
+    Slow(std::time::Duration, Box<ChatReply>),
+}
+
+impl ChatReply {
+    pub fn text(text: &str) -> Self {
+        Self::Text(text.to_string())
+    }
+
+    /// One tool call with well-formed arguments.
+    pub fn tool(name: &str, arguments: Value) -> Self {
+        Self::ToolCalls(vec![(name.to_string(), arguments.to_string())])
+    }
+
+    pub fn slow(delay: std::time::Duration, reply: ChatReply) -> Self {
+        Self::Slow(delay, Box::new(reply))
+    }
+}
+
+/// Tokens every scripted completion reports, so tests can check the counters exactly.
+pub const CHAT_TOKENS_IN: u64 = 100;
+pub const CHAT_TOKENS_OUT: u64 = 20;
+
+struct ChatState {
+    /// Replies per agent step; within a step, one reply per attempt (the last repeats).
+    steps: Vec<Vec<ChatReply>>,
+    attempts: std::sync::Mutex<std::collections::HashMap<usize, usize>>,
+    requests: std::sync::Mutex<Vec<Value>>,
+}
+
+/// A scripted OpenAI-compatible `/chat/completions` endpoint for agent tests.
+///
+/// The reply depends on the conversation, not on the request count: the step is the
+/// number of assistant messages in the request, so a step redone after a crash gets the
+/// same reply again (its next attempt's, when the step scripts several). Past the end of
+/// the script the last step repeats. Tool call ids are `call_{step}_{index}`.
+pub struct ScriptedChat {
+    pub address: SocketAddr,
+    state: Arc<ChatState>,
+}
+
+impl ScriptedChat {
+    /// One reply per step.
+    pub async fn start(steps: Vec<ChatReply>) -> anyhow::Result<Self> {
+        Self::start_with_attempts(steps.into_iter().map(|reply| vec![reply]).collect()).await
+    }
+
+    /// Several replies per step, served to successive attempts of that step.
+    pub async fn start_with_attempts(steps: Vec<Vec<ChatReply>>) -> anyhow::Result<Self> {
+        anyhow::ensure!(
+            !steps.is_empty() && steps.iter().all(|step| !step.is_empty()),
+            "a chat script needs at least one reply per step"
+        );
+        let state = Arc::new(ChatState {
+            steps,
+            attempts: Default::default(),
+            requests: Default::default(),
+        });
+        let router = Router::new()
+            .route("/v1/chat/completions", post(chat))
+            .with_state(state.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let address = listener.local_addr()?;
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, router).await;
+        });
+        Ok(Self { address, state })
+    }
+
+    /// The base URL to configure (`GLASSBOX_LLM__BASE_URL`).
+    pub fn base_url(&self) -> String {
+        format!("http://{}/v1", self.address)
+    }
+
+    /// Every request body received, in order.
+    pub fn requests(&self) -> Vec<Value> {
+        self.state.requests.lock().expect("not poisoned").clone()
+    }
+
+    /// How many requests asked for `step`.
+    pub fn requests_for_step(&self, step: usize) -> usize {
+        self.requests()
+            .iter()
+            .filter(|request| step_of(request) == step)
+            .count()
+    }
+}
+
+fn step_of(request: &Value) -> usize {
+    request["messages"]
+        .as_array()
+        .map(|messages| {
+            messages
+                .iter()
+                .filter(|message| message["role"] == "assistant")
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+async fn chat(State(state): State<Arc<ChatState>>, Json(request): Json<Value>) -> Response {
+    let step = step_of(&request);
+    let attempt = {
+        let mut attempts = state.attempts.lock().expect("not poisoned");
+        let counter = attempts.entry(step).or_insert(0);
+        *counter += 1;
+        *counter - 1
+    };
+    state
+        .requests
+        .lock()
+        .expect("not poisoned")
+        .push(request.clone());
+    let replies = &state.steps[step.min(state.steps.len() - 1)];
+    let mut reply = replies[attempt.min(replies.len() - 1)].clone();
+    while let ChatReply::Slow(delay, inner) = reply {
+        tokio::time::sleep(delay).await;
+        reply = *inner;
+    }
+    let message = match reply {
+        ChatReply::Status(code) => {
+            let status = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            return (status, Json(json!({ "error": { "message": format!("scripted failure {code}"), "type": "server_error", "code": null } }))).into_response();
+        }
+        ChatReply::Text(text) => json!({ "role": "assistant", "content": text }),
+        ChatReply::ToolCalls(calls) => {
+            let tool_calls: Vec<Value> = calls
+                .iter()
+                .enumerate()
+                .map(|(index, (name, arguments))| json!({ "id": format!("call_{step}_{index}"), "type": "function", "function": { "name": name, "arguments": arguments } }))
+                .collect();
+            json!({ "role": "assistant", "content": null, "tool_calls": tool_calls })
+        }
+        ChatReply::Slow(..) => unreachable!("unwrapped above"),
+    };
+    let finish_reason = if message["tool_calls"].is_array() {
+        "tool_calls"
+    } else {
+        "stop"
+    };
+    Json(json!({
+        "id": format!("chatcmpl-{step}-{attempt}"),
+        "object": "chat.completion",
+        "model": request["model"],
+        "choices": [{ "index": 0, "message": message, "finish_reason": finish_reason }],
+        "usage": { "prompt_tokens": CHAT_TOKENS_IN, "completion_tokens": CHAT_TOKENS_OUT, "total_tokens": CHAT_TOKENS_IN + CHAT_TOKENS_OUT }
+    }))
+    .into_response()
+}

@@ -1,0 +1,115 @@
+//! Semantic search over an org's chunks, shared by `POST /v1/search` and the agent's
+//! `search_files` tool.
+//!
+//! Each file's chunks are searched with the model its chunks were embedded with, so the
+//! query is embedded once per model in use. During a model switch the files not yet
+//! re-embedded keep answering with their old model.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use serde::Serialize;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::embed::Embedder;
+
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct Hit {
+    pub file_id: Uuid,
+    pub file_name: String,
+    pub chunk_index: i32,
+    pub page: Option<i32>,
+    pub byte_start: i32,
+    pub byte_end: i32,
+    pub score: f64,
+    pub text: String,
+    pub model_id: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SearchOutcome {
+    pub hits: Vec<Hit>,
+    /// The models the query was embedded with.
+    pub models: Vec<String>,
+    /// Models some of the files use that no given embedder can embed a query with.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub unsearchable_models: Vec<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SearchError {
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+    #[error("embedding the query: {0}")]
+    Embedding(String),
+}
+
+/// The `top_k` best chunks of `org_id` for `query`, optionally within `file_ids`.
+pub async fn search_chunks(
+    pool: &PgPool,
+    embedders: &[Arc<dyn Embedder>],
+    org_id: Uuid,
+    query: &str,
+    top_k: i64,
+    file_ids: Option<&[Uuid]>,
+) -> Result<SearchOutcome, SearchError> {
+    let models: Vec<String> = sqlx::query_scalar(
+        "SELECT DISTINCT embedding_model FROM files WHERE org_id = $1 AND embedding_model IS NOT NULL AND ($2::uuid[] IS NULL OR id = ANY($2))",
+    )
+    .bind(org_id)
+    .bind(file_ids)
+    .fetch_all(pool)
+    .await?;
+    let by_model: HashMap<&str, _> = embedders
+        .iter()
+        .map(|embedder| (embedder.model_id(), embedder))
+        .collect();
+    let mut hits: Vec<Hit> = Vec::new();
+    let mut searched = Vec::new();
+    let mut unsearchable = Vec::new();
+    for model in models {
+        let Some(embedder) = by_model.get(model.as_str()) else {
+            unsearchable.push(model);
+            continue;
+        };
+        let vectors = embedder
+            .embed(&[query.to_string()])
+            .await
+            .map_err(|error| SearchError::Embedding(error.to_string()))?;
+        let vector = pgvector::Vector::from(vectors.into_iter().next().unwrap_or_default());
+        let dimensions = embedder.dimensions();
+        // The cast matches the model's partial HNSW index expression; the dimension is the
+        // embedder's own number, never user input.
+        let statement = format!(
+            "SELECT c.file_id, f.name AS file_name, c.chunk_index, c.page, c.byte_start, c.byte_end, c.text, c.model_id, \
+                    (1 - (c.embedding::vector({dimensions}) <=> $1::vector({dimensions})))::float8 AS score \
+             FROM chunks c JOIN files f ON f.id = c.file_id AND f.embedding_model = c.model_id \
+             WHERE c.model_id = $2 AND c.org_id = $3 AND ($4::uuid[] IS NULL OR c.file_id = ANY($4)) \
+             ORDER BY c.embedding::vector({dimensions}) <=> $1::vector({dimensions}) LIMIT $5"
+        );
+        let mut transaction = pool.begin().await?;
+        // Filtered HNSW scans keep going until enough rows pass the filter (pgvector 0.8).
+        sqlx::query("SET LOCAL hnsw.iterative_scan = relaxed_order")
+            .execute(&mut *transaction)
+            .await?;
+        let model_hits: Vec<Hit> = sqlx::query_as(&statement)
+            .bind(vector)
+            .bind(&model)
+            .bind(org_id)
+            .bind(file_ids)
+            .bind(top_k)
+            .fetch_all(&mut *transaction)
+            .await?;
+        transaction.commit().await?;
+        hits.extend(model_hits);
+        searched.push(model);
+    }
+    hits.sort_by(|left, right| right.score.total_cmp(&left.score));
+    hits.truncate(top_k.max(0) as usize);
+    Ok(SearchOutcome {
+        hits,
+        models: searched,
+        unsearchable_models: unsearchable,
+    })
+}

@@ -1,0 +1,109 @@
+//! worker-agent: runs LLM agent executions one durable step at a time.
+//!
+//! # Layout
+//! - [`handler`]: the agent job: claim the lease, load the checkpoint, run steps (control
+//!   check, model call, tool calls, one fenced commit per step), park, cancel, fail.
+//! - [`llm`]: the [`llm::ChatModel`] trait and the OpenAI-compatible chat client, with
+//!   retries and the cost of a call.
+//! - [`tools`]: the tool registry: schemas, policies, argument checks, tool bodies.
+//! - [`retention`]: deletes the checkpoints of long-finished executions.
+//! - [`failpoint`]: named stopping points for crash tests.
+//!
+//! The worker loop itself (receive, claim, heartbeat, retry, shutdown) is the shared one
+//! in `shared::worker`; this crate only supplies the [`handler::AgentHandler`].
+
+/// Named failure points for tests.
+pub mod failpoint;
+/// The agent job handler and its step loop.
+pub mod handler;
+/// The model client.
+pub mod llm;
+/// Checkpoint retention.
+pub mod retention;
+/// The tool registry.
+pub mod tools;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use secrecy::ExposeSecret;
+use shared::aws::AwsClients;
+use shared::config::Settings;
+use shared::queue::Queue;
+use shared::worker::{WorkerOptions, run_worker};
+use tokio_util::sync::CancellationToken;
+
+use crate::handler::AgentHandler;
+use crate::llm::{OpenAiChat, OpenAiChatOptions};
+use crate::tools::{Registry, ToolContext};
+
+/// Runs the worker until `shutdown` fires and in-flight steps are done or released.
+pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let pool = shared::db::connect(&settings.database).await?;
+    let aws = AwsClients::new(&settings.aws).await;
+    let queue = if settings.queues.create {
+        Queue::ensure(
+            &aws.sqs,
+            &settings.queues.agent_jobs,
+            settings.queues.max_receive_count,
+            settings.queues.visibility_timeout_secs,
+        )
+        .await?
+    } else {
+        Queue::open(&aws.sqs, &settings.queues.agent_jobs).await?
+    };
+    let worker_settings = settings.agent_worker.clone();
+    let model = OpenAiChat::new(OpenAiChatOptions {
+        base_url: settings
+            .llm
+            .base_url
+            .clone()
+            .unwrap_or_else(|| "https://api.openai.com/v1".into()),
+        api_key: settings
+            .llm
+            .api_key
+            .as_ref()
+            .map(|key| key.expose_secret().to_string()),
+        request_timeout: Duration::from_secs(worker_settings.request_timeout_secs),
+        max_retries: worker_settings.max_retries,
+        initial_backoff: Duration::from_millis(worker_settings.retry_base_ms),
+        max_backoff: Duration::from_secs(30),
+    })
+    .context("building the model client")?;
+    let handler = AgentHandler {
+        pool: pool.clone(),
+        model: Arc::new(model),
+        registry: Registry::new(&worker_settings.tool_policy),
+        tools: ToolContext {
+            pool: pool.clone(),
+            embedding: settings.embedding.clone(),
+            embedder: Default::default(),
+        },
+        settings: worker_settings.clone(),
+        shutdown: shutdown.clone(),
+    };
+    let options = WorkerOptions {
+        concurrency: worker_settings.concurrency,
+        receive_wait: Duration::from_secs(u64::from(worker_settings.receive_wait_secs)),
+        lease: worker_settings.lease(),
+        shutdown_deadline: Duration::from_secs(worker_settings.shutdown_deadline_secs),
+        retry: settings.retry.clone(),
+    };
+    // Metrics and retention outlive the drain, so the last steps' outcomes are scraped.
+    let background = CancellationToken::new();
+    let metrics_address = shared::metrics::serve(&settings.metrics.listen, background.clone())
+        .await
+        .context("binding the metrics listener")?;
+    let retention = tokio::spawn(retention::run(
+        pool,
+        Duration::from_secs(u64::from(worker_settings.checkpoint_retention_days) * 24 * 3600),
+        Duration::from_secs(3600),
+        background.clone(),
+    ));
+    tracing::info!(%metrics_address, queue = %queue.name, "worker-agent ready");
+    run_worker(queue, Arc::new(handler), options, shutdown).await;
+    background.cancel();
+    let _ = retention.await;
+    Ok(())
+}

@@ -1,0 +1,451 @@
+//! The tool registry: each tool's JSON schema (sent to the model), its policy (allow,
+//! deny, require approval; overridable in config), whether it is idempotent, argument
+//! parsing, and the tool bodies themselves.
+//!
+//! Tool bodies run under the ledger (`tool_calls`): one row per (execution, step, call
+//! index). A call that already succeeded returns its recorded result instead of running
+//! again; a call left `started` by a crash (outcome unknown) runs again only when the tool
+//! is idempotent.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use serde::Deserialize;
+use serde_json::{Value, json};
+use shared::config::ToolPolicy;
+use shared::embed::Embedder;
+use sqlx::PgPool;
+use tokio::sync::OnceCell;
+use uuid::Uuid;
+
+use crate::llm::ToolCall;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tool {
+    SearchFiles,
+    GetNodeContext,
+    AskHuman,
+    WriteOutput,
+}
+
+impl Tool {
+    pub const ALL: [Tool; 4] = [
+        Tool::SearchFiles,
+        Tool::GetNodeContext,
+        Tool::AskHuman,
+        Tool::WriteOutput,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::SearchFiles => "search_files",
+            Self::GetNodeContext => "get_node_context",
+            Self::AskHuman => "ask_human",
+            Self::WriteOutput => "write_output",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|tool| tool.name() == name)
+    }
+
+    fn default_policy(self) -> ToolPolicy {
+        match self {
+            Self::WriteOutput => ToolPolicy::RequireApproval,
+            _ => ToolPolicy::Allow,
+        }
+    }
+
+    /// Running it twice does no harm (reads), so an unknown outcome may be retried.
+    pub fn is_idempotent(self) -> bool {
+        matches!(self, Self::SearchFiles | Self::GetNodeContext)
+    }
+
+    /// Its effect commits in the same transaction as its ledger entry, so a call left
+    /// `started` certainly had no effect and may run again. A tool with an outside effect
+    /// (an HTTP call, an email) is neither idempotent nor atomic: after a crash its
+    /// outcome is unknown and it is not run again.
+    pub fn effect_commits_with_ledger(self) -> bool {
+        matches!(self, Self::WriteOutput)
+    }
+
+    fn description(self) -> &'static str {
+        match self {
+            Self::SearchFiles => {
+                "Semantic search over the organisation's uploaded files. Returns the best matching passages."
+            }
+            Self::GetNodeContext => {
+                "The current task node's inputs and outputs, its parent chain and its sibling nodes."
+            }
+            Self::AskHuman => {
+                "Ask a person a question and wait for the answer. Use when the task cannot go on without it."
+            }
+            Self::WriteOutput => {
+                "Set one output of the current task node. A person may have to approve it first."
+            }
+        }
+    }
+
+    fn parameters(self) -> Value {
+        match self {
+            Self::SearchFiles => json!({
+                "type": "object",
+                "properties": {
+                    "query": { "type": "string", "description": "What to look for." },
+                    "top_k": { "type": "integer", "minimum": 1, "maximum": 20 }
+                },
+                "required": ["query"],
+                "additionalProperties": false
+            }),
+            Self::GetNodeContext => {
+                json!({ "type": "object", "properties": {}, "additionalProperties": false })
+            }
+            Self::AskHuman => json!({
+                "type": "object",
+                "properties": { "question": { "type": "string" } },
+                "required": ["question"],
+                "additionalProperties": false
+            }),
+            Self::WriteOutput => json!({
+                "type": "object",
+                "properties": {
+                    "key": { "type": "string", "description": "Output name." },
+                    "value": { "description": "Any JSON value." }
+                },
+                "required": ["key", "value"],
+                "additionalProperties": false
+            }),
+        }
+    }
+
+    /// The OpenAI `tools` entry.
+    pub fn schema(self) -> Value {
+        json!({ "type": "function", "function": { "name": self.name(), "description": self.description(), "parameters": self.parameters() } })
+    }
+}
+
+/// Parsed, validated arguments.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ToolArgs {
+    SearchFiles { query: String, top_k: i64 },
+    GetNodeContext,
+    AskHuman { question: String },
+    WriteOutput { key: String, value: Value },
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SearchArgs {
+    query: String,
+    top_k: Option<i64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NoArgs {}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AskArgs {
+    question: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WriteArgs {
+    key: String,
+    value: Value,
+}
+
+/// Checks the model's arguments against the tool's schema; the error goes back to the
+/// model as the tool result.
+pub fn parse_arguments(tool: Tool, raw: &str) -> Result<ToolArgs, String> {
+    let raw = if raw.trim().is_empty() { "{}" } else { raw };
+    let invalid =
+        |error: serde_json::Error| format!("invalid arguments for {}: {error}", tool.name());
+    match tool {
+        Tool::SearchFiles => {
+            let args: SearchArgs = serde_json::from_str(raw).map_err(invalid)?;
+            let top_k = args.top_k.unwrap_or(5);
+            if args.query.trim().is_empty() || !(1..=20).contains(&top_k) {
+                return Err("invalid arguments for search_files: query must not be empty and top_k must be 1 to 20".into());
+            }
+            Ok(ToolArgs::SearchFiles {
+                query: args.query,
+                top_k,
+            })
+        }
+        Tool::GetNodeContext => {
+            serde_json::from_str::<NoArgs>(raw).map_err(invalid)?;
+            Ok(ToolArgs::GetNodeContext)
+        }
+        Tool::AskHuman => {
+            let args: AskArgs = serde_json::from_str(raw).map_err(invalid)?;
+            if args.question.trim().is_empty() {
+                return Err("invalid arguments for ask_human: question must not be empty".into());
+            }
+            Ok(ToolArgs::AskHuman {
+                question: args.question,
+            })
+        }
+        Tool::WriteOutput => {
+            let args: WriteArgs = serde_json::from_str(raw).map_err(invalid)?;
+            if args.key.trim().is_empty() || args.key.len() > 200 {
+                return Err(
+                    "invalid arguments for write_output: key must be 1 to 200 bytes".into(),
+                );
+            }
+            Ok(ToolArgs::WriteOutput {
+                key: args.key,
+                value: args.value,
+            })
+        }
+    }
+}
+
+/// What to do with one tool call, decided before anything runs.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Plan {
+    /// Answer the model at once with this error (unknown tool, bad arguments, denied).
+    Refuse {
+        reason: &'static str,
+        message: String,
+    },
+    /// Ask a person; the run parks until the answer.
+    Ask {
+        question: String,
+    },
+    /// Hold for a person's approval, then run.
+    HoldForApproval {
+        args: ToolArgs,
+    },
+    Run {
+        args: ToolArgs,
+    },
+}
+
+pub struct Registry {
+    policies: BTreeMap<String, ToolPolicy>,
+}
+
+impl Registry {
+    pub fn new(overrides: &BTreeMap<String, ToolPolicy>) -> Self {
+        Self {
+            policies: overrides.clone(),
+        }
+    }
+
+    pub fn policy(&self, tool: Tool) -> ToolPolicy {
+        self.policies
+            .get(tool.name())
+            .copied()
+            .unwrap_or_else(|| tool.default_policy())
+    }
+
+    /// The schemas of every tool the model may call (denied tools are not offered).
+    pub fn schemas(&self) -> Vec<Value> {
+        Tool::ALL
+            .into_iter()
+            .filter(|tool| self.policy(*tool) != ToolPolicy::Deny)
+            .map(Tool::schema)
+            .collect()
+    }
+
+    pub fn plan(&self, call: &ToolCall) -> Plan {
+        let Some(tool) = Tool::from_name(&call.name) else {
+            return Plan::Refuse {
+                reason: "unknown_tool",
+                message: format!(
+                    "unknown tool {:?}; available tools: {}",
+                    call.name,
+                    Tool::ALL.map(Tool::name).join(", ")
+                ),
+            };
+        };
+        let policy = self.policy(tool);
+        if policy == ToolPolicy::Deny {
+            return Plan::Refuse {
+                reason: "denied_by_policy",
+                message: format!("tool {} is denied by policy", tool.name()),
+            };
+        }
+        let args = match parse_arguments(tool, &call.arguments) {
+            Ok(args) => args,
+            Err(message) => {
+                return Plan::Refuse {
+                    reason: "invalid_arguments",
+                    message,
+                };
+            }
+        };
+        match (args, policy) {
+            (ToolArgs::AskHuman { question }, _) => Plan::Ask { question },
+            (args, ToolPolicy::RequireApproval) => Plan::HoldForApproval { args },
+            (args, _) => Plan::Run { args },
+        }
+    }
+}
+
+/// What tool bodies need: the database, the execution's node and org, and the search
+/// embedder, loaded on first use so a worker that never searches never loads a model.
+pub struct ToolContext {
+    pub pool: PgPool,
+    pub embedding: shared::config::EmbeddingSettings,
+    pub embedder: OnceCell<Arc<dyn Embedder>>,
+}
+
+/// The outcome of a tool body: a result for the model, or an error message for it.
+pub type ToolOutcome = Result<Value, String>;
+
+impl ToolContext {
+    async fn embedder(&self) -> Result<&Arc<dyn Embedder>, String> {
+        self.embedder
+            .get_or_try_init(|| async {
+                shared::embedders::from_settings(&self.embedding)
+                    .await
+                    .map_err(|error| format!("search is unavailable: {error}"))
+            })
+            .await
+    }
+
+    /// Runs a read-only tool (no ledger effect besides recording the result).
+    pub async fn run_read(
+        &self,
+        org_id: Uuid,
+        node_id: Uuid,
+        args: &ToolArgs,
+    ) -> Result<ToolOutcome, sqlx::Error> {
+        match args {
+            ToolArgs::SearchFiles { query, top_k } => {
+                let embedder = match self.embedder().await {
+                    Ok(embedder) => embedder.clone(),
+                    Err(message) => return Ok(Err(message)),
+                };
+                match shared::search::search_chunks(
+                    &self.pool,
+                    &[embedder],
+                    org_id,
+                    query,
+                    *top_k,
+                    None,
+                )
+                .await
+                {
+                    Ok(outcome) => Ok(Ok(json!({
+                        "hits": outcome.hits.iter().map(|hit| json!({
+                            "file_id": hit.file_id, "file_name": hit.file_name, "page": hit.page,
+                            "score": hit.score, "text": hit.text,
+                        })).collect::<Vec<_>>()
+                    }))),
+                    Err(shared::search::SearchError::Database(error)) => Err(error),
+                    Err(error) => Ok(Err(error.to_string())),
+                }
+            }
+            ToolArgs::GetNodeContext => self.node_context(org_id, node_id).await.map(Ok),
+            ToolArgs::AskHuman { .. } | ToolArgs::WriteOutput { .. } => {
+                Ok(Err("not a read-only tool".into()))
+            }
+        }
+    }
+
+    async fn node_context(&self, org_id: Uuid, node_id: Uuid) -> Result<Value, sqlx::Error> {
+        let node: (Value,) = sqlx::query_as(
+            "SELECT jsonb_build_object('id', id, 'title', title, 'instructions', instructions, 'inputs', inputs, 'outputs', outputs, 'parent_id', parent_id) \
+             FROM nodes WHERE id = $1 AND org_id = $2",
+        )
+        .bind(node_id)
+        .bind(org_id)
+        .fetch_one(&self.pool)
+        .await?;
+        let parents: Vec<(Value,)> = sqlx::query_as(
+            "WITH RECURSIVE chain AS ( \
+                 SELECT p.id, p.parent_id, p.title, p.outputs, 1 AS depth FROM nodes n JOIN nodes p ON p.id = n.parent_id WHERE n.id = $1 AND n.org_id = $2 \
+                 UNION ALL \
+                 SELECT p.id, p.parent_id, p.title, p.outputs, c.depth + 1 FROM chain c JOIN nodes p ON p.id = c.parent_id WHERE c.depth < 10 AND p.org_id = $2) \
+             SELECT jsonb_build_object('id', id, 'title', title, 'outputs', outputs) FROM chain ORDER BY depth",
+        )
+        .bind(node_id)
+        .bind(org_id)
+        .fetch_all(&self.pool)
+        .await?;
+        let siblings: Vec<(Value,)> = sqlx::query_as(
+            "SELECT jsonb_build_object('id', s.id, 'title', s.title, 'outputs', s.outputs) FROM nodes n \
+             JOIN nodes s ON s.parent_id = n.parent_id AND s.id <> n.id AND s.org_id = n.org_id \
+             WHERE n.id = $1 AND n.org_id = $2 ORDER BY s.id LIMIT 20",
+        )
+        .bind(node_id)
+        .bind(org_id)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(json!({
+            "node": node.0,
+            "parents": parents.into_iter().map(|row| row.0).collect::<Vec<_>>(),
+            "siblings": siblings.into_iter().map(|row| row.0).collect::<Vec<_>>(),
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn call(name: &str, arguments: &str) -> ToolCall {
+        ToolCall {
+            id: "c".into(),
+            name: name.into(),
+            arguments: arguments.into(),
+        }
+    }
+
+    #[test]
+    fn plans_follow_policy_and_schema() {
+        let registry = Registry::new(&BTreeMap::new());
+        assert!(matches!(
+            registry.plan(&call("write_output", r#"{"key":"a","value":1}"#)),
+            Plan::HoldForApproval { .. }
+        ));
+        assert!(matches!(
+            registry.plan(&call("nope", "{}")),
+            Plan::Refuse {
+                reason: "unknown_tool",
+                ..
+            }
+        ));
+        assert!(matches!(
+            registry.plan(&call("search_files", "{oops")),
+            Plan::Refuse {
+                reason: "invalid_arguments",
+                ..
+            }
+        ));
+        assert!(matches!(
+            registry.plan(&call("search_files", r#"{"query":"x","extra":1}"#)),
+            Plan::Refuse {
+                reason: "invalid_arguments",
+                ..
+            }
+        ));
+        assert_eq!(
+            registry.plan(&call("ask_human", r#"{"question":"why?"}"#)),
+            Plan::Ask {
+                question: "why?".into()
+            }
+        );
+        let strict = Registry::new(&BTreeMap::from([
+            ("search_files".to_string(), ToolPolicy::Deny),
+            ("write_output".to_string(), ToolPolicy::Allow),
+        ]));
+        assert!(matches!(
+            strict.plan(&call("search_files", r#"{"query":"x"}"#)),
+            Plan::Refuse {
+                reason: "denied_by_policy",
+                ..
+            }
+        ));
+        assert!(matches!(
+            strict.plan(&call("write_output", r#"{"key":"a","value":1}"#)),
+            Plan::Run { .. }
+        ));
+        assert_eq!(strict.schemas().len(), 3);
+    }
+}
