@@ -120,9 +120,24 @@ pub async fn run_worker<H: JobHandler>(
             permit = permits.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
         };
         let free_slots = 1 + permits.available_permits();
+        let receive = queue.receive(free_slots.min(10) as i32, options.receive_wait);
+        tokio::pin!(receive);
         let received = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            received = queue.receive(free_slots.min(10) as i32, options.receive_wait) => received,
+            received = &mut receive => received,
+            _ = shutdown.cancelled() => {
+                // Let the long poll end (it is bounded by the receive wait): SQS may already
+                // have handed us messages, and dropping the call would hide them for a whole
+                // visibility timeout. Give them back at once instead.
+                if let Ok(deliveries) = receive.await {
+                    for delivery in &deliveries {
+                        set_visibility(&queue, delivery, Duration::ZERO).await;
+                    }
+                    if !deliveries.is_empty() {
+                        info!(released = deliveries.len(), "released messages received during shutdown");
+                    }
+                }
+                break;
+            }
         };
         let deliveries = match received {
             Ok(deliveries) => deliveries,

@@ -361,3 +361,45 @@ async fn identical_content_is_embedded_once_per_org_and_model() {
     .unwrap();
     assert_eq!(endpoint.requests(), requests_after_first + 1);
 }
+
+#[tokio::test]
+async fn a_worker_stopping_during_a_long_poll_gives_back_what_it_received() {
+    // A long visibility timeout makes a hidden message obvious: it would wait 60 s.
+    let app = TestApp::spawn_with(testkit::TestOptions {
+        visibility_timeout_secs: 60,
+        ..testkit::TestOptions::default()
+    })
+    .await
+    .unwrap();
+    let mut stopping = app
+        .spawn_worker(WORKER, &[("GLASSBOX_FILES_WORKER__RECEIVE_WAIT_SECS", "8")])
+        .unwrap();
+    testkit::wait_until(Duration::from_secs(60), || async {
+        stopping.metrics().await.is_ok()
+    })
+    .await
+    .expect("the worker is up");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let terminated = tokio::spawn(async move {
+        let exit = stopping.terminate(Duration::from_secs(20)).await;
+        (stopping, exit)
+    });
+    // Arrives while the stopping worker is still inside its long poll.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let id = app
+        .upload(
+            "late.txt",
+            "text/plain",
+            b"Sent while the only worker was stopping.".to_vec(),
+        )
+        .await
+        .unwrap();
+    let (_stopped, exit) = terminated.await.unwrap();
+    assert!(exit.unwrap().success());
+    let _next = app.spawn_worker(WORKER, &[]).unwrap();
+    let file = app
+        .wait_for_file(id, &["ready"], Duration::from_secs(40))
+        .await
+        .unwrap();
+    assert_eq!(file["attempts"], 1, "{file}");
+}
