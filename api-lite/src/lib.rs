@@ -90,8 +90,10 @@ pub async fn build_state(settings: Settings) -> anyhow::Result<AppState> {
     if settings.storage.create_bucket {
         ensure_bucket(&aws, &settings.storage.bucket).await?;
     }
-    let file_queue = open_queue(&aws, &settings, &settings.queues.file_jobs).await?;
-    let agent_queue = open_queue(&aws, &settings, &settings.queues.agent_jobs).await?;
+    let file_queue =
+        Queue::from_settings(&aws.sqs, &settings.queues.file_jobs, &settings.queues).await?;
+    let agent_queue =
+        Queue::from_settings(&aws.sqs, &settings.queues.agent_jobs, &settings.queues).await?;
     let embedder = shared::embedders::from_settings(&settings.embedding)
         .await
         .context("loading the embedding model")?;
@@ -104,22 +106,6 @@ pub async fn build_state(settings: Settings) -> anyhow::Result<AppState> {
         keys,
         embedders: vec![embedder],
     }))
-}
-
-/// Opens a queue, creating it and its DLQ first on local stacks.
-async fn open_queue(aws: &AwsClients, settings: &Settings, name: &str) -> anyhow::Result<Queue> {
-    let queue = if settings.queues.create {
-        Queue::ensure(
-            &aws.sqs,
-            name,
-            settings.queues.max_receive_count,
-            settings.queues.visibility_timeout_secs,
-        )
-        .await?
-    } else {
-        Queue::open(&aws.sqs, name).await?
-    };
-    Ok(queue)
 }
 
 async fn ensure_bucket(aws: &AwsClients, bucket: &str) -> anyhow::Result<()> {

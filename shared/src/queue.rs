@@ -235,6 +235,26 @@ impl Queue {
         Self::open(client, name).await
     }
 
+    /// Opens the queue, or creates it (with its DLQ) first when the settings ask for it
+    /// (local stacks and tests).
+    pub async fn from_settings(
+        client: &aws_sdk_sqs::Client,
+        name_or_url: &str,
+        settings: &crate::config::QueueSettings,
+    ) -> Result<Self, QueueError> {
+        if settings.create {
+            Self::ensure(
+                client,
+                name_or_url,
+                settings.max_receive_count,
+                settings.visibility_timeout_secs,
+            )
+            .await
+        } else {
+            Self::open(client, name_or_url).await
+        }
+    }
+
     pub async fn send(&self, body: &str) -> Result<String, QueueError> {
         let output = self
             .client

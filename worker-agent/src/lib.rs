@@ -42,17 +42,8 @@ use crate::tools::{Registry, ToolContext};
 pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
     let pool = shared::db::connect(&settings.database).await?;
     let aws = AwsClients::new(&settings.aws).await;
-    let queue = if settings.queues.create {
-        Queue::ensure(
-            &aws.sqs,
-            &settings.queues.agent_jobs,
-            settings.queues.max_receive_count,
-            settings.queues.visibility_timeout_secs,
-        )
-        .await?
-    } else {
-        Queue::open(&aws.sqs, &settings.queues.agent_jobs).await?
-    };
+    let queue =
+        Queue::from_settings(&aws.sqs, &settings.queues.agent_jobs, &settings.queues).await?;
     let worker_settings = settings.agent_worker.clone();
     let model = OpenAiChat::new(OpenAiChatOptions {
         base_url: settings

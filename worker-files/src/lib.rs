@@ -46,17 +46,8 @@ pub const EXTRACT_CHILD_ARG: &str = "extract-child";
 pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
     let pool = shared::db::connect(&settings.database).await?;
     let aws = AwsClients::new(&settings.aws).await;
-    let queue = if settings.queues.create {
-        Queue::ensure(
-            &aws.sqs,
-            &settings.queues.file_jobs,
-            settings.queues.max_receive_count,
-            settings.queues.visibility_timeout_secs,
-        )
-        .await?
-    } else {
-        Queue::open(&aws.sqs, &settings.queues.file_jobs).await?
-    };
+    let queue =
+        Queue::from_settings(&aws.sqs, &settings.queues.file_jobs, &settings.queues).await?;
     let embedder = shared::embedders::from_settings(&settings.embedding)
         .await
         .context("loading the embedding model")?;
