@@ -25,6 +25,42 @@ impl LeasedTable {
             Self::Executions => "executions",
         }
     }
+
+    /// The status a row has while a worker holds its lease.
+    fn leased_status(self) -> &'static str {
+        match self {
+            Self::Files => "processing",
+            Self::Executions => "running",
+        }
+    }
+}
+
+/// What a claim that took no lease found: another worker's live lease (look again once
+/// it runs out), or nothing left to do (finished, parked, deleted or unknown).
+pub async fn claim_not_taken(
+    pool: &PgPool,
+    table: LeasedTable,
+    id: Uuid,
+    org_id: Uuid,
+) -> sqlx::Result<crate::worker::Claim> {
+    let statement = format!(
+        "SELECT status, extract(epoch FROM lease_expires_at - now())::float8 FROM {} WHERE id = $1 AND org_id = $2",
+        table.name()
+    );
+    let current: Option<(String, Option<f64>)> = sqlx::query_as(&statement)
+        .bind(id)
+        .bind(org_id)
+        .fetch_optional(pool)
+        .await?;
+    Ok(match current {
+        Some((status, Some(remaining))) if status == table.leased_status() => {
+            crate::worker::Claim::Busy {
+                retry_after: Duration::from_secs_f64(remaining.max(0.0) + 1.0)
+                    .min(Duration::from_secs(900)),
+            }
+        }
+        _ => crate::worker::Claim::Finished,
+    })
 }
 
 /// Extends the lease; false when the token is no longer current.

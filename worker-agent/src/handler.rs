@@ -944,21 +944,10 @@ impl JobHandler for AgentHandler {
                 attempt: attempt as u32,
             });
         }
-        let current: Option<(String, Option<f64>)> = sqlx::query_as(
-            "SELECT status, extract(epoch FROM lease_expires_at - now())::float8 FROM executions WHERE id = $1 AND org_id = $2",
+        Ok(
+            lease::claim_not_taken(&self.pool, LeasedTable::Executions, job.job_id, job.org_id)
+                .await?,
         )
-        .bind(job.job_id)
-        .bind(job.org_id)
-        .fetch_optional(&self.pool)
-        .await?;
-        Ok(match current {
-            Some((status, Some(remaining))) if status == "running" => Claim::Busy {
-                retry_after: Duration::from_secs_f64(remaining.max(0.0) + 1.0)
-                    .min(Duration::from_secs(900)),
-            },
-            // Parked (an answer or resume enqueues it again), finished, or unknown.
-            _ => Claim::Finished,
-        })
     }
 
     async fn run(

@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use async_trait::async_trait;
 use shared::config::FilesWorkerSettings;
@@ -377,20 +377,7 @@ impl JobHandler for FileHandler {
                 attempt: attempt as u32,
             });
         }
-        let current: Option<(String, Option<f64>)> =
-            sqlx::query_as("SELECT status, extract(epoch FROM lease_expires_at - now())::float8 FROM files WHERE id = $1 AND org_id = $2")
-                .bind(job.job_id)
-                .bind(job.org_id)
-                .fetch_optional(&self.pool)
-                .await?;
-        Ok(match current {
-            Some((status, Some(remaining))) if status == "processing" => Claim::Busy {
-                retry_after: Duration::from_secs_f64(remaining.max(0.0) + 1.0)
-                    .min(Duration::from_secs(900)),
-            },
-            // Ready, failed, never uploaded, deleted or unknown: nothing to do.
-            _ => Claim::Finished,
-        })
+        Ok(lease::claim_not_taken(&self.pool, LeasedTable::Files, job.job_id, job.org_id).await?)
     }
 
     async fn run(
