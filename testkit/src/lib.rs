@@ -238,6 +238,19 @@ impl TestApp {
         variables
     }
 
+    /// Starts a worker-agent binary that talks to `chat`, plus `overrides`.
+    pub fn spawn_agent(
+        &self,
+        binary: &str,
+        chat: &scripted::ScriptedChat,
+        overrides: &[(&str, &str)],
+    ) -> anyhow::Result<WorkerProcess> {
+        let base_url = chat.base_url();
+        let mut all_overrides = vec![("GLASSBOX_LLM__BASE_URL", base_url.as_str())];
+        all_overrides.extend_from_slice(overrides);
+        self.spawn_worker(binary, &all_overrides)
+    }
+
     /// Starts a worker binary with this app's settings plus `overrides`.
     pub fn spawn_worker(
         &self,
@@ -353,16 +366,35 @@ impl TestApp {
         statuses: &[&str],
         timeout: Duration,
     ) -> anyhow::Result<Value> {
+        self.wait_for_status(
+            &format!("/v1/files/{id}"),
+            statuses,
+            timeout,
+            Duration::from_millis(150),
+        )
+        .await
+    }
+
+    /// Polls a resource until its `status` is one of `statuses`; returns it.
+    async fn wait_for_status(
+        &self,
+        path: &str,
+        statuses: &[&str],
+        timeout: Duration,
+        poll: Duration,
+    ) -> anyhow::Result<Value> {
         let started = Instant::now();
         loop {
-            let (_, file) = self.get(&format!("/v1/files/{id}")).await?;
-            if statuses.contains(&file["status"].as_str().unwrap_or_default()) {
-                return Ok(file);
+            let (_, resource) = self.get(path).await?;
+            if statuses.contains(&resource["status"].as_str().unwrap_or_default()) {
+                return Ok(resource);
             }
             if started.elapsed() > timeout {
-                bail!("file {id} did not reach {statuses:?} within {timeout:?}; last seen: {file}");
+                bail!(
+                    "{path} did not reach {statuses:?} within {timeout:?}; last seen: {resource}"
+                );
             }
-            tokio::time::sleep(Duration::from_millis(150)).await;
+            tokio::time::sleep(poll).await;
         }
     }
 
@@ -462,19 +494,13 @@ impl TestApp {
         statuses: &[&str],
         timeout: Duration,
     ) -> anyhow::Result<Value> {
-        let started = Instant::now();
-        loop {
-            let (_, execution) = self.get(&format!("/v1/executions/{id}")).await?;
-            if statuses.contains(&execution["status"].as_str().unwrap_or_default()) {
-                return Ok(execution);
-            }
-            if started.elapsed() > timeout {
-                bail!(
-                    "execution {id} did not reach {statuses:?} within {timeout:?}; last seen: {execution}"
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        self.wait_for_status(
+            &format!("/v1/executions/{id}"),
+            statuses,
+            timeout,
+            Duration::from_millis(50),
+        )
+        .await
     }
 
     /// Every trace event of the execution, following the pages.

@@ -12,10 +12,7 @@ const WORKER: &str = env!("CARGO_BIN_EXE_worker-agent");
 const RUN: Duration = Duration::from_secs(60);
 
 fn spawn_agent(app: &TestApp, chat: &ScriptedChat, extra: &[(&str, &str)]) -> WorkerProcess {
-    let base_url = chat.base_url();
-    let mut overrides = vec![("GLASSBOX_LLM__BASE_URL", base_url.as_str())];
-    overrides.extend_from_slice(extra);
-    app.spawn_worker(WORKER, &overrides).unwrap()
+    app.spawn_agent(WORKER, chat, extra).unwrap()
 }
 
 async fn start(app: &TestApp, body: Value) -> Uuid {

@@ -14,10 +14,9 @@ const RUN: Duration = Duration::from_secs(60);
 const ALLOW_WRITES: (&str, &str) = ("GLASSBOX_AGENT_WORKER__TOOL_POLICY__WRITE_OUTPUT", "allow");
 
 fn spawn_agent(app: &TestApp, chat: &ScriptedChat, extra: &[(&str, &str)]) -> WorkerProcess {
-    let base_url = chat.base_url();
-    let mut overrides = vec![("GLASSBOX_LLM__BASE_URL", base_url.as_str()), ALLOW_WRITES];
+    let mut overrides = vec![ALLOW_WRITES];
     overrides.extend_from_slice(extra);
-    app.spawn_worker(WORKER, &overrides).unwrap()
+    app.spawn_agent(WORKER, chat, &overrides).unwrap()
 }
 
 async fn start(app: &TestApp) -> (Uuid, Uuid) {
