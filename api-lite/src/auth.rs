@@ -19,12 +19,27 @@ pub struct Claims {
     pub org: Uuid,
     pub iat: u64,
     pub exp: u64,
+    /// Extra powers; `ops` opens the fleet-wide `/v1/ops` routes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub roles: Vec<String>,
 }
+
+/// The role the fleet-wide ops routes need.
+pub const OPS_ROLE: &str = "ops";
 
 /// Who is calling: the org every query is scoped by, and the subject for audit.
 #[derive(Debug, Clone)]
 pub struct Caller {
     pub org_id: Uuid,
+    pub subject: String,
+    pub roles: Vec<String>,
+}
+
+/// A caller with the `ops` role: queues, dead-letter queues, stuck jobs, schedules and the
+/// audit log are fleet-wide, so they are not scoped by org but need this role.
+#[derive(Debug, Clone)]
+pub struct Operator {
+    /// Who acts, for the audit log.
     pub subject: String,
 }
 
@@ -51,7 +66,13 @@ impl Keys {
 }
 
 /// Mints a token for `org` (the `api-lite token` command, tests, the demo).
-pub fn mint_token(secret: &SecretString, org: Uuid, subject: &str, ttl_secs: u64) -> String {
+pub fn mint_token(
+    secret: &SecretString,
+    org: Uuid,
+    subject: &str,
+    ttl_secs: u64,
+    roles: &[&str],
+) -> String {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|elapsed| elapsed.as_secs())
@@ -61,6 +82,7 @@ pub fn mint_token(secret: &SecretString, org: Uuid, subject: &str, ttl_secs: u64
         org,
         iat: now,
         exp: now + ttl_secs,
+        roles: roles.iter().map(|role| role.to_string()).collect(),
     };
     jsonwebtoken::encode(
         &Header::new(Algorithm::HS256),
@@ -94,6 +116,26 @@ impl FromRequestParts<AppState> for Caller {
         Ok(Caller {
             org_id: claims.org,
             subject: claims.sub,
+            roles: claims.roles,
+        })
+    }
+}
+
+impl FromRequestParts<AppState> for Operator {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let caller = Caller::from_request_parts(parts, state).await?;
+        if !caller.roles.iter().any(|role| role == OPS_ROLE) {
+            return Err(ApiError::Forbidden(
+                "this route needs a token with the ops role",
+            ));
+        }
+        Ok(Operator {
+            subject: caller.subject,
         })
     }
 }
@@ -107,15 +149,17 @@ mod tests {
         let secret = SecretString::from("0123456789abcdef0123");
         let org = Uuid::now_v7();
         let keys = Keys::new(&secret);
-        let token = mint_token(&secret, org, "ops@example", 60);
+        let token = mint_token(&secret, org, "ops@example", 60, &[OPS_ROLE]);
         let claims = keys.verify(&token).expect("valid token");
         assert_eq!(claims.org, org);
         assert_eq!(claims.sub, "ops@example");
+        assert_eq!(claims.roles, [OPS_ROLE]);
         let other = mint_token(
             &SecretString::from("another-secret-of-length"),
             org,
             "x",
             60,
+            &[],
         );
         assert!(keys.verify(&other).is_none());
         assert!(keys.verify("garbage").is_none());
@@ -133,6 +177,7 @@ mod tests {
             org: Uuid::now_v7(),
             iat: now - 7200,
             exp: now - 3600,
+            roles: Vec::new(),
         };
         let token = jsonwebtoken::encode(
             &Header::new(Algorithm::HS256),

@@ -7,6 +7,9 @@
 //! - [`extract`]: request extractors that reject in that shape.
 //! - [`state`]: what handlers can reach (pool, AWS clients, queues, embedders).
 //! - [`sweeper`]: re-enqueues accepted work that never started.
+//! - [`jobs`]: reprocess, requeue and reopen jobs, in the caller's transaction.
+//! - [`ops`]: the fleet-wide ops routes and the `/ops` dashboard page.
+//! - [`scheduler`]: the schedule leader (advisory lock) and exactly-once fires.
 //!
 //! [`run`] wires them together: migrations, queues, the outbox relay, the sweeper and
 //! the HTTP server, until the shutdown token fires.
@@ -17,8 +20,14 @@ pub mod auth;
 pub mod error;
 /// Extractors with API-shaped rejections.
 pub mod extract;
+/// Putting jobs back on their queues (reprocess, requeue, reopen after a DLQ).
+pub mod jobs;
+/// The ops routes and the `/ops` dashboard: queues, DLQs, stuck jobs, schedules, audit.
+pub mod ops;
 /// HTTP routes.
 pub mod routes;
+/// Fires schedules exactly once per tick across replicas.
+pub mod scheduler;
 /// Shared handler state.
 pub mod state;
 /// Re-enqueues stalled work.
@@ -64,15 +73,39 @@ pub async fn run(
         Duration::from_secs(state.settings.api.sweeper_interval_secs),
         background.clone(),
     ));
+    let gauges_task = tokio::spawn(ops::queues::refresh_gauges(
+        state.clone(),
+        Duration::from_secs(state.settings.api.queue_metrics_interval_secs.max(1)),
+        background.clone(),
+    ));
+    let scheduler_task = state.settings.api.scheduler_enabled.then(|| {
+        let scheduler = scheduler::Scheduler {
+            pool: state.pool.clone(),
+            instance: replica_name(),
+            tick: Duration::from_millis(state.settings.api.scheduler_tick_ms.max(50)),
+            context: ops::schedules::action_context(&state),
+        };
+        tokio::spawn(scheduler.run(background.clone()))
+    });
     tracing::info!(address = %listener.local_addr()?, "api-lite listening");
     axum::serve(listener, app(state))
         .with_graceful_shutdown(shutdown.cancelled_owned())
         .await
         .context("http server failed")?;
     background.cancel();
-    let _ = tokio::join!(relay_task, sweeper_task);
+    let _ = tokio::join!(relay_task, sweeper_task, gauges_task);
+    if let Some(scheduler_task) = scheduler_task {
+        let _ = scheduler_task.await;
+    }
     tracing::info!("api-lite stopped");
     Ok(())
+}
+
+/// Names this replica in the schedule fires it makes: the host (a container or task id
+/// on ECS) and a random suffix.
+fn replica_name() -> String {
+    let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "api-lite".into());
+    format!("{host}-{}", &uuid::Uuid::new_v4().simple().to_string()[..8])
 }
 
 fn queue_map(state: &AppState) -> HashMap<String, Queue> {
@@ -97,6 +130,17 @@ pub async fn build_state(settings: Settings) -> anyhow::Result<AppState> {
     let embedder = shared::embedders::from_settings(&settings.embedding)
         .await
         .context("loading the embedding model")?;
+    let mut embedders = vec![embedder];
+    // During a model switch search also embeds queries with the previous model, so files
+    // not yet re-embedded stay searchable.
+    if let Some(previous) = &settings.embedding.previous {
+        let previous = shared::embedders::from_settings(previous)
+            .await
+            .context("loading the previous embedding model")?;
+        if previous.model_id() != embedders[0].model_id() {
+            embedders.push(previous);
+        }
+    }
     Ok(AppState::new(Inner {
         pool,
         aws,
@@ -104,7 +148,7 @@ pub async fn build_state(settings: Settings) -> anyhow::Result<AppState> {
         file_queue,
         agent_queue,
         keys,
-        embedders: vec![embedder],
+        embedders,
     }))
 }
 

@@ -28,6 +28,9 @@ enum Command {
         /// Lifetime in seconds; GLASSBOX_AUTH__TOKEN_TTL_SECS when unset.
         #[arg(long)]
         ttl_secs: Option<u64>,
+        /// Add the ops role: fleet-wide queues, DLQs, stuck jobs, schedules, audit.
+        #[arg(long)]
+        ops: bool,
     },
 }
 
@@ -52,7 +55,8 @@ async fn main() -> ExitCode {
             org,
             subject,
             ttl_secs,
-        } => token(&settings, org, &subject, ttl_secs),
+            ops,
+        } => token(&settings, org, &subject, ttl_secs, ops),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
@@ -80,6 +84,7 @@ fn token(
     org: Uuid,
     subject: &str,
     ttl_secs: Option<u64>,
+    ops: bool,
 ) -> anyhow::Result<()> {
     let secret = settings.auth.secret()?;
     println!(
@@ -88,7 +93,12 @@ fn token(
             secret,
             org,
             subject,
-            ttl_secs.unwrap_or(settings.auth.token_ttl_secs)
+            ttl_secs.unwrap_or(settings.auth.token_ttl_secs),
+            if ops {
+                &[api_lite::auth::OPS_ROLE]
+            } else {
+                &[]
+            },
         )
     );
     Ok(())

@@ -4,11 +4,12 @@
 
 use std::time::Duration;
 
-use shared::outbox;
-use shared::queue::{JobKind, JobMessage};
+use shared::queue::JobKind;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
+
+use crate::jobs;
 
 pub async fn run(
     pool: PgPool,
@@ -26,6 +27,13 @@ pub async fn run(
             Ok(0) => {}
             Ok(requeued) => tracing::warn!(requeued, "sweeper re-enqueued stalled executions"),
             Err(error) => tracing::warn!(%error, "execution sweep failed"),
+        }
+        match fail_interrupted_tasks(&pool).await {
+            Ok(0) => {}
+            Ok(failed) => {
+                tracing::warn!(failed, "marked redrive tasks of a stopped replica failed")
+            }
+            Err(error) => tracing::warn!(%error, "task sweep failed"),
         }
         tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -47,16 +55,7 @@ pub async fn sweep_once(pool: &PgPool, requeue_after: Duration) -> sqlx::Result<
     .fetch_all(&mut *transaction)
     .await?;
     for (file_id, org_id) in &stalled {
-        sqlx::query("UPDATE files SET queued_at = now(), lease_expires_at = CASE WHEN lease_expires_at IS NULL THEN NULL ELSE now() END WHERE id = $1")
-            .bind(file_id)
-            .execute(&mut *transaction)
-            .await?;
-        outbox::enqueue(
-            &mut transaction,
-            outbox::FILE_JOBS,
-            &JobMessage::new(JobKind::FileProcess, *file_id, *org_id),
-        )
-        .await?;
+        jobs::requeue_stalled(&mut transaction, JobKind::FileProcess, *file_id, *org_id).await?;
     }
     transaction.commit().await?;
     Ok(stalled.len())
@@ -77,17 +76,20 @@ pub async fn sweep_executions_once(pool: &PgPool, requeue_after: Duration) -> sq
     .fetch_all(&mut *transaction)
     .await?;
     for (execution_id, org_id) in &stalled {
-        sqlx::query("UPDATE executions SET queued_at = now(), lease_expires_at = CASE WHEN lease_expires_at IS NULL THEN NULL ELSE now() END WHERE id = $1")
-            .bind(execution_id)
-            .execute(&mut *transaction)
-            .await?;
-        outbox::enqueue(
-            &mut transaction,
-            outbox::AGENT_JOBS,
-            &JobMessage::new(JobKind::AgentRun, *execution_id, *org_id),
-        )
-        .await?;
+        jobs::requeue_stalled(&mut transaction, JobKind::AgentRun, *execution_id, *org_id).await?;
     }
     transaction.commit().await?;
     Ok(stalled.len())
+}
+
+/// Redrive tasks whose replica stopped mid-way stop updating; after two minutes of
+/// silence they are marked failed so ops can see it and redrive again (moving a message
+/// twice is harmless, losing one is impossible: it stays on the DLQ until sent).
+pub async fn fail_interrupted_tasks(pool: &PgPool) -> sqlx::Result<u64> {
+    let updated = sqlx::query(
+        "UPDATE ops_tasks SET status = 'failed', error = 'the api-lite replica running it stopped; run the redrive again',          finished_at = now(), updated_at = now() WHERE status = 'running' AND updated_at < now() - interval '2 minutes'",
+    )
+    .execute(pool)
+    .await?;
+    Ok(updated.rows_affected())
 }

@@ -552,6 +552,7 @@ async fn main() -> anyhow::Result<()> {
     let app = TestApp::spawn_with(TestOptions {
         max_receive_count: 5,
         visibility_timeout_secs: 60,
+        ..TestOptions::default()
     })
     .await
     .context("starting api-lite on the local stack")?;

@@ -46,6 +46,7 @@ pub async fn run(paths: &Paths, corpus: &Corpus, limit: usize) -> anyhow::Result
         max_receive_count: 3,
         // Generous: a file waits in line behind others while the model works.
         visibility_timeout_secs: 300,
+        ..TestOptions::default()
     })
     .await?;
     let database_name = app

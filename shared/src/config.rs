@@ -257,6 +257,19 @@ pub struct ApiSettings {
     /// Files queued for longer than this without a worker starting them are re-enqueued.
     pub sweeper_requeue_after_secs: u64,
     pub sweeper_interval_secs: u64,
+    /// Run the schedule leader election and fire schedules on this replica.
+    pub scheduler_enabled: bool,
+    /// How often the leader looks for due schedules (and a follower for the lock).
+    pub scheduler_tick_ms: u64,
+    /// DLQ redrives move at most this many messages a second (receive/send/delete).
+    pub redrive_rate_per_sec: u32,
+    /// Hand "redrive all" of file-jobs to SQS StartMessageMoveTask where the endpoint
+    /// supports it; the receive/send/delete move is the fallback.
+    pub redrive_use_move_task: bool,
+    /// How often the queue depth gauges are refreshed.
+    pub queue_metrics_interval_secs: u64,
+    /// A job queued for longer than this counts as stuck (ops views).
+    pub stuck_queued_for_secs: u64,
 }
 
 impl Default for ApiSettings {
@@ -278,6 +291,12 @@ impl Default for ApiSettings {
             outbox_poll_ms: 500,
             sweeper_requeue_after_secs: 600,
             sweeper_interval_secs: 60,
+            scheduler_enabled: true,
+            scheduler_tick_ms: 1000,
+            redrive_rate_per_sec: 50,
+            redrive_use_move_task: true,
+            queue_metrics_interval_secs: 15,
+            stuck_queued_for_secs: 300,
         }
     }
 }
@@ -308,6 +327,10 @@ pub struct EmbeddingSettings {
     pub max_tokens_per_request: usize,
     pub max_retries: usize,
     pub request_timeout_secs: u64,
+    /// The model the fleet used before this one, kept for search while a `reembed`
+    /// schedule moves files over (api-lite only; workers embed with the current model).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub previous: Option<Box<EmbeddingSettings>>,
 }
 
 impl Default for EmbeddingSettings {
@@ -324,6 +347,7 @@ impl Default for EmbeddingSettings {
             max_tokens_per_request: 100_000,
             max_retries: 5,
             request_timeout_secs: 60,
+            previous: None,
         }
     }
 }

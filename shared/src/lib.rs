@@ -7,6 +7,8 @@
 //! - [`db`]: the Postgres pool and the embedded migrations.
 //! - [`aws`]: SQS and S3 clients (real AWS or moto, by endpoint).
 //! - [`queue`]: the job message envelope and SQS operations, DLQ included.
+//! - [`dlq`]: dead-letter queue operations: peek, move back (one by one or as an SQS
+//!   move task), discard.
 //! - [`outbox`]: enqueue in the caller's transaction; the relay that sends to SQS.
 //! - [`embed`]: the [`embed::Embedder`] trait, local candle MiniLM and OpenAI-compatible.
 //! - [`embedders`]: builds the configured embedder, the chunking tokenizer, model indexes.
@@ -18,10 +20,16 @@
 
 /// SQS and S3 clients.
 pub mod aws;
+
+/// The version of worker-files' text extraction. Bump it when extraction output changes;
+/// a `reextract` schedule reprocesses files extracted by an older version.
+pub const EXTRACTOR_VERSION: u32 = 1;
 /// Typed settings from the environment.
 pub mod config;
 /// Postgres pool and migrations.
 pub mod db;
+/// Dead-letter queue operations.
+pub mod dlq;
 /// Embedders: local all-MiniLM-L6-v2 (candle) and OpenAI-compatible endpoints.
 pub mod embed;
 /// Builds the configured embedder and its index.

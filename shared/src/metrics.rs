@@ -17,6 +17,17 @@ pub const HEARTBEATS: &str = "glassbox_heartbeat_extensions_total";
 pub const POISON_MESSAGES: &str = "glassbox_poison_messages_total";
 pub const OUTBOX_RELAYED: &str = "glassbox_outbox_relayed_total";
 pub const HTTP_REQUESTS: &str = "glassbox_http_requests_total";
+pub const LLM_TOKENS: &str = "glassbox_llm_tokens_total";
+pub const LLM_COST_MICRODOLLARS: &str = "glassbox_llm_cost_microdollars_total";
+pub const QUEUE_MESSAGES: &str = "glassbox_queue_messages";
+pub const QUEUE_OLDEST_AGE_SECONDS: &str = "glassbox_queue_oldest_job_age_seconds";
+pub const DLQ_MESSAGES: &str = "glassbox_dlq_messages";
+pub const DLQ_REDRIVEN: &str = "glassbox_dlq_redriven_total";
+pub const DLQ_DISCARDED: &str = "glassbox_dlq_discarded_total";
+pub const STUCK_REQUEUED: &str = "glassbox_stuck_requeued_total";
+pub const SCHEDULE_FIRES: &str = "glassbox_schedule_fires_total";
+pub const SCHEDULE_FILES: &str = "glassbox_schedule_files_total";
+pub const SCHEDULER_LEADER: &str = "glassbox_scheduler_leader";
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 

@@ -85,7 +85,7 @@ pub enum QueueError {
     NoRedrivePolicy(String),
 }
 
-fn sqs_error<E, R>(
+pub(crate) fn sqs_error<E, R>(
     operation: &'static str,
 ) -> impl FnOnce(aws_sdk_sqs::error::SdkError<E, R>) -> QueueError
 where
@@ -113,7 +113,7 @@ pub struct Delivery {
 /// A source queue together with its DLQ and redrive settings.
 #[derive(Debug, Clone)]
 pub struct Queue {
-    client: aws_sdk_sqs::Client,
+    pub(crate) client: aws_sdk_sqs::Client,
     pub name: String,
     pub url: String,
     pub dlq_url: String,
@@ -362,8 +362,9 @@ impl Queue {
         Ok(())
     }
 
-    /// Moves a message straight to the DLQ, with the reason as a message attribute; used
-    /// for messages no worker can ever handle (an unparseable body).
+    /// Moves a message straight to the DLQ, with the reason as the message attribute
+    /// [`crate::dlq::ERROR_ATTRIBUTE`]; used for messages no worker can ever handle (an
+    /// unparseable body).
     pub async fn dead_letter(&self, delivery: &Delivery, reason: &str) -> Result<(), QueueError> {
         let attribute = aws_sdk_sqs::types::MessageAttributeValue::builder()
             .data_type("String")
@@ -378,7 +379,7 @@ impl Queue {
             } else {
                 &delivery.body
             })
-            .message_attributes("glassbox_error", attribute)
+            .message_attributes(crate::dlq::ERROR_ATTRIBUTE, attribute)
             .send()
             .await
             .map_err(sqs_error("SendMessage"))?;
@@ -394,6 +395,7 @@ impl Queue {
             in_flight: source.1,
             delayed: source.2,
             dead_letter_visible: dead.0,
+            dead_letter_in_flight: dead.1,
         })
     }
 
@@ -430,6 +432,7 @@ pub struct QueueDepth {
     pub in_flight: u64,
     pub delayed: u64,
     pub dead_letter_visible: u64,
+    pub dead_letter_in_flight: u64,
 }
 
 #[cfg(test)]

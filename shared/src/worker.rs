@@ -293,7 +293,7 @@ async fn process_job<H: JobHandler>(
 
     if lease_lost.load(Ordering::SeqCst) || matches!(result, Err(JobError::LeaseLost { .. })) {
         warn!("lease lost to another worker; leaving the message to it");
-        metrics::counter!(names::JOBS_FINISHED, "kind" => kind, "outcome" => "lease_lost", "error_class" => "").increment(1);
+        metrics::counter!(names::JOBS_FINISHED, "kind" => kind, "outcome" => "lease_lost", "error_class" => "", "error_code" => "").increment(1);
         return;
     }
     if hard_stop.is_cancelled() && result.is_err() {
@@ -302,13 +302,13 @@ async fn process_job<H: JobHandler>(
             warn!(%error, "could not release the lease; it will expire");
         }
         set_visibility(queue, delivery, Duration::ZERO).await;
-        metrics::counter!(names::JOBS_FINISHED, "kind" => kind, "outcome" => "released", "error_class" => "").increment(1);
+        metrics::counter!(names::JOBS_FINISHED, "kind" => kind, "outcome" => "released", "error_class" => "", "error_code" => "").increment(1);
         return;
     }
     match result {
         Ok(()) => {
             info!("job succeeded");
-            metrics::counter!(names::JOBS_FINISHED, "kind" => kind, "outcome" => "succeeded", "error_class" => "").increment(1);
+            metrics::counter!(names::JOBS_FINISHED, "kind" => kind, "outcome" => "succeeded", "error_class" => "", "error_code" => "").increment(1);
             ack(queue, delivery).await;
         }
         Err(error) => {
@@ -334,7 +334,7 @@ async fn process_job<H: JobHandler>(
                 outcome,
                 "job failed"
             );
-            metrics::counter!(names::JOBS_FINISHED, "kind" => kind, "outcome" => outcome, "error_class" => error.code().to_string()).increment(1);
+            metrics::counter!(names::JOBS_FINISHED, "kind" => kind, "outcome" => outcome, "error_class" => error.class(), "error_code" => error.code().to_string()).increment(1);
             if let Err(record_error) = handler
                 .record_failure(job, lease, &error, disposition)
                 .await

@@ -73,11 +73,16 @@ pub fn model_dir() -> PathBuf {
         .unwrap_or_else(|| workspace_root().join(".stack/models/all-MiniLM-L6-v2"))
 }
 
+/// Changes a test makes to the app's settings before it starts.
+pub type Configure = std::sync::Arc<dyn Fn(&mut Settings) + Send + Sync>;
+
 /// Knobs a test may turn before the app starts.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct TestOptions {
     pub max_receive_count: u32,
     pub visibility_timeout_secs: u32,
+    /// Runs last on the settings api-lite (and `worker_env`) will use.
+    pub configure: Option<Configure>,
 }
 
 impl Default for TestOptions {
@@ -85,6 +90,7 @@ impl Default for TestOptions {
         Self {
             max_receive_count: 3,
             visibility_timeout_secs: 6,
+            configure: None,
         }
     }
 }
@@ -153,6 +159,10 @@ impl TestApp {
         settings.agent_worker.control_poll_ms = 100;
         settings.agent_worker.request_timeout_secs = 60;
         settings.agent_worker.retry_base_ms = 50;
+        settings.api.scheduler_tick_ms = 200;
+        if let Some(configure) = &options.configure {
+            configure(&mut settings);
+        }
 
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let address = listener.local_addr()?;
@@ -188,7 +198,7 @@ impl TestApp {
         let aws = shared::aws::AwsClients::new(&settings.aws).await;
         let queue = Queue::open(&aws.sqs, &settings.queues.file_jobs).await?;
         let org_id = Uuid::now_v7();
-        let token = api_lite::auth::mint_token(&JWT_SECRET.into(), org_id, "test", 3600);
+        let token = api_lite::auth::mint_token(&JWT_SECRET.into(), org_id, "test", 3600, &[]);
         Ok(Self {
             address,
             base_url,
@@ -205,7 +215,18 @@ impl TestApp {
     }
 
     pub fn token_for(&self, org_id: Uuid) -> String {
-        api_lite::auth::mint_token(&JWT_SECRET.into(), org_id, "test", 3600)
+        api_lite::auth::mint_token(&JWT_SECRET.into(), org_id, "test", 3600, &[])
+    }
+
+    /// A token with the ops role (fleet-wide `/v1/ops` routes), acting as `subject`.
+    pub fn ops_token(&self, subject: &str) -> String {
+        api_lite::auth::mint_token(
+            &JWT_SECRET.into(),
+            self.org_id,
+            subject,
+            3600,
+            &[api_lite::auth::OPS_ROLE],
+        )
     }
 
     /// `GLASSBOX_*` variables that point a worker process at this app's stack.

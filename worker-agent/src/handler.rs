@@ -678,6 +678,12 @@ impl AgentHandler {
             };
             let cost = llm::cost_usd(price.as_ref(), completion.tokens_in, completion.tokens_out);
             metrics::histogram!(shared::metrics::STAGE_SECONDS, "kind" => "agent.run", "stage" => "model").record(completion.latency.as_secs_f64());
+            metrics::counter!(shared::metrics::LLM_TOKENS, "model" => execution.model.clone(), "direction" => "in").increment(completion.tokens_in);
+            metrics::counter!(shared::metrics::LLM_TOKENS, "model" => execution.model.clone(), "direction" => "out").increment(completion.tokens_out);
+            if let Some(cost) = cost {
+                // Counters are integers: count micro-dollars.
+                metrics::counter!(shared::metrics::LLM_COST_MICRODOLLARS, "model" => execution.model.clone()).increment((cost * 1e6).round() as u64);
+            }
             events.push((
                 "model_call".into(),
                 json!({

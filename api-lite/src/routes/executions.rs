@@ -68,21 +68,89 @@ pub struct PendingInput {
     pub created_at: DateTime<Utc>,
 }
 
+const EXECUTION_COLUMNS: &str = "id, node_id, model, status, control, step, tokens_in, tokens_out, cost_usd, budget, attempts, result, \
+     error_class, error_code, error_message, created_at, updated_at, queued_at, started_at, finished_at";
+
+const EXECUTION_STATUSES: [&str; 7] = [
+    "queued",
+    "running",
+    "awaiting_input",
+    "paused",
+    "completed",
+    "failed",
+    "cancelled",
+];
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    pub status: Option<String>,
+    pub limit: Option<i64>,
+    /// The `next_cursor` of the previous page.
+    pub cursor: Option<Uuid>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ExecutionPage {
+    pub executions: Vec<ExecutionView>,
+    pub next_cursor: Option<Uuid>,
+}
+
+/// The caller's executions, newest first, optionally of one status.
+pub async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiQuery(query): ApiQuery<ListQuery>,
+) -> Result<ApiJson<ExecutionPage>, ApiError> {
+    let limit = query.limit.unwrap_or(50);
+    if !(1..=500).contains(&limit) {
+        return Err(ApiError::invalid("limit must be between 1 and 500"));
+    }
+    if let Some(status) = &query.status
+        && !EXECUTION_STATUSES.contains(&status.as_str())
+    {
+        return Err(ApiError::invalid(format!(
+            "status must be one of {}",
+            EXECUTION_STATUSES.join(", ")
+        )));
+    }
+    // Ids are UUIDv7: id order is creation order, a stable keyset cursor.
+    let statement = format!(
+        "SELECT {EXECUTION_COLUMNS} FROM executions WHERE org_id = $1 AND ($2::text IS NULL OR status = $2) \
+         AND ($3::uuid IS NULL OR id < $3) ORDER BY id DESC LIMIT $4"
+    );
+    let mut executions: Vec<ExecutionView> = sqlx::query_as(&statement)
+        .bind(caller.org_id)
+        .bind(&query.status)
+        .bind(query.cursor)
+        .bind(limit + 1)
+        .fetch_all(&state.pool)
+        .await?;
+    let next_cursor = if executions.len() as i64 > limit {
+        executions.truncate(limit as usize);
+        executions.last().map(|execution| execution.id)
+    } else {
+        None
+    };
+    Ok(ApiJson(ExecutionPage {
+        executions,
+        next_cursor,
+    }))
+}
+
 pub async fn load_execution(
     state: &AppState,
     caller: &Caller,
     id: Uuid,
 ) -> Result<ExecutionView, ApiError> {
-    let mut execution: ExecutionView = sqlx::query_as(
-        "SELECT id, node_id, model, status, control, step, tokens_in, tokens_out, cost_usd, budget, attempts, result, \
-                error_class, error_code, error_message, created_at, updated_at, queued_at, started_at, finished_at \
-         FROM executions WHERE id = $1 AND org_id = $2",
-    )
-    .bind(id)
-    .bind(caller.org_id)
-    .fetch_optional(&state.pool)
-    .await?
-    .ok_or(ApiError::NotFound("execution"))?;
+    let statement =
+        format!("SELECT {EXECUTION_COLUMNS} FROM executions WHERE id = $1 AND org_id = $2");
+    let mut execution: ExecutionView = sqlx::query_as(&statement)
+        .bind(id)
+        .bind(caller.org_id)
+        .fetch_optional(&state.pool)
+        .await?
+        .ok_or(ApiError::NotFound("execution"))?;
     execution.pending_inputs = sqlx::query_as(
         "SELECT id, kind, tool, arguments, question, step, created_at FROM execution_inputs \
          WHERE execution_id = $1 AND status = 'pending' ORDER BY created_at, id",

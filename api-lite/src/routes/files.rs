@@ -16,6 +16,7 @@ use uuid::Uuid;
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::extract::{ApiJson, ApiPath, ApiQuery};
+use crate::jobs;
 use crate::state::AppState;
 
 /// Every column a file view shows, in one place for all queries.
@@ -338,34 +339,19 @@ pub async fn reprocess(
     ApiPath(id): ApiPath<Uuid>,
 ) -> Result<(StatusCode, ApiJson<FileView>), ApiError> {
     let file = load_file(&state, &caller, id).await?;
-    if !matches!(file.status.as_str(), "ready" | "failed" | "dead_lettered") {
+    if !jobs::REPROCESSABLE_FILE_STATUSES.contains(&file.status.as_str()) {
         return Err(ApiError::conflict(
             "not_reprocessable",
             format!("a file in status {} cannot be reprocessed now", file.status),
         ));
     }
     let mut transaction = state.pool.begin().await?;
-    let updated = sqlx::query(
-        "UPDATE files SET status = 'queued', queued_at = now(), updated_at = now(), attempts = 0, stage = NULL, \
-         error_class = NULL, error_code = NULL, error_message = NULL, lease_token = NULL, lease_expires_at = NULL, finished_at = NULL \
-         WHERE id = $1 AND org_id = $2 AND status IN ('ready', 'failed', 'dead_lettered')",
-    )
-    .bind(id)
-    .bind(caller.org_id)
-    .execute(&mut *transaction)
-    .await?;
-    if updated.rows_affected() == 0 {
+    if !jobs::reprocess_file(&mut transaction, id, caller.org_id).await? {
         return Err(ApiError::conflict(
             "not_reprocessable",
             "the file changed status; try again",
         ));
     }
-    outbox::enqueue(
-        &mut transaction,
-        outbox::FILE_JOBS,
-        &JobMessage::new(JobKind::FileProcess, id, caller.org_id),
-    )
-    .await?;
     transaction.commit().await?;
     tracing::info!(file_id = %id, "file reprocess enqueued");
     Ok((

@@ -28,6 +28,7 @@ pub fn router() -> Router<AppState> {
         .route("/v1/nodes", post(nodes::create))
         .route("/v1/nodes/{id}", get(nodes::show))
         .route("/v1/nodes/{id}/execute", post(nodes::execute))
+        .route("/v1/executions", get(executions::list))
         .route("/v1/executions/{id}", get(executions::show))
         .route("/v1/executions/{id}/trace", get(executions::trace))
         .route("/v1/executions/{id}/events", get(executions::events))
@@ -39,4 +40,5 @@ pub fn router() -> Router<AppState> {
             "/v1/executions/{id}/approvals/{input_id}/{decision}",
             post(executions::decide),
         )
+        .merge(crate::ops::router())
 }

@@ -38,9 +38,9 @@ pub use error::ExtractError;
 pub use normalize::normalize_text;
 pub use sandbox::{child_main, extract_isolated};
 
-/// Version of the extraction logic. Bump it whenever the text produced for the same file may change,
-/// so reprocessing schedules can find documents extracted by an older version.
-pub const EXTRACTOR_VERSION: u32 = 1;
+/// Version of the extraction logic (it lives in `shared` so api-lite's `reextract`
+/// schedules can compare against it). Bump it whenever the text for the same file may change.
+pub use shared::EXTRACTOR_VERSION;
 
 /// The kinds of documents we extract text from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

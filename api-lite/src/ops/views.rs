@@ -1,0 +1,106 @@
+//! Read-only views across orgs: recent failures by error class, and executions that are
+//! running or waiting for a person.
+
+use axum::extract::State;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use crate::auth::Operator;
+use crate::error::ApiError;
+use crate::extract::{ApiJson, ApiQuery};
+use crate::state::AppState;
+
+#[derive(Debug, Serialize, sqlx::FromRow)]
+pub struct FailureGroup {
+    pub kind: String,
+    pub error_class: Option<String>,
+    pub error_code: Option<String>,
+    pub count: i64,
+    pub last_at: DateTime<Utc>,
+    pub sample_id: Uuid,
+    pub sample_message: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FailuresQuery {
+    pub since_secs: Option<u64>,
+}
+
+pub async fn failures(
+    State(state): State<AppState>,
+    _operator: Operator,
+    ApiQuery(query): ApiQuery<FailuresQuery>,
+) -> Result<ApiJson<Value>, ApiError> {
+    let since_secs = query.since_secs.unwrap_or(24 * 3600);
+    let groups: Vec<FailureGroup> = sqlx::query_as(
+        "SELECT 'file.process' AS kind, error_class, error_code, count(*) AS count, max(updated_at) AS last_at, \
+                (array_agg(id ORDER BY updated_at DESC))[1] AS sample_id, \
+                (array_agg(error_message ORDER BY updated_at DESC))[1] AS sample_message \
+         FROM files WHERE status IN ('failed', 'dead_lettered', 'retrying') AND error_code IS NOT NULL \
+           AND updated_at > now() - make_interval(secs => $1) \
+         GROUP BY error_class, error_code \
+         UNION ALL \
+         SELECT 'agent.run', error_class, error_code, count(*), max(updated_at), \
+                (array_agg(id ORDER BY updated_at DESC))[1], (array_agg(error_message ORDER BY updated_at DESC))[1] \
+         FROM executions WHERE status IN ('failed', 'queued') AND error_code IS NOT NULL \
+           AND updated_at > now() - make_interval(secs => $1) \
+         GROUP BY error_class, error_code \
+         ORDER BY count DESC, last_at DESC LIMIT 200",
+    )
+    .bind(since_secs as f64)
+    .fetch_all(&state.pool)
+    .await?;
+    Ok(ApiJson(json!({ "groups": groups })))
+}
+
+#[derive(Debug, Serialize, sqlx::FromRow)]
+pub struct ExecutionSummary {
+    pub id: Uuid,
+    pub org_id: Uuid,
+    pub node_id: Uuid,
+    pub status: String,
+    pub step: i32,
+    pub tokens_in: i64,
+    pub tokens_out: i64,
+    pub cost_usd: f64,
+    pub updated_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExecutionsQuery {
+    /// Comma-separated statuses; running and awaiting_input by default.
+    pub status: Option<String>,
+    pub limit: Option<i64>,
+}
+
+pub async fn executions(
+    State(state): State<AppState>,
+    _operator: Operator,
+    ApiQuery(query): ApiQuery<ExecutionsQuery>,
+) -> Result<ApiJson<Value>, ApiError> {
+    let limit = query.limit.unwrap_or(50);
+    if !(1..=500).contains(&limit) {
+        return Err(ApiError::invalid("limit must be between 1 and 500"));
+    }
+    let statuses: Vec<String> = query
+        .status
+        .as_deref()
+        .unwrap_or("running,awaiting_input")
+        .split(',')
+        .map(|status| status.trim().to_string())
+        .filter(|status| !status.is_empty())
+        .collect();
+    let executions: Vec<ExecutionSummary> = sqlx::query_as(
+        "SELECT id, org_id, node_id, status, step, tokens_in, tokens_out, cost_usd, updated_at FROM executions \
+         WHERE status = ANY($1) ORDER BY updated_at DESC LIMIT $2",
+    )
+    .bind(&statuses)
+    .bind(limit)
+    .fetch_all(&state.pool)
+    .await?;
+    Ok(ApiJson(json!({ "executions": executions })))
+}
