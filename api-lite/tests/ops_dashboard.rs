@@ -1,7 +1,8 @@
 //! The `/ops` dashboard in headless Chromium (Debian's `chromium`, driven through
-//! `chromedriver` by fantoccini): the page loads, shows queue depths the test created,
-//! and a redrive click moves a dead message back to its source queue. A token without
-//! the ops role gets the forbidden banner. One test checks the page without a browser.
+//! `chromedriver`'s WebDriver HTTP API): the page loads, shows queue depths the test
+//! created, and a redrive click moves a dead message back to its source queue. A token
+//! without the ops role gets the forbidden banner. One test checks the page without a
+//! browser.
 //!
 //! A missing chromedriver fails the browser tests (run `scripts/stack.sh deps`); they are
 //! never skipped. `TEST_LOG=1` also shows chromedriver's output.
@@ -12,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use aws_sdk_sqs::types::QueueAttributeName;
-use fantoccini::{Client, ClientBuilder, Locator};
+use reqwest::Method;
 use serde_json::{Value, json};
 use testkit::TestApp;
 use tokio::process::{Child, Command};
@@ -129,16 +130,23 @@ impl Drop for ChromeDriver {
     }
 }
 
-/// One headless Chromium session.
+/// The key W3C WebDriver uses for an element reference.
+const ELEMENT_KEY: &str = "element-6066-11e4-a52e-4f735466cecf";
+
+/// One headless Chromium session, driven through chromedriver's W3C WebDriver HTTP API.
 struct Browser {
-    client: Client,
+    http: reqwest::Client,
+    session_url: String,
     driver: ChromeDriver,
 }
 
 impl Browser {
     async fn launch() -> anyhow::Result<Self> {
         let driver = ChromeDriver::start().await?;
-        let Value::Object(capabilities) = json!({
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(60))
+            .build()?;
+        let capabilities = json!({ "capabilities": { "alwaysMatch": {
             "goog:chromeOptions": {
                 "binary": CHROMIUM,
                 "args": [
@@ -147,34 +155,95 @@ impl Browser {
                     "--window-size=1280,900"
                 ]
             }
-        }) else {
-            unreachable!("a json object literal")
-        };
-        let mut builder = ClientBuilder::rustls()?;
-        builder.capabilities(capabilities);
-        let client = builder
-            .connect(&driver.url())
-            .await
-            .context("opening a headless Chromium session through chromedriver")?;
-        Ok(Self { client, driver })
+        }}});
+        let session = webdriver(
+            &http,
+            Method::POST,
+            &format!("{}/session", driver.url()),
+            Some(capabilities),
+        )
+        .await
+        .context("opening a headless Chromium session through chromedriver")?;
+        let session_id = session["sessionId"]
+            .as_str()
+            .with_context(|| format!("chromedriver gave no session id: {session}"))?;
+        let session_url = format!("{}/session/{session_id}", driver.url());
+        Ok(Self {
+            http,
+            session_url,
+            driver,
+        })
+    }
+
+    async fn command(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> anyhow::Result<Value> {
+        webdriver(
+            &self.http,
+            method,
+            &format!("{}{path}", self.session_url),
+            body,
+        )
+        .await
     }
 
     /// Ends the session (Chromium quits), then chromedriver.
     async fn close(self) -> anyhow::Result<()> {
-        let Self { client, driver } = self;
-        client.close().await?;
-        drop(driver);
+        self.command(Method::DELETE, "", None).await?;
+        drop(self.driver);
         Ok(())
     }
 
+    /// Navigates and waits for the page's load event.
+    async fn goto(&self, url: &str) -> anyhow::Result<()> {
+        self.command(Method::POST, "/url", Some(json!({ "url": url })))
+            .await?;
+        Ok(())
+    }
+
+    async fn title(&self) -> anyhow::Result<String> {
+        let title = self.command(Method::GET, "/title", None).await?;
+        Ok(title.as_str().unwrap_or_default().to_string())
+    }
+
+    async fn current_url(&self) -> anyhow::Result<String> {
+        let url = self.command(Method::GET, "/url", None).await?;
+        Ok(url.as_str().unwrap_or_default().to_string())
+    }
+
+    /// Runs `script`, a function body that may read `arguments`, in the page.
+    async fn execute(&self, script: &str, arguments: Vec<Value>) -> anyhow::Result<Value> {
+        self.command(
+            Method::POST,
+            "/execute/sync",
+            Some(json!({ "script": script, "args": arguments })),
+        )
+        .await
+    }
+
+    /// Clicks the element `selector` finds, as a user would (it must be visible).
     async fn click(&self, selector: &str) -> anyhow::Result<()> {
-        self.client
-            .find(Locator::Css(selector))
+        let element = self
+            .command(
+                Method::POST,
+                "/element",
+                Some(json!({ "using": "css selector", "value": selector })),
+            )
             .await
-            .with_context(|| format!("finding {selector}"))?
-            .click()
-            .await
-            .with_context(|| format!("clicking {selector}"))?;
+            .with_context(|| format!("finding {selector}"))?;
+        let element_id = element[ELEMENT_KEY]
+            .as_str()
+            .with_context(|| format!("no element reference for {selector}: {element}"))?;
+        self.command(
+            Method::POST,
+            &format!("/element/{element_id}/click"),
+            Some(json!({})),
+        )
+        .await
+        .with_context(|| format!("clicking {selector}"))?;
         Ok(())
     }
 
@@ -189,13 +258,12 @@ impl Browser {
     ) -> anyhow::Result<Value> {
         let started = Instant::now();
         loop {
-            let seen = self.client.execute(script, arguments.clone()).await?;
+            let seen = self.execute(script, arguments.clone()).await?;
             if done(&seen) {
                 return Ok(seen);
             }
             if started.elapsed() > PAGE_TIMEOUT {
                 let page = self
-                    .client
                     .execute("return document.body.innerText;", Vec::new())
                     .await
                     .unwrap_or_default();
@@ -207,6 +275,33 @@ impl Browser {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
+}
+
+/// One WebDriver call: the answer's `value`, or its `error` and `message` as an error.
+async fn webdriver(
+    http: &reqwest::Client,
+    method: Method,
+    url: &str,
+    body: Option<Value>,
+) -> anyhow::Result<Value> {
+    let mut request = http.request(method.clone(), url);
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let response = request.send().await?;
+    let status = response.status();
+    let mut answer: Value = response
+        .json()
+        .await
+        .with_context(|| format!("{method} {url} answered {status} without JSON"))?;
+    if !status.is_success() {
+        bail!(
+            "{method} {url} answered {status}: {}: {}",
+            answer["value"]["error"],
+            answer["value"]["message"]
+        );
+    }
+    Ok(answer["value"].take())
 }
 
 /// Sends a well-formed `file.process` message to `queue_url`; returns the SQS message
@@ -287,10 +382,9 @@ async fn dashboard_shows_queue_depths_and_a_redrive_click_moves_a_dead_message_b
 
     let browser = Browser::launch().await?;
     browser
-        .client
         .goto(&ops_url(&app, &app.ops_token("dashboard-test")))
         .await?;
-    assert_eq!(browser.client.title().await?, PAGE_TITLE);
+    assert_eq!(browser.title().await?, PAGE_TITLE);
     browser
         .wait_for(
             "the file-jobs row to show 3 visible and 1 dead",
@@ -299,8 +393,8 @@ async fn dashboard_shows_queue_depths_and_a_redrive_click_moves_a_dead_message_b
             |row| row["visible"] == "3" && row["dlq_visible"] == "1",
         )
         .await?;
-    let address = browser.client.current_url().await?;
-    assert_eq!(address.fragment(), None, "the token stays in {address}");
+    let address = browser.current_url().await?;
+    assert!(!address.contains('#'), "the token stays in {address}");
 
     browser
         .click(r#"button[data-dlq-queue="file-jobs"]"#)
@@ -364,7 +458,7 @@ async fn dashboard_shows_queue_depths_and_a_redrive_click_moves_a_dead_message_b
             |listed| *listed == true,
         )
         .await?;
-    let banner = browser.client.execute(BANNER_SCRIPT, Vec::new()).await?;
+    let banner = browser.execute(BANNER_SCRIPT, Vec::new()).await?;
     assert_eq!(banner["visible"], false, "{banner}");
     browser.close().await
 }
@@ -374,7 +468,7 @@ async fn dashboard_shows_the_forbidden_banner_for_a_token_without_the_ops_role()
 -> anyhow::Result<()> {
     let app = TestApp::spawn().await?;
     let browser = Browser::launch().await?;
-    browser.client.goto(&ops_url(&app, &app.token)).await?;
+    browser.goto(&ops_url(&app, &app.token)).await?;
     let banner = browser
         .wait_for("the error banner", BANNER_SCRIPT, Vec::new(), |banner| {
             banner["visible"] == true
@@ -385,7 +479,6 @@ async fn dashboard_shows_the_forbidden_banner_for_a_token_without_the_ops_role()
     let text = banner["text"].as_str().unwrap_or_default();
     assert!(text.contains("lacks the ops role"), "{text}");
     let page = browser
-        .client
         .execute(
             r#"return {
                 token_form: !document.getElementById("token-form").hidden,

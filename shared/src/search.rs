@@ -54,12 +54,23 @@ pub async fn search_chunks(
     top_k: i64,
     file_ids: Option<&[Uuid]>,
 ) -> Result<SearchOutcome, SearchError> {
+    // One snapshot for the model list and every per-model query: a file switching
+    // models between them would otherwise be missed by both (its old chunks gone, its
+    // new model not searched).
+    let mut transaction = pool.begin().await?;
+    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        .execute(&mut *transaction)
+        .await?;
+    // Filtered HNSW scans keep going until enough rows pass the filter (pgvector 0.8).
+    sqlx::query("SET LOCAL hnsw.iterative_scan = relaxed_order")
+        .execute(&mut *transaction)
+        .await?;
     let models: Vec<String> = sqlx::query_scalar(
         "SELECT DISTINCT embedding_model FROM files WHERE org_id = $1 AND embedding_model IS NOT NULL AND ($2::uuid[] IS NULL OR id = ANY($2))",
     )
     .bind(org_id)
     .bind(file_ids)
-    .fetch_all(pool)
+    .fetch_all(&mut *transaction)
     .await?;
     let by_model: HashMap<&str, _> = embedders
         .iter()
@@ -88,11 +99,6 @@ pub async fn search_chunks(
              WHERE c.model_id = $2 AND c.org_id = $3 AND ($4::uuid[] IS NULL OR c.file_id = ANY($4)) \
              ORDER BY c.embedding::vector({dimensions}) <=> $1::vector({dimensions}) LIMIT $5"
         );
-        let mut transaction = pool.begin().await?;
-        // Filtered HNSW scans keep going until enough rows pass the filter (pgvector 0.8).
-        sqlx::query("SET LOCAL hnsw.iterative_scan = relaxed_order")
-            .execute(&mut *transaction)
-            .await?;
         let model_hits: Vec<Hit> = sqlx::query_as(&statement)
             .bind(vector)
             .bind(&model)
@@ -101,10 +107,10 @@ pub async fn search_chunks(
             .bind(top_k)
             .fetch_all(&mut *transaction)
             .await?;
-        transaction.commit().await?;
         hits.extend(model_hits);
         searched.push(model);
     }
+    transaction.commit().await?;
     hits.sort_by(|left, right| right.score.total_cmp(&left.score));
     hits.truncate(top_k.max(0) as usize);
     Ok(SearchOutcome {

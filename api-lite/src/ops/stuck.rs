@@ -101,7 +101,7 @@ pub async fn requeue(
     operator: Operator,
     ApiJson(body): ApiJson<RequeueBody>,
 ) -> Result<ApiJson<Value>, ApiError> {
-    if body.all == !body.jobs.is_empty() {
+    if body.all != body.jobs.is_empty() {
         return Err(ApiError::bad_request(
             "invalid_selector",
             "name either jobs or all",
