@@ -95,6 +95,12 @@ GLASSBOX_AGENT_WORKER__RECEIVE_WAIT_SECS=1 "$BIN/worker-agent" >"$RUN/worker-age
 echo $! >"$RUN/worker-agent.pid"
 python3 "$ROOT/scripts/demo_client.py" agent "http://127.0.0.1:$API_PORT" "$TOKEN" "$MODEL" "$MODEL_LABEL"
 echo
+OPS_TOKEN="$("$BIN/api-lite" token --org "$ORG" --subject demo-ops --ops)"
+echo "==> what ops see (fleetctl queues; fleetctl audit)"
+FLEETCTL_API_URL="http://127.0.0.1:$API_PORT" FLEETCTL_TOKEN="$OPS_TOKEN" "$BIN/fleetctl" queues
+FLEETCTL_API_URL="http://127.0.0.1:$API_PORT" FLEETCTL_TOKEN="$OPS_TOKEN" "$BIN/fleetctl" audit --limit 5
+echo "Ops dashboard: http://127.0.0.1:$API_PORT/ops#token=$OPS_TOKEN"
+echo
 echo "The fleet is still running at http://127.0.0.1:$API_PORT. To call it as this run's org:"
 echo "  TOKEN=\$(GLASSBOX_AUTH__JWT_SECRET=$GLASSBOX_AUTH__JWT_SECRET $BIN/api-lite token --org $ORG)"
 echo "  curl -s -H \"authorization: Bearer \$TOKEN\" http://127.0.0.1:$API_PORT/v1/files"
