@@ -11,12 +11,10 @@
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-use aws_sdk_sqs::types::{
-    ChangeMessageVisibilityBatchRequestEntry, MessageSystemAttributeName, QueueAttributeName,
-};
+use aws_sdk_sqs::types::{ChangeMessageVisibilityBatchRequestEntry, MessageSystemAttributeName};
 use chrono::{DateTime, Utc};
 
-use crate::queue::{Queue, QueueError, sqs_error};
+use crate::queue::{Queue, QueueError, queue_arn, sqs_error};
 
 /// The message attribute a poison message carries: why it was dead-lettered.
 pub const ERROR_ATTRIBUTE: &str = "glassbox_error";
@@ -156,29 +154,8 @@ impl Queue {
 
     /// Deletes a held DLQ message for good.
     pub async fn discard_dead_letter(&self, letter: &DeadLetter) -> Result<(), QueueError> {
-        self.client
-            .delete_message()
-            .queue_url(&self.dlq_url)
-            .receipt_handle(&letter.receipt_handle)
-            .send()
+        self.delete_received(&self.dlq_url, &letter.receipt_handle)
             .await
-            .map_err(sqs_error("DeleteMessage"))?;
-        Ok(())
-    }
-
-    async fn queue_arn(&self, url: &str) -> Result<String, QueueError> {
-        Ok(self
-            .client
-            .get_queue_attributes()
-            .queue_url(url)
-            .attribute_names(QueueAttributeName::QueueArn)
-            .send()
-            .await
-            .map_err(sqs_error("GetQueueAttributes"))?
-            .attributes
-            .unwrap_or_default()
-            .remove(&QueueAttributeName::QueueArn)
-            .unwrap_or_default())
     }
 
     /// Asks SQS to move every DLQ message back to the source queue at up to
@@ -186,8 +163,8 @@ impl Queue {
     /// refusal (moto has no StartMessageMoveTask), in which case the caller moves the
     /// messages itself.
     pub async fn start_move_task(&self, per_second: Option<i32>) -> Result<String, QueueError> {
-        let source_arn = self.queue_arn(&self.dlq_url).await?;
-        let destination_arn = self.queue_arn(&self.url).await?;
+        let source_arn = queue_arn(&self.client, &self.dlq_url).await?;
+        let destination_arn = queue_arn(&self.client, &self.url).await?;
         let output = self
             .client
             .start_message_move_task()
@@ -208,7 +185,7 @@ impl Queue {
         &self,
         task_handle: &str,
     ) -> Result<Option<MoveTaskProgress>, QueueError> {
-        let source_arn = self.queue_arn(&self.dlq_url).await?;
+        let source_arn = queue_arn(&self.client, &self.dlq_url).await?;
         let output = self
             .client
             .list_message_move_tasks()

@@ -98,6 +98,24 @@ where
     }
 }
 
+/// The ARN of the queue at `url`.
+pub(crate) async fn queue_arn(
+    client: &aws_sdk_sqs::Client,
+    url: &str,
+) -> Result<String, QueueError> {
+    Ok(client
+        .get_queue_attributes()
+        .queue_url(url)
+        .attribute_names(QueueAttributeName::QueueArn)
+        .send()
+        .await
+        .map_err(sqs_error("GetQueueAttributes"))?
+        .attributes
+        .unwrap_or_default()
+        .remove(&QueueAttributeName::QueueArn)
+        .unwrap_or_default())
+}
+
 /// One received message.
 #[derive(Debug, Clone)]
 pub struct Delivery {
@@ -205,17 +223,7 @@ impl Queue {
             .map_err(sqs_error("CreateQueue"))?
             .queue_url
             .unwrap_or_default();
-        let dlq_arn = client
-            .get_queue_attributes()
-            .queue_url(&dlq_url)
-            .attribute_names(QueueAttributeName::QueueArn)
-            .send()
-            .await
-            .map_err(sqs_error("GetQueueAttributes"))?
-            .attributes
-            .unwrap_or_default()
-            .remove(&QueueAttributeName::QueueArn)
-            .unwrap_or_default();
+        let dlq_arn = queue_arn(client, &dlq_url).await?;
         let redrive = serde_json::json!({ "deadLetterTargetArn": dlq_arn, "maxReceiveCount": max_receive_count.to_string() });
         client
             .create_queue()
@@ -334,10 +342,20 @@ impl Queue {
     }
 
     pub async fn delete(&self, delivery: &Delivery) -> Result<(), QueueError> {
+        self.delete_received(&self.url, &delivery.receipt_handle)
+            .await
+    }
+
+    /// Deletes a message received from `url` (this queue or its DLQ).
+    pub(crate) async fn delete_received(
+        &self,
+        url: &str,
+        receipt_handle: &str,
+    ) -> Result<(), QueueError> {
         self.client
             .delete_message()
-            .queue_url(&self.url)
-            .receipt_handle(&delivery.receipt_handle)
+            .queue_url(url)
+            .receipt_handle(receipt_handle)
             .send()
             .await
             .map_err(sqs_error("DeleteMessage"))?;

@@ -102,18 +102,7 @@ pub async fn list(
     caller: Caller,
     ApiQuery(query): ApiQuery<ListQuery>,
 ) -> Result<ApiJson<ExecutionPage>, ApiError> {
-    let limit = query.limit.unwrap_or(50);
-    if !(1..=500).contains(&limit) {
-        return Err(ApiError::invalid("limit must be between 1 and 500"));
-    }
-    if let Some(status) = &query.status
-        && !EXECUTION_STATUSES.contains(&status.as_str())
-    {
-        return Err(ApiError::invalid(format!(
-            "status must be one of {}",
-            EXECUTION_STATUSES.join(", ")
-        )));
-    }
+    let limit = super::list_limit(query.limit, query.status.as_deref(), &EXECUTION_STATUSES)?;
     // Ids are UUIDv7: id order is creation order, a stable keyset cursor.
     let statement = format!(
         "SELECT {EXECUTION_COLUMNS} FROM executions WHERE org_id = $1 AND ($2::text IS NULL OR status = $2) \
@@ -126,12 +115,7 @@ pub async fn list(
         .bind(limit + 1)
         .fetch_all(&state.pool)
         .await?;
-    let next_cursor = if executions.len() as i64 > limit {
-        executions.truncate(limit as usize);
-        executions.last().map(|execution| execution.id)
-    } else {
-        None
-    };
+    let next_cursor = super::next_page(&mut executions, limit, |execution| execution.id);
     Ok(ApiJson(ExecutionPage {
         executions,
         next_cursor,

@@ -268,18 +268,7 @@ pub async fn list(
     caller: Caller,
     ApiQuery(query): ApiQuery<ListQuery>,
 ) -> Result<ApiJson<FilePage>, ApiError> {
-    let limit = query.limit.unwrap_or(50);
-    if !(1..=500).contains(&limit) {
-        return Err(ApiError::invalid("limit must be between 1 and 500"));
-    }
-    if let Some(status) = &query.status
-        && !STATUSES.contains(&status.as_str())
-    {
-        return Err(ApiError::invalid(format!(
-            "status must be one of {}",
-            STATUSES.join(", ")
-        )));
-    }
+    let limit = super::list_limit(query.limit, query.status.as_deref(), &STATUSES)?;
     // Ids are UUIDv7, so id order is creation order: a stable keyset cursor.
     let statement = format!(
         "SELECT {FILE_COLUMNS} FROM files WHERE org_id = $1 AND ($2::text IS NULL OR status = $2) AND ($3::uuid IS NULL OR id < $3) \
@@ -292,12 +281,7 @@ pub async fn list(
         .bind(limit + 1)
         .fetch_all(&state.pool)
         .await?;
-    let next_cursor = if files.len() as i64 > limit {
-        files.truncate(limit as usize);
-        files.last().map(|file| file.id)
-    } else {
-        None
-    };
+    let next_cursor = super::next_page(&mut files, limit, |file| file.id);
     Ok(ApiJson(FilePage { files, next_cursor }))
 }
 

@@ -13,8 +13,43 @@ pub mod search;
 
 use axum::Router;
 use axum::routing::{get, post};
+use uuid::Uuid;
 
+use crate::error::ApiError;
 use crate::state::AppState;
+
+/// Checks a list request: a page size of 1 to 500 (50 by default) and, when given, a
+/// status from `statuses`. Returns the page size.
+pub(crate) fn list_limit(
+    limit: Option<i64>,
+    status: Option<&str>,
+    statuses: &[&str],
+) -> Result<i64, ApiError> {
+    let limit = limit.unwrap_or(50);
+    if !(1..=500).contains(&limit) {
+        return Err(ApiError::invalid("limit must be between 1 and 500"));
+    }
+    if let Some(status) = status
+        && !statuses.contains(&status)
+    {
+        return Err(ApiError::invalid(format!(
+            "status must be one of {}",
+            statuses.join(", ")
+        )));
+    }
+    Ok(limit)
+}
+
+/// Keyset paging: the query fetched `limit + 1` rows; drop the extra one and return the
+/// cursor of the next page (the last id shown), if there is one.
+pub(crate) fn next_page<T>(rows: &mut Vec<T>, limit: i64, id: impl Fn(&T) -> Uuid) -> Option<Uuid> {
+    if rows.len() as i64 > limit {
+        rows.truncate(limit as usize);
+        rows.last().map(id)
+    } else {
+        None
+    }
+}
 
 pub fn router() -> Router<AppState> {
     Router::new()
