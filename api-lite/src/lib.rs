@@ -7,9 +7,8 @@
 //! - [`extract`]: request extractors that reject in that shape.
 //! - [`state`]: what handlers can reach (pool, AWS clients, queues, embedders).
 //! - [`sweeper`]: re-enqueues accepted work that never started.
-//! - [`jobs`]: reprocess, requeue and reopen jobs, in the caller's transaction.
 //! - [`ops`]: the fleet-wide ops routes and the `/ops` dashboard page.
-//! - [`scheduler`]: the schedule leader (advisory lock) and exactly-once fires.
+//! - [`scheduler`]: the schedule leader (advisory lock); fires are `shared::schedules`.
 //!
 //! [`run`] wires them together: migrations, queues, the outbox relay, the sweeper and
 //! the HTTP server, until the shutdown token fires.
@@ -20,13 +19,11 @@ pub mod auth;
 pub mod error;
 /// Extractors with API-shaped rejections.
 pub mod extract;
-/// Putting jobs back on their queues (reprocess, requeue, reopen after a DLQ).
-pub mod jobs;
 /// The ops routes and the `/ops` dashboard: queues, DLQs, stuck jobs, schedules, audit.
 pub mod ops;
 /// HTTP routes.
 pub mod routes;
-/// Fires schedules exactly once per tick across replicas.
+/// The schedule leader (advisory lock) of the api-lite replicas.
 pub mod scheduler;
 /// Shared handler state.
 pub mod state;

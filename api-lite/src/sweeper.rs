@@ -9,7 +9,7 @@ use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::jobs;
+use shared::jobs;
 
 pub async fn run(
     pool: PgPool,

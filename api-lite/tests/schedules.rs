@@ -3,9 +3,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use api_lite::scheduler::{self, ActionContext, Scheduler};
+use api_lite::scheduler::Scheduler;
 use chrono::{TimeDelta, Utc};
 use serde_json::{Value, json};
+use shared::schedules::{self as scheduler, ActionContext};
 use sqlx::PgPool;
 use testkit::{TestApp, TestOptions};
 use tokio_util::sync::CancellationToken;

@@ -38,7 +38,7 @@ export interface ScheduleSettings {
   readonly expression: string;
   /** Which job queue receives the message. */
   readonly queue: 'file-jobs' | 'agent-jobs';
-  /** The message body: a kind plus parameters, never state (DESIGN invariant 1). */
+  /** The message body: a job message the workers understand, never state (DESIGN invariant 1). */
   readonly payload: Record<string, unknown>;
   readonly enabled: boolean;
 }
@@ -115,6 +115,8 @@ export interface StageSettings {
     readonly oldestMessageAgeSeconds: number;
     /** ALB 5xx responses as a percentage of requests. */
     readonly apiErrorRatePercent: number;
+    /** Jobs that failed for good (permanent or dead-lettered) as a percentage of finished jobs, per worker. */
+    readonly workerErrorRatePercent: number;
   };
 }
 
@@ -146,11 +148,26 @@ export const FLEET_CONTRACT = {
   databaseUser: 'glassbox',
 } as const;
 
-const REPROCESS_FAILED_FILES: ScheduleSettings = {
-  name: 'reprocess-failed-files',
-  expression: 'cron(15 3 * * ? *)',
+/**
+ * The fleet's clock on AWS. Schedules themselves live in Postgres (cron, action,
+ * filter; managed with `fleetctl schedules`); every minute this sends a
+ * `schedule.tick` wake-up to file-jobs, and worker-files fires whatever is due.
+ * api-lite's leader fires them too; each (schedule, fire time) fires once whichever
+ * trigger gets there first, so either alone is enough and both together are safe.
+ * The body is a job message (`shared::queue::JobMessage`) with nil ids.
+ */
+export const SCHEDULE_TICK = {
+  v: 1,
+  kind: 'schedule.tick',
+  job_id: '00000000-0000-0000-0000-000000000000',
+  org_id: '00000000-0000-0000-0000-000000000000',
+} as const;
+
+const SCHEDULE_CLOCK: ScheduleSettings = {
+  name: 'schedule-clock',
+  expression: 'rate(1 minute)',
   queue: 'file-jobs',
-  payload: { kind: 'reprocess', filter: 'failed', source: 'eventbridge-scheduler' },
+  payload: SCHEDULE_TICK,
   enabled: true,
 };
 
@@ -181,8 +198,8 @@ const SETTINGS: Record<StageName, StageSettings> = {
     workerAgent: { cpu: 256, memoryMiB: 512, minTasks: 0, maxTasks: 2, backlogPerTask: 10, spot: true },
     embedding: { provider: 'local' },
     llm: { baseUrl: 'https://llm.dev.example.invalid/v1' },
-    schedules: [REPROCESS_FAILED_FILES],
-    alarms: { oldestMessageAgeSeconds: 1800, apiErrorRatePercent: 10 },
+    schedules: [SCHEDULE_CLOCK],
+    alarms: { oldestMessageAgeSeconds: 1800, apiErrorRatePercent: 10, workerErrorRatePercent: 25 },
   },
   staging: {
     stage: 'staging',
@@ -210,8 +227,8 @@ const SETTINGS: Record<StageName, StageSettings> = {
     workerAgent: { cpu: 512, memoryMiB: 1024, minTasks: 0, maxTasks: 4, backlogPerTask: 10, spot: true },
     embedding: { provider: 'local' },
     llm: { baseUrl: 'https://llm.staging.example.invalid/v1' },
-    schedules: [REPROCESS_FAILED_FILES],
-    alarms: { oldestMessageAgeSeconds: 900, apiErrorRatePercent: 5 },
+    schedules: [SCHEDULE_CLOCK],
+    alarms: { oldestMessageAgeSeconds: 900, apiErrorRatePercent: 5, workerErrorRatePercent: 15 },
   },
   prod: {
     stage: 'prod',
@@ -239,8 +256,8 @@ const SETTINGS: Record<StageName, StageSettings> = {
     workerAgent: { cpu: 512, memoryMiB: 1024, minTasks: 1, maxTasks: 20, backlogPerTask: 10, spot: false },
     embedding: { provider: 'local' },
     llm: { baseUrl: 'https://llm.prod.example.invalid/v1' },
-    schedules: [REPROCESS_FAILED_FILES],
-    alarms: { oldestMessageAgeSeconds: 600, apiErrorRatePercent: 2 },
+    schedules: [SCHEDULE_CLOCK],
+    alarms: { oldestMessageAgeSeconds: 600, apiErrorRatePercent: 2, workerErrorRatePercent: 10 },
   },
 };
 

@@ -180,10 +180,15 @@ describe('worker scaling', () => {
 describe('schedules', () => {
   test('EventBridge Scheduler sends reprocessing messages to SQS with retries and a DLQ', () => {
     dev.service.hasResourceProperties('AWS::Scheduler::Schedule', {
-      Name: 'glassbox-dev-reprocess-failed-files',
+      Name: 'glassbox-dev-schedule-clock',
       State: 'ENABLED',
       Target: Match.objectLike({
-        Input: Match.serializedJson(Match.objectLike({ kind: 'reprocess' })),
+        Input: Match.serializedJson({
+          v: 1,
+          kind: 'schedule.tick',
+          job_id: '00000000-0000-0000-0000-000000000000',
+          org_id: '00000000-0000-0000-0000-000000000000',
+        }),
         RetryPolicy: { MaximumEventAgeInSeconds: 7200, MaximumRetryAttempts: 10 },
         DeadLetterConfig: { Arn: Match.anyValue() },
       }),
@@ -223,6 +228,34 @@ describe('monitoring', () => {
     dev.service.hasResourceProperties('AWS::CloudWatch::Alarm', {
       AlarmName: 'glassbox-dev-api-error-rate',
       Metrics: Match.arrayWith([Match.objectLike({ Expression: Match.stringLikeRegexp('5xx') })]),
+    });
+  });
+
+  test('alarms on each worker error rate, counted from its JSON job outcome logs', () => {
+    for (const worker of ['worker-files', 'worker-agent']) {
+      dev.service.hasResourceProperties('AWS::Logs::MetricFilter', {
+        LogGroupName: Match.anyValue(),
+        FilterPattern: '{ $.message = "job failed" && ($.outcome = "failed" || $.outcome = "dead_lettered") }',
+        MetricTransformations: [
+          Match.objectLike({ MetricNamespace: 'GlassBox/dev', MetricName: `${worker}-jobs-failed`, MetricValue: '1' }),
+        ],
+      });
+      dev.service.hasResourceProperties('AWS::Logs::MetricFilter', {
+        FilterPattern: '{ $.message = "job succeeded" }',
+        MetricTransformations: [Match.objectLike({ MetricName: `${worker}-jobs-succeeded` })],
+      });
+      dev.service.hasResourceProperties('AWS::CloudWatch::Alarm', {
+        AlarmName: `glassbox-dev-${worker}-error-rate`,
+        Threshold: 25,
+        Metrics: Match.arrayWith([
+          Match.objectLike({ Expression: 'IF(ok + bad >= 5, 100 * bad / (ok + bad), 0)' }),
+        ]),
+        AlarmActions: [Match.anyValue()],
+      });
+    }
+    prod.service.hasResourceProperties('AWS::CloudWatch::Alarm', {
+      AlarmName: 'glassbox-prod-worker-files-error-rate',
+      Threshold: 10,
     });
   });
 

@@ -9,6 +9,8 @@
 //! - [`queue`]: the job message envelope and SQS operations, DLQ included.
 //! - [`dlq`]: dead-letter queue operations: peek, move back (one by one or as an SQS
 //!   move task), discard.
+//! - [`jobs`]: reprocess, requeue and reopen jobs in the caller's transaction; the audit log.
+//! - [`schedules`]: cron schedules in Postgres and their exactly-once fires.
 //! - [`outbox`]: enqueue in the caller's transaction; the relay that sends to SQS.
 //! - [`embed`]: the [`embed::Embedder`] trait, local candle MiniLM and OpenAI-compatible.
 //! - [`embedders`]: builds the configured embedder, the chunking tokenizer, model indexes.
@@ -36,6 +38,8 @@ pub mod embed;
 pub mod embedders;
 /// The retry decision of a failed job.
 pub mod error;
+/// Reprocess, requeue and reopen jobs; audit entries.
+pub mod jobs;
 /// Fenced leases on job rows.
 pub mod lease;
 /// Prometheus metrics.
@@ -44,6 +48,8 @@ pub mod metrics;
 pub mod outbox;
 /// Job messages and SQS queues.
 pub mod queue;
+/// Cron schedules and their exactly-once fires.
+pub mod schedules;
 /// Semantic search over an org's chunks.
 pub mod search;
 /// Signal handling.

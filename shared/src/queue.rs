@@ -63,6 +63,11 @@ pub enum JobKind {
     /// Run (or resume) one agent execution.
     #[serde(rename = "agent.run")]
     AgentRun,
+    /// A clock tick (EventBridge Scheduler on AWS): fire the Postgres schedules that are
+    /// due. Its ids are nil; the schedules' own (schedule, fire time) key keeps each tick
+    /// once, whoever fires it.
+    #[serde(rename = "schedule.tick")]
+    ScheduleTick,
 }
 
 impl JobKind {
@@ -70,6 +75,7 @@ impl JobKind {
         match self {
             Self::FileProcess => "file.process",
             Self::AgentRun => "agent.run",
+            Self::ScheduleTick => "schedule.tick",
         }
     }
 }

@@ -74,12 +74,24 @@ pub trait JobHandler: Send + Sync + 'static {
 
 #[derive(Debug, Clone)]
 pub struct WorkerOptions {
+    /// Set on the worker whose queue receives `schedule.tick` messages (worker-files):
+    /// it fires the due schedules. Without it a tick is a poison message.
+    pub clock: Option<ScheduleClock>,
     pub concurrency: usize,
     pub receive_wait: Duration,
     /// The lease length; heartbeats run at half of it (or of the visibility timeout).
     pub lease: Duration,
     pub shutdown_deadline: Duration,
     pub retry: RetrySettings,
+}
+
+/// What a worker needs to fire the Postgres schedules when a clock tick arrives.
+#[derive(Debug, Clone)]
+pub struct ScheduleClock {
+    pub pool: sqlx::PgPool,
+    pub context: crate::schedules::ActionContext,
+    /// Recorded as `fired_by`.
+    pub instance: String,
 }
 
 /// The delay before attempt `receive_count + 1`: exponential from the base, capped, with
@@ -200,6 +212,10 @@ async fn handle_delivery<H: JobHandler>(
 ) {
     let job = match JobMessage::parse(&delivery.body) {
         Ok(job) if job.kind == handler.kind() => job,
+        Ok(job) if job.kind == JobKind::ScheduleTick && options.clock.is_some() => {
+            let clock = options.clock.as_ref().expect("checked above");
+            return handle_tick(queue, clock, options, &delivery).await;
+        }
         Ok(job) => {
             return dead_letter_poison(
                 queue,
@@ -218,6 +234,38 @@ async fn handle_delivery<H: JobHandler>(
     process_job(queue, handler, options, &delivery, &job, hard_stop)
         .instrument(span)
         .await;
+}
+
+/// Fires the schedules due now. A failure leaves the tick to SQS's retries (and its DLQ);
+/// a tick that arrives late or twice is harmless, as each (schedule, fire time) fires once.
+async fn handle_tick(
+    queue: &Queue,
+    clock: &ScheduleClock,
+    options: &WorkerOptions,
+    delivery: &Delivery,
+) {
+    match crate::schedules::fire_due(
+        &clock.pool,
+        chrono::Utc::now(),
+        &clock.instance,
+        &clock.context,
+    )
+    .await
+    {
+        Ok(fires) => {
+            info!(message_id = %delivery.message_id, fired = fires.len(), "schedule tick handled");
+            ack(queue, delivery).await;
+        }
+        Err(error) => {
+            warn!(%error, receive_count = delivery.receive_count, "schedule tick failed; sqs will deliver it again");
+            set_visibility(
+                queue,
+                delivery,
+                backoff_delay(&options.retry, delivery.receive_count),
+            )
+            .await;
+        }
+    }
 }
 
 async fn dead_letter_poison(queue: &Queue, delivery: &Delivery, reason: &str) {

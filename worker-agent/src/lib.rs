@@ -75,6 +75,8 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         shutdown: shutdown.clone(),
     };
     let options = WorkerOptions {
+        // Clock ticks go to file-jobs; one here is misrouted (poison).
+        clock: None,
         concurrency: worker_settings.concurrency,
         receive_wait: Duration::from_secs(u64::from(worker_settings.receive_wait_secs)),
         lease: worker_settings.lease(),

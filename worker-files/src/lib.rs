@@ -84,6 +84,17 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     std::fs::create_dir_all(&spool_dir)
         .with_context(|| format!("creating the spool folder {}", spool_dir.display()))?;
     let options = WorkerOptions {
+        clock: Some(shared::worker::ScheduleClock {
+            pool: pool.clone(),
+            context: shared::schedules::ActionContext {
+                default_model: embedder.model_id().to_string(),
+                extractor_version: shared::EXTRACTOR_VERSION as i32,
+            },
+            instance: format!(
+                "worker-files:{}",
+                std::env::var("HOSTNAME").unwrap_or_else(|_| std::process::id().to_string())
+            ),
+        }),
         concurrency: worker_settings.concurrency,
         receive_wait: Duration::from_secs(u64::from(worker_settings.receive_wait_secs)),
         lease: worker_settings.lease(),

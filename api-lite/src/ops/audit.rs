@@ -1,39 +1,17 @@
-//! The audit log: who did what, when, to what, and how many.
+//! The audit log: who did what, when, to what, and how many. Entries are written with
+//! [`record`] in the transaction of the action they describe.
 
 use axum::extract::State;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use sqlx::PgConnection;
 
 use crate::auth::Operator;
 use crate::error::ApiError;
 use crate::extract::{ApiJson, ApiQuery};
 use crate::state::AppState;
 
-/// Appends one entry in the caller's transaction, so the entry exists if and only if
-/// the action committed.
-pub async fn record(
-    connection: &mut PgConnection,
-    actor: &str,
-    action: &str,
-    target: &str,
-    count: i64,
-    details: Value,
-) -> sqlx::Result<()> {
-    sqlx::query(
-        "INSERT INTO audit_log (actor, action, target, count, details) VALUES ($1, $2, $3, $4, $5)",
-    )
-    .bind(actor)
-    .bind(action)
-    .bind(target)
-    .bind(count.clamp(0, i32::MAX as i64) as i32)
-    .bind(details)
-    .execute(connection)
-    .await?;
-    tracing::info!(actor, action, target, count, "ops action");
-    Ok(())
-}
+pub use shared::jobs::audit as record;
 
 #[derive(Debug, Serialize, sqlx::FromRow)]
 pub struct AuditEntry {

@@ -16,9 +16,9 @@ use uuid::Uuid;
 use crate::auth::Operator;
 use crate::error::ApiError;
 use crate::extract::{ApiJson, ApiPath, ApiQuery};
-use crate::jobs;
 use crate::ops::{audit, queue_named};
 use crate::state::AppState;
+use shared::jobs;
 
 /// How long a browse hides the messages it looks at (they are given back at once after).
 const PEEK_HOLD: Duration = Duration::from_secs(10);

@@ -47,7 +47,8 @@ pub async fn snapshot(state: &AppState) -> Result<Vec<QueueView>, ApiError> {
             .await
             .map_err(|error| ApiError::Unavailable(error.to_string()))?;
         let statement = match kind {
-            JobKind::FileProcess => {
+            // Clock ticks ride on file-jobs and have no rows.
+            JobKind::FileProcess | JobKind::ScheduleTick => {
                 "SELECT EXTRACT(EPOCH FROM now() - min(queued_at))::float8 FROM files WHERE status IN ('queued', 'retrying')"
             }
             JobKind::AgentRun => {

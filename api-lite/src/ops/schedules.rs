@@ -11,8 +11,8 @@ use crate::auth::Operator;
 use crate::error::ApiError;
 use crate::extract::{ApiJson, ApiPath};
 use crate::ops::audit;
-use crate::scheduler::{self, Action, ActionContext, Filter, Fire, ScheduleRow};
 use crate::state::AppState;
+use shared::schedules::{self as scheduler, Action, ActionContext, Filter, Fire, ScheduleRow};
 
 /// What the actions compare against: the fleet's current model and extractor.
 pub fn action_context(state: &AppState) -> ActionContext {

@@ -11,9 +11,9 @@ use uuid::Uuid;
 use crate::auth::Operator;
 use crate::error::ApiError;
 use crate::extract::{ApiJson, ApiQuery};
-use crate::jobs;
 use crate::ops::audit;
 use crate::state::AppState;
+use shared::jobs;
 
 #[derive(Debug, Serialize, sqlx::FromRow)]
 pub struct StuckJob {
@@ -131,6 +131,7 @@ pub async fn requeue(
             JobKind::AgentRun => {
                 "SELECT org_id FROM executions WHERE id = $1 AND status IN ('queued', 'running') FOR UPDATE"
             }
+            JobKind::ScheduleTick => continue,
         };
         let org_id: Option<Uuid> = sqlx::query_scalar(statement)
             .bind(id)

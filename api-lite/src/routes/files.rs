@@ -16,8 +16,8 @@ use uuid::Uuid;
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::extract::{ApiJson, ApiPath, ApiQuery};
-use crate::jobs;
 use crate::state::AppState;
+use shared::jobs;
 
 /// Every column a file view shows, in one place for all queries.
 const FILE_COLUMNS: &str = "id, name, content_type, size_bytes, status, stage, attempts, error_class, error_code, error_message, \

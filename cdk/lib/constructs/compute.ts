@@ -44,16 +44,17 @@ export interface FleetTaskDefinitionProps {
 export class FleetTaskDefinition extends Construct {
   public readonly taskDefinition: ecs.FargateTaskDefinition;
   public readonly container: ecs.ContainerDefinition;
+  public readonly logGroup: logs.LogGroup;
 
   constructor(scope: Construct, id: string, props: FleetTaskDefinitionProps) {
     super(scope, id);
     const { settings, name, container } = props;
 
-    const logGroup = new logs.LogGroup(this, 'Logs', {
+    const logGroup = (this.logGroup = new logs.LogGroup(this, 'Logs', {
       logGroupName: `/glassbox/${settings.stage}/${name}`,
       retention: settings.logRetentionDays as logs.RetentionDays,
       removalPolicy: settings.retainData ? RemovalPolicy.RETAIN : RemovalPolicy.DESTROY,
-    });
+    }));
 
     this.taskDefinition = new ecs.FargateTaskDefinition(this, 'TaskDefinition', {
       family: `glassbox-${settings.stage}-${name}`,
@@ -115,6 +116,8 @@ export interface QueueWorkerProps {
 export class QueueWorker extends Construct {
   public readonly service: ecs.FargateService;
   public readonly taskDefinition: ecs.FargateTaskDefinition;
+  /** The workers' JSON logs, where the job outcome metrics come from. */
+  public readonly logGroup: logs.ILogGroup;
   public readonly scalableTarget: appscaling.ScalableTarget;
 
   constructor(scope: Construct, id: string, props: QueueWorkerProps) {
@@ -131,6 +134,7 @@ export class QueueWorker extends Construct {
       health: 'worker',
     });
     this.taskDefinition = task.taskDefinition;
+    this.logGroup = task.logGroup;
 
     this.service = new ecs.FargateService(this, 'Service', {
       serviceName: `glassbox-${settings.stage}-${name}`,

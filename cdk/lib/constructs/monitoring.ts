@@ -5,6 +5,7 @@ import type * as ecs from 'aws-cdk-lib/aws-ecs';
 import type * as elbv2 from 'aws-cdk-lib/aws-elasticloadbalancingv2';
 import * as iam from 'aws-cdk-lib/aws-iam';
 import * as kms from 'aws-cdk-lib/aws-kms';
+import * as logs from 'aws-cdk-lib/aws-logs';
 import type * as rds from 'aws-cdk-lib/aws-rds';
 import * as sns from 'aws-cdk-lib/aws-sns';
 import * as subscriptions from 'aws-cdk-lib/aws-sns-subscriptions';
@@ -26,6 +27,12 @@ export interface MonitoringProps {
   readonly loadBalancer: elbv2.ApplicationLoadBalancer;
   readonly services: Record<string, ecs.FargateService>;
   readonly database: rds.IDatabaseInstance;
+  /**
+   * Each queue worker's JSON log group. Job outcomes are counted from its log lines
+   * ("job succeeded", "job failed" with an outcome), the same events the Prometheus
+   * counter `glassbox_jobs_total` counts, because CloudWatch cannot scrape Prometheus.
+   */
+  readonly workerLogGroups: Record<string, logs.ILogGroup>;
 }
 
 /**
@@ -136,6 +143,56 @@ export class Monitoring extends Construct {
         treatMissingData: cloudwatch.TreatMissingData.NOT_BREACHING,
       }),
     );
+
+    // Worker error rate: jobs that failed for good (permanent errors and dead
+    // letters; retries that recover are not failures) over jobs that finished.
+    const metricsNamespace = `GlassBox/${stage}`;
+    for (const [worker, logGroup] of Object.entries(props.workerLogGroups)) {
+      const outcomeMetric = (id: string, metricName: string, pattern: string) => {
+        new logs.MetricFilter(this, `${worker}-${id}`, {
+          logGroup,
+          metricNamespace: metricsNamespace,
+          metricName,
+          filterPattern: logs.FilterPattern.literal(pattern),
+          metricValue: '1',
+          defaultValue: 0,
+        });
+        return new cloudwatch.Metric({
+          namespace: metricsNamespace,
+          metricName,
+          period: oneMinute,
+          statistic: 'Sum',
+        });
+      };
+      const succeeded = outcomeMetric(
+        'jobs-succeeded',
+        `${worker}-jobs-succeeded`,
+        '{ $.message = "job succeeded" }',
+      );
+      const failed = outcomeMetric(
+        'jobs-failed',
+        `${worker}-jobs-failed`,
+        '{ $.message = "job failed" && ($.outcome = "failed" || $.outcome = "dead_lettered") }',
+      );
+      addAlarm(
+        new cloudwatch.Alarm(this, `${worker}-error-rate`, {
+          alarmName: `${prefix}-${worker}-error-rate`,
+          alarmDescription: `More than ${settings.alarms.workerErrorRatePercent}% of ${worker} jobs fail for good (permanent error or dead letter).`,
+          metric: new cloudwatch.MathExpression({
+            // Five finished jobs at least, so one bad upload in a quiet minute does not page.
+            expression: 'IF(ok + bad >= 5, 100 * bad / (ok + bad), 0)',
+            usingMetrics: { ok: succeeded, bad: failed },
+            period: Duration.minutes(5),
+            label: `${worker} job error rate (%)`,
+          }),
+          threshold: settings.alarms.workerErrorRatePercent,
+          comparisonOperator: cloudwatch.ComparisonOperator.GREATER_THAN_THRESHOLD,
+          evaluationPeriods: 3,
+          datapointsToAlarm: 2,
+          treatMissingData: cloudwatch.TreatMissingData.NOT_BREACHING,
+        }),
+      );
+    }
 
     addAlarm(
       new cloudwatch.Alarm(this, 'database-cpu', {

@@ -13,9 +13,10 @@ export interface SchedulesProps {
 }
 
 /**
- * EventBridge Scheduler sends reprocessing messages (retry failed files,
- * re-embed after a model change) to the job queues. The message is a wake-up
- * with a kind and parameters; the worker reads the truth from Postgres.
+ * EventBridge Scheduler sends reprocessing wake-ups to the job queues: the
+ * `schedule.tick` clock, on which worker-files fires the Postgres schedules that
+ * are due (retry transient failures, re-embed after a model change, re-extract).
+ * The message carries no state; the schedules and their fires live in Postgres.
  */
 export class Schedules extends Construct {
   public readonly group: scheduler.ScheduleGroup;

@@ -339,6 +339,10 @@ export class ServiceStack extends Stack {
         'worker-agent': this.workerAgent.service,
       },
       database: database.instance,
+      workerLogGroups: {
+        'worker-files': this.workerFiles.logGroup,
+        'worker-agent': this.workerAgent.logGroup,
+      },
     });
 
     // ---- outputs the runbook refers to

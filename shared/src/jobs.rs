@@ -1,9 +1,9 @@
-//! Putting jobs back on their queues, shared by the routes, the sweeper, the ops routes
-//! and the scheduler. Each function updates the row and writes the outbox entry in the
+//! Putting jobs back on their queues, shared by api-lite's routes, sweeper and ops
+//! routes and by the schedules (fired by api-lite's leader or a worker's clock tick). Each function updates the row and writes the outbox entry in the
 //! caller's transaction, so the job is enqueued if and only if the change commits.
 
-use shared::outbox;
-use shared::queue::{JobKind, JobMessage};
+use crate::outbox;
+use crate::queue::{JobKind, JobMessage};
 use sqlx::PgConnection;
 use uuid::Uuid;
 
@@ -62,6 +62,8 @@ pub async fn requeue_stalled(
              status = CASE WHEN status = 'running' THEN 'queued' ELSE status END WHERE id = $1",
             outbox::AGENT_JOBS,
         ),
+        // A clock tick has no row to requeue.
+        JobKind::ScheduleTick => return Ok(()),
     };
     sqlx::query(statement)
         .bind(job_id)
@@ -113,5 +115,30 @@ pub async fn reopen_dead_lettered(
             .await?;
             Ok(true)
         }
+        JobKind::ScheduleTick => Ok(false),
     }
+}
+
+/// Appends one entry to the audit log in the caller's transaction, so the entry exists
+/// if and only if the action committed: who, what, on what, how many.
+pub async fn audit(
+    connection: &mut PgConnection,
+    actor: &str,
+    action: &str,
+    target: &str,
+    count: i64,
+    details: serde_json::Value,
+) -> sqlx::Result<()> {
+    sqlx::query(
+        "INSERT INTO audit_log (actor, action, target, count, details) VALUES ($1, $2, $3, $4, $5)",
+    )
+    .bind(actor)
+    .bind(action)
+    .bind(target)
+    .bind(count.clamp(0, i32::MAX as i64) as i32)
+    .bind(details)
+    .execute(connection)
+    .await?;
+    tracing::info!(actor, action, target, count, "ops action");
+    Ok(())
 }
