@@ -223,45 +223,35 @@ fn error_text(value: &Value) -> String {
 
 /// `GET /v1/ops/queues`: one row per queue.
 pub fn queues_table(response: &Value) -> String {
-    let queues = list_field(response, "queues");
-    if queues.is_empty() {
-        return "no queues".to_owned();
-    }
-    let rows = queues
-        .iter()
-        .map(|queue| {
-            let dlq_depth = queue
-                .get("dlq")
-                .filter(|dlq| dlq.is_object())
-                .map(|dlq| {
-                    let depth = count_field(dlq, "visible").unwrap_or(0)
-                        + count_field(dlq, "in_flight").unwrap_or(0);
-                    depth.to_string()
-                })
-                .unwrap_or_else(|| "-".to_owned());
-            vec![
-                text_field(queue, "queue"),
-                text_field(queue, "kind"),
-                count_text(queue, "visible"),
-                count_text(queue, "in_flight"),
-                count_text(queue, "delayed"),
-                format_age(number_field(queue, "oldest_age_secs")),
-                dlq_depth,
-            ]
-        })
-        .collect();
-    table(
-        &[
-            "QUEUE",
-            "KIND",
-            "VISIBLE",
-            "IN FLIGHT",
-            "DELAYED",
-            "OLDEST AGE",
-            "DLQ",
-        ],
-        rows,
-    )
+    let headers = [
+        "QUEUE",
+        "KIND",
+        "VISIBLE",
+        "IN FLIGHT",
+        "DELAYED",
+        "OLDEST AGE",
+        "DLQ",
+    ];
+    list_table(response, "queues", "no queues", &headers, |queue| {
+        let dlq_depth = queue
+            .get("dlq")
+            .filter(|dlq| dlq.is_object())
+            .map(|dlq| {
+                let depth = count_field(dlq, "visible").unwrap_or(0)
+                    + count_field(dlq, "in_flight").unwrap_or(0);
+                depth.to_string()
+            })
+            .unwrap_or_else(|| "-".to_owned());
+        vec![
+            text_field(queue, "queue"),
+            text_field(queue, "kind"),
+            count_text(queue, "visible"),
+            count_text(queue, "in_flight"),
+            count_text(queue, "delayed"),
+            format_age(number_field(queue, "oldest_age_secs")),
+            dlq_depth,
+        ]
+    })
 }
 
 /// `GET /v1/ops/dlq/{queue}`: one row per peeked message, and a footer when the peek
@@ -391,31 +381,21 @@ pub fn redrive_summary(task: &Value, queue: &str) -> String {
 
 /// `GET /v1/files`: one row per file, and how to get the next page.
 pub fn files_table(response: &Value) -> String {
-    let files = list_field(response, "files");
-    if files.is_empty() {
-        return "no files".to_owned();
-    }
-    let rows = files
-        .iter()
-        .map(|file| {
-            vec![
-                text_field(file, "id"),
-                truncate(&text_field(file, "name"), 40),
-                text_field(file, "status"),
-                text_field(file, "stage"),
-                count_text(file, "attempts"),
-                error_text(file),
-                format_bytes(count_field(file, "size_bytes")),
-                time_field(file, "updated_at"),
-            ]
-        })
-        .collect();
-    let rendered = table(
-        &[
-            "ID", "NAME", "STATUS", "STAGE", "ATTEMPTS", "ERROR", "SIZE", "UPDATED",
-        ],
-        rows,
-    );
+    let headers = [
+        "ID", "NAME", "STATUS", "STAGE", "ATTEMPTS", "ERROR", "SIZE", "UPDATED",
+    ];
+    let rendered = list_table(response, "files", "no files", &headers, |file| {
+        vec![
+            text_field(file, "id"),
+            truncate(&text_field(file, "name"), 40),
+            text_field(file, "status"),
+            text_field(file, "stage"),
+            count_text(file, "attempts"),
+            error_text(file),
+            format_bytes(count_field(file, "size_bytes")),
+            time_field(file, "updated_at"),
+        ]
+    });
     with_next_page_hint(rendered, response, "files list")
 }
 
@@ -512,13 +492,22 @@ pub fn trace_table(events: &[Value]) -> String {
 
 /// `GET /v1/ops/schedules`: one row per schedule.
 pub fn schedules_table(response: &Value) -> String {
-    let schedules = list_field(response, "schedules");
-    if schedules.is_empty() {
-        return "no schedules".to_owned();
-    }
-    let rows = schedules
-        .iter()
-        .map(|schedule| {
+    let headers = [
+        "ID",
+        "NAME",
+        "CRON",
+        "ACTION",
+        "ENABLED",
+        "FILTER",
+        "NEXT FIRE",
+        "LAST FIRE",
+    ];
+    list_table(
+        response,
+        "schedules",
+        "no schedules",
+        &headers,
+        |schedule| {
             let last_fire = schedule
                 .get("last_fire")
                 .filter(|fire| fire.is_object())
@@ -540,20 +529,7 @@ pub fn schedules_table(response: &Value) -> String {
                 time_field(schedule, "next_fire_at"),
                 last_fire,
             ]
-        })
-        .collect();
-    table(
-        &[
-            "ID",
-            "NAME",
-            "CRON",
-            "ACTION",
-            "ENABLED",
-            "FILTER",
-            "NEXT FIRE",
-            "LAST FIRE",
-        ],
-        rows,
+        },
     )
 }
 
@@ -590,88 +566,74 @@ pub fn fire_line(fire: &Value) -> String {
 
 /// `GET /v1/ops/stuck`: one row per job.
 pub fn stuck_table(response: &Value) -> String {
-    let jobs = list_field(response, "jobs");
-    if jobs.is_empty() {
-        return "no stuck jobs".to_owned();
-    }
-    let rows = jobs
-        .iter()
-        .map(|job| {
-            vec![
-                text_field(job, "kind"),
-                text_field(job, "id"),
-                short_id_field(job, "org_id"),
-                text_field(job, "status"),
-                text_field(job, "reason"),
-                time_field(job, "since"),
-                count_text(job, "attempts"),
-            ]
-        })
-        .collect();
-    table(
-        &["KIND", "ID", "ORG", "STATUS", "REASON", "SINCE", "ATTEMPTS"],
-        rows,
-    )
+    let headers = ["KIND", "ID", "ORG", "STATUS", "REASON", "SINCE", "ATTEMPTS"];
+    list_table(response, "jobs", "no stuck jobs", &headers, |job| {
+        vec![
+            text_field(job, "kind"),
+            text_field(job, "id"),
+            short_id_field(job, "org_id"),
+            text_field(job, "status"),
+            text_field(job, "reason"),
+            time_field(job, "since"),
+            count_text(job, "attempts"),
+        ]
+    })
 }
 
 /// `GET /v1/ops/failures`: one row per group.
 pub fn failures_table(response: &Value) -> String {
-    let groups = list_field(response, "groups");
-    if groups.is_empty() {
-        return "no failures".to_owned();
-    }
-    let rows = groups
-        .iter()
-        .map(|group| {
-            vec![
-                text_field(group, "kind"),
-                text_field(group, "error_class"),
-                text_field(group, "error_code"),
-                count_text(group, "count"),
-                time_field(group, "last_at"),
-                text_field(group, "sample_id"),
-                truncate(&text_field(group, "sample_message"), 60),
-            ]
-        })
-        .collect();
-    table(
-        &[
-            "KIND",
-            "ERROR CLASS",
-            "ERROR CODE",
-            "COUNT",
-            "LAST AT",
-            "SAMPLE ID",
-            "SAMPLE MESSAGE",
-        ],
-        rows,
-    )
+    let headers = [
+        "KIND",
+        "ERROR CLASS",
+        "ERROR CODE",
+        "COUNT",
+        "LAST AT",
+        "SAMPLE ID",
+        "SAMPLE MESSAGE",
+    ];
+    list_table(response, "groups", "no failures", &headers, |group| {
+        vec![
+            text_field(group, "kind"),
+            text_field(group, "error_class"),
+            text_field(group, "error_code"),
+            count_text(group, "count"),
+            time_field(group, "last_at"),
+            text_field(group, "sample_id"),
+            truncate(&text_field(group, "sample_message"), 60),
+        ]
+    })
 }
 
 /// `GET /v1/ops/audit`: one row per entry.
 pub fn audit_table(response: &Value) -> String {
-    let entries = list_field(response, "entries");
-    if entries.is_empty() {
-        return "no audit entries".to_owned();
+    let headers = ["ID", "AT", "ACTOR", "ACTION", "TARGET", "COUNT", "DETAILS"];
+    list_table(response, "entries", "no audit entries", &headers, |entry| {
+        vec![
+            text_field(entry, "id"),
+            time_field(entry, "at"),
+            text_field(entry, "actor"),
+            text_field(entry, "action"),
+            text_field(entry, "target"),
+            count_text(entry, "count"),
+            truncate(&text_field(entry, "details"), 60),
+        ]
+    })
+}
+
+/// A table of the array `key` of `response`, one row per item, or `empty` when the
+/// array is empty or missing.
+fn list_table(
+    response: &Value,
+    key: &str,
+    empty: &str,
+    headers: &[&str],
+    row: impl Fn(&Value) -> Vec<String>,
+) -> String {
+    let items = list_field(response, key);
+    if items.is_empty() {
+        return empty.to_owned();
     }
-    let rows = entries
-        .iter()
-        .map(|entry| {
-            vec![
-                text_field(entry, "id"),
-                time_field(entry, "at"),
-                text_field(entry, "actor"),
-                text_field(entry, "action"),
-                text_field(entry, "target"),
-                count_text(entry, "count"),
-                truncate(&text_field(entry, "details"), 60),
-            ]
-        })
-        .collect();
-    table(
-        &["ID", "AT", "ACTOR", "ACTION", "TARGET", "COUNT", "DETAILS"],
-        rows,
-    )
+    table(headers, items.iter().map(row).collect())
 }
 
 /// Appends how to fetch the next page when the answer has a `next_cursor`.
