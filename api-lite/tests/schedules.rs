@@ -69,6 +69,23 @@ async fn create_schedule(app: &TestApp, token: &str, body: Value) -> anyhow::Res
     app.post_as("/v1/ops/schedules", body, token).await
 }
 
+/// An every-minute `retry_transient` schedule, backdated as if created `age` ago
+/// (a Postgres interval such as `'10 minutes'`).
+async fn every_minute_schedule_created(app: &TestApp, age: &str) -> anyhow::Result<()> {
+    let (status, created) = create_schedule(
+        app,
+        &app.ops_token("alice"),
+        json!({"name": "every-minute", "cron": "* * * * *", "action": "retry_transient"}),
+    )
+    .await?;
+    anyhow::ensure!(status == 201, "{created}");
+    sqlx::query("UPDATE schedules SET created_at = now() - $1::interval")
+        .bind(age)
+        .execute(&app.pool)
+        .await?;
+    Ok(())
+}
+
 fn context() -> ActionContext {
     ActionContext {
         default_model: "all-minilm-l6-v2".into(),
@@ -303,7 +320,6 @@ async fn each_action_picks_only_its_files() -> anyhow::Result<()> {
 #[tokio::test]
 async fn concurrent_fires_of_one_tick_run_the_action_once() -> anyhow::Result<()> {
     let app = app_without_scheduler().await?;
-    let ops = app.ops_token("alice");
     let failed = insert_file(
         &app.pool,
         app.org_id,
@@ -313,16 +329,7 @@ async fn concurrent_fires_of_one_tick_run_the_action_once() -> anyhow::Result<()
         None,
     )
     .await?;
-    let (status, created) = create_schedule(
-        &app,
-        &ops,
-        json!({"name": "every-minute", "cron": "* * * * *", "action": "retry_transient"}),
-    )
-    .await?;
-    assert_eq!(status, 201, "{created}");
-    sqlx::query("UPDATE schedules SET created_at = now() - interval '10 minutes'")
-        .execute(&app.pool)
-        .await?;
+    every_minute_schedule_created(&app, "10 minutes").await?;
     // Eight "leaders" at once, as after a failover where the old leader has not noticed
     // yet: every one of them sees the same due tick.
     let now = Utc::now();
@@ -359,18 +366,8 @@ async fn concurrent_fires_of_one_tick_run_the_action_once() -> anyhow::Result<()
 #[tokio::test]
 async fn ticks_missed_during_downtime_are_caught_up_once() -> anyhow::Result<()> {
     let app = app_without_scheduler().await?;
-    let ops = app.ops_token("alice");
-    let (status, created) = create_schedule(
-        &app,
-        &ops,
-        json!({"name": "every-minute", "cron": "* * * * *", "action": "retry_transient"}),
-    )
-    .await?;
-    assert_eq!(status, 201, "{created}");
     // Created two hours ago, and no leader ran since: 120 ticks were missed.
-    sqlx::query("UPDATE schedules SET created_at = now() - interval '2 hours'")
-        .execute(&app.pool)
-        .await?;
+    every_minute_schedule_created(&app, "2 hours").await?;
     let now = Utc::now();
     let fires = scheduler::fire_due(&app.pool, now, "replica-a", &context()).await?;
     assert_eq!(fires.len(), 1, "one catch-up fire, not 120");

@@ -81,15 +81,6 @@ const EXECUTION_STATUSES: [&str; 7] = [
     "cancelled",
 ];
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ListQuery {
-    pub status: Option<String>,
-    pub limit: Option<i64>,
-    /// The `next_cursor` of the previous page.
-    pub cursor: Option<Uuid>,
-}
-
 #[derive(Debug, Serialize)]
 pub struct ExecutionPage {
     pub executions: Vec<ExecutionView>,
@@ -100,7 +91,7 @@ pub struct ExecutionPage {
 pub async fn list(
     State(state): State<AppState>,
     caller: Caller,
-    ApiQuery(query): ApiQuery<ListQuery>,
+    ApiQuery(query): ApiQuery<super::ListQuery>,
 ) -> Result<ApiJson<ExecutionPage>, ApiError> {
     let limit = super::list_limit(query.limit, query.status.as_deref(), &EXECUTION_STATUSES)?;
     // Ids are UUIDv7: id order is creation order, a stable keyset cursor.

@@ -238,15 +238,6 @@ pub async fn show(
     Ok(ApiJson(load_file(&state, &caller, id).await?))
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ListQuery {
-    pub status: Option<String>,
-    pub limit: Option<i64>,
-    /// The `next_cursor` of the previous page.
-    pub cursor: Option<Uuid>,
-}
-
 #[derive(Debug, Serialize)]
 pub struct FilePage {
     pub files: Vec<FileView>,
@@ -266,7 +257,7 @@ const STATUSES: [&str; 7] = [
 pub async fn list(
     State(state): State<AppState>,
     caller: Caller,
-    ApiQuery(query): ApiQuery<ListQuery>,
+    ApiQuery(query): ApiQuery<super::ListQuery>,
 ) -> Result<ApiJson<FilePage>, ApiError> {
     let limit = super::list_limit(query.limit, query.status.as_deref(), &STATUSES)?;
     // Ids are UUIDv7, so id order is creation order: a stable keyset cursor.

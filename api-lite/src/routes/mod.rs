@@ -18,6 +18,16 @@ use uuid::Uuid;
 use crate::error::ApiError;
 use crate::state::AppState;
 
+/// A keyset-paged list request (`GET /v1/files`, `GET /v1/executions`).
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    pub status: Option<String>,
+    pub limit: Option<i64>,
+    /// The `next_cursor` of the previous page.
+    pub cursor: Option<Uuid>,
+}
+
 /// Checks a list request: a page size of 1 to 500 (50 by default) and, when given, a
 /// status from `statuses`. Returns the page size.
 pub(crate) fn list_limit(
