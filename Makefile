@@ -41,10 +41,12 @@ unit-and-integration: clean-test-dbs
 deploy-checks:
 	@if [ -x scripts/check-deploy.sh ]; then scripts/check-deploy.sh; fi
 
-## clean-test-dbs: drop the per-test databases earlier runs left behind
+## clean-test-dbs: drop the per-test databases earlier runs left behind (named t_<unix time>_<id>;
+## only those over two hours old, so a test run in another checkout on the same stack keeps its own)
 clean-test-dbs:
-	@$(STACK_ENV); psql -qtA "$${GLASSBOX_DATABASE__URL%/*}/postgres" -c "select datname from pg_database where datname like 't\_%'" \
-		| while read -r name; do psql -q "$${GLASSBOX_DATABASE__URL%/*}/postgres" -c "drop database if exists $$name" >/dev/null; done
+	@$(STACK_ENV); cutoff=$$(( $$(date +%s) - 7200 )); \
+	psql -qtA "$${GLASSBOX_DATABASE__URL%/*}/postgres" -c "select datname from pg_database where case when datname ~ '^t_[0-9]+_' then split_part(datname, '_', 2)::bigint < $$cutoff else datname ~ '^t_[0-9a-f]{12}$$' end" \
+		| while read -r name; do psql -q "$${GLASSBOX_DATABASE__URL%/*}/postgres" -c "drop database if exists $$name" >/dev/null || true; done
 
 ## bench: ingestion benchmark (see bench/README.md)
 bench: stack

@@ -117,7 +117,14 @@ impl TestApp {
     pub async fn spawn_with(options: TestOptions) -> anyhow::Result<Self> {
         shared::telemetry::init_for_tests();
         let unique = Uuid::new_v4().simple().to_string()[..12].to_string();
-        let database_name = format!("t_{unique}");
+        // The creation time in the name lets `make clean-test-dbs` drop only databases
+        // old enough that no run still uses them, so test runs in other checkouts on the
+        // same stack are never pulled from under their feet.
+        let created_unix = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|elapsed| elapsed.as_secs())
+            .unwrap_or_default();
+        let database_name = format!("t_{created_unix}_{unique}");
         let admin = PgPoolOptions::new()
             .max_connections(1)
             .connect(&admin_database_url())
