@@ -11,15 +11,15 @@ COPY machine-ca-bundle.crt /usr/local/share/glassbox/ca-bundle.crt
 RUN apt-get update \
  && apt-get install -y --no-install-recommends gcc g++ libc6-dev make cmake perl pkg-config git ca-certificates \
  && rm -rf /var/lib/apt/lists/*
-COPY toolchain /usr/local/rustup/toolchains/${RUST_VERSION}-x86_64-unknown-linux-gnu
-RUN mkdir -p /usr/local/cargo/bin \
- && for tool in /usr/local/rustup/toolchains/"${RUST_VERSION}"-x86_64-unknown-linux-gnu/bin/*; do \
-      ln -s "$tool" /usr/local/cargo/bin/; \
-    done \
- && cargo --version && rustc --version
 ENV RUSTUP_HOME=/usr/local/rustup \
     CARGO_HOME=/usr/local/cargo \
     PATH=/usr/local/cargo/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
     RUST_VERSION=${RUST_VERSION} \
     SSL_CERT_FILE=/usr/local/share/glassbox/ca-bundle.crt \
     CARGO_HTTP_CAINFO=/usr/local/share/glassbox/ca-bundle.crt
+COPY toolchain /usr/local/rustup/toolchains/${RUST_VERSION}-x86_64-unknown-linux-gnu
+RUN mkdir -p /usr/local/cargo/bin \
+ && for tool in /usr/local/rustup/toolchains/"${RUST_VERSION}"-x86_64-unknown-linux-gnu/bin/*; do \
+      ln -s "$tool" /usr/local/cargo/bin/; \
+    done \
+ && cargo --version && rustc --version
