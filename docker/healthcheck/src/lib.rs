@@ -120,7 +120,12 @@ pub fn probe(address: SocketAddr, timeout: Duration) -> Result<(), ProbeError> {
         filled += read;
     }
     let text = String::from_utf8_lossy(&head[..filled]);
-    let status_line = text.lines().next().unwrap_or_default().trim_end().to_owned();
+    let status_line = text
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .trim_end()
+        .to_owned();
     let mut words = status_line.split_whitespace();
     let is_http = words.next().is_some_and(|word| word.starts_with("HTTP/"));
     if is_http && words.next() == Some("200") {

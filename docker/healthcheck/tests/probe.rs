@@ -19,7 +19,7 @@ fn serve_once(response: Option<&'static str>) -> (SocketAddr, thread::JoinHandle
         let read = stream.read(&mut request).unwrap();
         match response {
             Some(text) => stream.write_all(text.as_bytes()).unwrap(),
-            None => thread::sleep(Duration::from_millis(800)),
+            None => thread::sleep(Duration::from_secs(3)),
         }
         String::from_utf8_lossy(&request[..read]).into_owned()
     });
@@ -39,7 +39,10 @@ fn a_200_answer_is_healthy_and_the_request_is_get_health() {
     let (address, server) = serve_once(Some("HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"));
     probe(address, Duration::from_secs(2)).unwrap();
     let request = server.join().unwrap();
-    assert!(request.starts_with("GET /health HTTP/1.0\r\n"), "{request:?}");
+    assert!(
+        request.starts_with("GET /health HTTP/1.0\r\n"),
+        "{request:?}"
+    );
 }
 
 #[test]
@@ -76,7 +79,11 @@ fn a_silent_server_is_given_up_on_within_the_timeout() {
     let (address, server) = serve_once(None);
     let started = Instant::now();
     let error = probe(address, Duration::from_millis(200)).unwrap_err();
-    assert!(started.elapsed() < Duration::from_millis(700), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_millis(700),
+        "{:?}",
+        started.elapsed()
+    );
     assert!(matches!(error, ProbeError::Io { .. }), "{error:?}");
     server.join().unwrap();
 }
@@ -100,7 +107,10 @@ fn wildcard_listen_addresses_are_probed_on_loopback() {
 #[test]
 fn an_unreadable_listen_address_is_a_configuration_error() {
     let error = probe_address("no-port-here").unwrap_err();
-    assert!(matches!(error, ProbeError::BadListenAddress { .. }), "{error:?}");
+    assert!(
+        matches!(error, ProbeError::BadListenAddress { .. }),
+        "{error:?}"
+    );
     assert_eq!(error.exit_status(), 2);
 }
 
