@@ -44,7 +44,8 @@ fail() {
   exit 1
 }
 
-# step NAME COMMAND...: runs it, records its time.
+# step NAME COMMAND...: runs it, records its time. `set -e` does not apply inside a
+# command run as `"$@" || fail`, so the step functions return 1 on each failure themselves.
 step() {
   local name="$1"
   shift
@@ -169,7 +170,10 @@ compose_up() {
   COMPOSE_UP=1
   compose down -v --remove-orphans >/dev/null 2>&1 || true
   local started=$SECONDS
-  compose up -d --no-build --wait --wait-timeout 300 || return 1
+  if ! compose up -d --no-build --wait --wait-timeout 300 >"$WORK/compose-up.log" 2>&1; then
+    cat "$WORK/compose-up.log" >&2
+    return 1
+  fi
   for _ in $(seq 1 300); do
     if curl -fs "$API/ready" >/dev/null; then
       UP_TO_READY_SECONDS=$((SECONDS - started))
@@ -202,46 +206,63 @@ make_samples() {
   mkdir -p "$WORK/samples"
   chmod 0777 "$WORK/samples"
   docker run --rm --network none --entrypoint /usr/local/bin/make-samples \
-    -v "$WORK/samples:/samples" "glassbox/testkit:$IMAGE_TAG" /samples >/dev/null
+    -v "$WORK/samples:/samples" "glassbox/testkit:$IMAGE_TAG" /samples >/dev/null || return 1
   ls "$WORK/samples" >&2
 }
 
 files_and_search() {
-  python3 "$REPO_ROOT/scripts/demo_client.py" files "$API" "$TOKEN" "$WORK/samples"
+  python3 "$REPO_ROOT/scripts/demo_client.py" files "$API" "$TOKEN" "$WORK/samples" || return 1
   python3 "$REPO_ROOT/scripts/docker_check_client.py" search "$API" "$TOKEN"
 }
 
 agent_run() {
   python3 "$REPO_ROOT/scripts/demo_client.py" agent "$API" "$TOKEN" gpt-4o-mini \
-    "recorded responses (testkit/recordings/demo-agent.json), not a live model"
+    "recorded responses (testkit/recordings/demo-agent.json), not a live model" | tee "$WORK/agent.log" || return 1
+  local execution_id
+  execution_id="$(awk '$1 == "execution" && $3 == "queued" {print $2; exit}' "$WORK/agent.log")"
+  [[ -n "$execution_id" ]] || return 1
+  python3 "$REPO_ROOT/scripts/docker_check_client.py" tools-ok "$API" "$TOKEN" "$execution_id"
 }
 
 # ---------------------------------------------------------------------------
 # 4. SIGTERM mid-file
 
+# Over the container's Unix socket, where the image trusts local connections.
 psql_value() {
-  compose exec -T postgres psql -h 127.0.0.1 -p "${GLASSBOX_CHECK_POSTGRES_PORT:-56432}" \
+  compose exec -T postgres psql -h /var/run/postgresql -p "${GLASSBOX_CHECK_POSTGRES_PORT:-56432}" \
     -U glassbox -d glassbox -tAc "$1"
 }
 
 sigterm_mid_file() {
   mkdir -p "$WORK/large"
   local file_id container state exit_code terminated_at
-  file_id="$(python3 "$REPO_ROOT/scripts/docker_check_client.py" upload-large "$API" "$TOKEN" "$WORK/large")"
+  file_id="$(python3 "$REPO_ROOT/scripts/docker_check_client.py" upload-large "$API" "$TOKEN" "$WORK/large")" || return 1
   log "long file $file_id uploaded; waiting until worker-files is processing it"
-  state="$(python3 "$REPO_ROOT/scripts/docker_check_client.py" wait "$API" "$TOKEN" "$file_id" processing 120)"
+  state="$(python3 "$REPO_ROOT/scripts/docker_check_client.py" wait "$API" "$TOKEN" "$file_id" processing 120)" || return 1
   container="$(compose ps -q worker-files)"
+  [[ -n "$container" ]] || return 1
   log "file is $state: SIGTERM to worker-files ($container)"
   terminated_at=$SECONDS
-  docker kill --signal SIGTERM "$container" >/dev/null
-  exit_code="$(docker wait "$container")"
+  docker kill --signal SIGTERM "$container" >/dev/null || return 1
+  exit_code="$(docker wait "$container")" || return 1
   log "worker-files exited $exit_code, $((SECONDS - terminated_at)) s after SIGTERM"
   [[ "$exit_code" == 0 ]] || {
     log "worker-files should exit 0 after SIGTERM"
     return 1
   }
   log "file after shutdown: $(psql_value "select status || ' attempts=' || attempts from files where id = '$file_id'")"
-  compose up -d --no-build --wait --wait-timeout 120 worker-files || return 1
+  # The same container again (not a new one), so its log holds both runs.
+  docker start "$container" >/dev/null || return 1
+  local health=""
+  for _ in $(seq 1 300); do
+    health="$(docker inspect --format '{{.State.Health.Status}}' "$container")"
+    [[ "$health" == healthy ]] && break
+    sleep 0.2
+  done
+  [[ "$health" == healthy ]] || {
+    log "worker-files is $health after its restart"
+    return 1
+  }
   python3 "$REPO_ROOT/scripts/docker_check_client.py" wait "$API" "$TOKEN" "$file_id" ready 300 >/dev/null || return 1
 
   local successes released chunk_rows distinct_chunks chunk_count
@@ -265,7 +286,7 @@ sigterm_mid_file() {
 # 5. down, sizes, times
 
 compose_down() {
-  compose down -v --remove-orphans
+  compose down -v --remove-orphans || return 1
   COMPOSE_UP=0
   [[ -z "$(docker volume ls -q --filter "label=com.docker.compose.project=$PROJECT")" ]]
 }

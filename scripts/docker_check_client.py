@@ -4,6 +4,8 @@ demo's (scripts/demo_client.py does the uploads and the agent run).
 - `search BASE TOKEN`: the demo's queries must each find the sample that answers them.
 - `upload-large BASE TOKEN FOLDER`: write and upload a long Markdown file (every
   paragraph different, so nothing is reused from earlier chunks) and print its id.
+- `tools-ok BASE TOKEN EXECUTION_ID`: every tool call of the execution succeeded (a
+  search_files that could not embed its query shows up here, not in the status).
 - `wait BASE TOKEN FILE_ID STATUS[,STATUS...] SECONDS`: wait until the file has one of
   these statuses; print it (and the stage). Exits 1 on time-out or on an end state that
   was not asked for.
@@ -16,7 +18,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from demo_client import call, upload  # noqa: E402  (the demo's client, one copy)
+from demo_client import call, trace, upload  # noqa: E402  (the demo's client, one copy)
 
 # Each demo query and the sample whose text answers it (see testkit's make-samples).
 EXPECTED_FIRST = {
@@ -52,6 +54,18 @@ def upload_large(base, token, folder):
     return upload(base, token, path)
 
 
+def tools_ok(base, token, execution_id):
+    results = [event for event in trace(base, token, execution_id) if event["kind"] == "tool_result"]
+    if not results:
+        sys.exit(f"execution {execution_id} made no tool call")
+    failed = [event["data"] for event in results if not event["data"].get("ok")]
+    for data in failed:
+        print(f"  tool {data.get('tool')} failed: {data.get('error')}", file=sys.stderr)
+    if failed:
+        sys.exit(f"{len(failed)} of {len(results)} tool calls failed")
+    print(f"  all {len(results)} tool calls succeeded: {', '.join(event['data'].get('tool', '?') for event in results)}")
+
+
 def wait(base, token, file_id, wanted, seconds):
     wanted_states = wanted.split(",")
     deadline = time.time() + float(seconds)
@@ -80,10 +94,12 @@ def main():
         finally:
             sys.stdout = real_stdout
         print(file_id)
+    elif command == "tools-ok":
+        tools_ok(*arguments)
     elif command == "wait":
         wait(*arguments)
     else:
-        sys.exit(f"unknown command {command!r}: use search, upload-large or wait")
+        sys.exit(f"unknown command {command!r}: use search, upload-large, tools-ok or wait")
 
 
 if __name__ == "__main__":
