@@ -263,7 +263,7 @@ sigterm_mid_file() {
     log "worker-files is $health after its restart"
     return 1
   }
-  python3 "$REPO_ROOT/scripts/docker_check_client.py" wait "$API" "$TOKEN" "$file_id" ready 300 >/dev/null || return 1
+  python3 "$REPO_ROOT/scripts/docker_check_client.py" wait "$API" "$TOKEN" "$file_id" ready 600 >/dev/null || return 1
 
   local successes released chunk_rows distinct_chunks chunk_count
   successes="$(docker logs "$container" 2>&1 | grep -F "$file_id" | grep -c '"job succeeded"' || true)"

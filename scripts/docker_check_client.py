@@ -45,7 +45,7 @@ def search(base, token):
 def upload_large(base, token, folder):
     generator = random.Random(12)
     paragraphs = []
-    for number in range(1500):
+    for number in range(500):
         sentence = " ".join(generator.choice(WORDS) for _ in range(40))
         paragraphs.append(f"Paragraph {number}: {sentence}.")
     path = os.path.join(folder, "long-report.md")
