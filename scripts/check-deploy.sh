@@ -12,7 +12,7 @@
 #   tsc, jest, cdk synth (no AWS credentials, no network), cfn-lint on the
 #   templates, hadolint (docker/Dockerfile and the local base recipes in
 #   docker/bases/), docker-compose config (alone and with the check override),
-#   shellcheck, and a syntax check of docker/moto-init.py.
+#   a shell lint of every script, and a syntax check of docker/moto-init.py.
 # The images themselves are built and run by `make docker-check` (scripts/docker-check.sh).
 # Works from any directory; exits non-zero on any failure.
 set -euo pipefail
@@ -181,7 +181,7 @@ main() {
   step "docker-compose config -q" "$VENV/bin/docker-compose" -f docker/compose.yaml config -q
   step "docker-compose config -q with docker/compose.check.yaml" \
     "$VENV/bin/docker-compose" -f docker/compose.yaml -f docker/compose.check.yaml config -q
-  step "shellcheck scripts/*.sh docker/*.sh" shellcheck_scripts
+  step "shellcheck scripts/*.sh docker/*.sh docker/bases/*.sh" shellcheck_scripts
   step "python syntax of docker/moto-init.py" python3 -c \
     'import ast, sys; ast.parse(open(sys.argv[1]).read(), sys.argv[1])' docker/moto-init.py
 
