@@ -286,7 +286,10 @@ sigterm_mid_file() {
 # 5. down, sizes, times
 
 compose_down() {
-  compose down -v --remove-orphans || return 1
+  if ! compose down -v --remove-orphans >"$WORK/compose-down.log" 2>&1; then
+    cat "$WORK/compose-down.log" >&2
+    return 1
+  fi
   COMPOSE_UP=0
   [[ -z "$(docker volume ls -q --filter "label=com.docker.compose.project=$PROJECT")" ]]
 }
