@@ -8,7 +8,7 @@ export CARGO_TARGET_DIR ?= $(HOME)/.cache/glassbox/target
 export CARGO_TERM_COLOR ?= never
 STACK_ENV := set -a; source .stack/env; set +a
 
-.PHONY: demo test stack down lint unit-and-integration deploy-checks bench bench-agent clean-test-dbs
+.PHONY: demo test stack down lint unit-and-integration deploy-checks docker-check bench bench-agent clean-test-dbs
 
 ## demo: start the stack and the fleet, ingest sample documents, search them
 demo: stack
@@ -40,6 +40,11 @@ unit-and-integration: clean-test-dbs
 
 deploy-checks:
 	@if [ -x scripts/check-deploy.sh ]; then scripts/check-deploy.sh; fi
+
+## docker-check: build the images and run the fleet from them with docker compose: files to ready,
+## search, an agent run to completed, SIGTERM mid-file, down -v; prints image sizes and step times
+docker-check:
+	scripts/docker-check.sh
 
 ## clean-test-dbs: drop the per-test databases earlier runs left behind (named t_<unix time>_<id>;
 ## only those over two hours old, so a test run in another checkout on the same stack keeps its own)

@@ -10,8 +10,10 @@
 #   - cdk/node_modules via `npm ci`, only when missing or package-lock.json changed.
 # Then runs, stopping at the first failure:
 #   tsc, jest, cdk synth (no AWS credentials, no network), cfn-lint on the
-#   templates, hadolint, docker-compose config, shellcheck, and a syntax check
-#   of docker/moto-init.py.
+#   templates, hadolint (docker/Dockerfile and the local base recipes in
+#   docker/bases/), docker-compose config (alone and with the check override),
+#   a shell lint of every script, and a syntax check of docker/moto-init.py.
+# The images themselves are built and run by `make docker-check` (scripts/docker-check.sh).
 # Works from any directory; exits non-zero on any failure.
 set -euo pipefail
 
@@ -154,7 +156,7 @@ cfn_lint_templates() {
 shellcheck_scripts() {
   local scripts=()
   local candidate
-  for candidate in "$REPO_ROOT"/scripts/*.sh "$DOCKER_DIR"/*.sh; do
+  for candidate in "$REPO_ROOT"/scripts/*.sh "$DOCKER_DIR"/*.sh "$DOCKER_DIR"/bases/*.sh; do
     [[ -e "$candidate" ]] && scripts+=("$candidate")
   done
   log "shellcheck on ${#scripts[@]} scripts"
@@ -175,9 +177,11 @@ main() {
   step "cfn-lint on the synthesized templates" cfn_lint_templates
 
   cd "$REPO_ROOT"
-  step "hadolint docker/Dockerfile" "$VENV/bin/hadolint" docker/Dockerfile
+  step "hadolint docker/Dockerfile docker/bases/*.Dockerfile" "$VENV/bin/hadolint" docker/Dockerfile docker/bases/*.Dockerfile
   step "docker-compose config -q" "$VENV/bin/docker-compose" -f docker/compose.yaml config -q
-  step "shellcheck scripts/*.sh docker/*.sh" shellcheck_scripts
+  step "docker-compose config -q with docker/compose.check.yaml" \
+    "$VENV/bin/docker-compose" -f docker/compose.yaml -f docker/compose.check.yaml config -q
+  step "shellcheck scripts/*.sh docker/*.sh docker/bases/*.sh" shellcheck_scripts
   step "python syntax of docker/moto-init.py" python3 -c \
     'import ast, sys; ast.parse(open(sys.argv[1]).read(), sys.argv[1])' docker/moto-init.py
 
