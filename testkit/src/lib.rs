@@ -73,6 +73,20 @@ pub fn model_dir() -> PathBuf {
         .unwrap_or_else(|| workspace_root().join(".stack/models/all-MiniLM-L6-v2"))
 }
 
+/// libpdfium as `scripts/stack.sh` installs it (`GLASSBOX_FILES_WORKER__PDFIUM_LIBRARY` from
+/// `.stack/env`, else `.stack/pdfium/libpdfium.so`). Panics when it is missing: `make test` installs it.
+pub fn pdfium_library() -> PathBuf {
+    let library = std::env::var_os("GLASSBOX_FILES_WORKER__PDFIUM_LIBRARY")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join(".stack/pdfium/libpdfium.so"));
+    assert!(
+        library.is_file(),
+        "{} is missing: run scripts/stack.sh deps (make test does)",
+        library.display()
+    );
+    library
+}
+
 /// Changes a test makes to the app's settings before it starts.
 pub type Configure = std::sync::Arc<dyn Fn(&mut Settings) + Send + Sync>;
 
