@@ -105,13 +105,20 @@ pub async fn run(paths: &Paths, corpus: &Corpus) -> anyhow::Result<Vec<Finding>>
                 "1.00x".into(),
             ]);
             if outcome.documents != texts.len() {
-                bail!("the peer split {} texts, not {}", outcome.documents, texts.len());
+                bail!(
+                    "the peer split {} texts, not {}",
+                    outcome.documents,
+                    texts.len()
+                );
             }
         }
         Err(error) => println!("the peer did not run: {error:#}"),
     }
     table.print();
-    println!("ours: {token_count} tokens in {chunk_count} chunks, mean {:.1} tokens", token_count as f64 / chunk_count.max(1) as f64);
+    println!(
+        "ours: {token_count} tokens in {chunk_count} chunks, mean {:.1} tokens",
+        token_count as f64 / chunk_count.max(1) as f64
+    );
 
     Ok(vec![Finding {
         what: "Chunking alone, 200/20 (MiB/s)".into(),
@@ -138,7 +145,10 @@ pub async fn run(paths: &Paths, corpus: &Corpus) -> anyhow::Result<Vec<Finding>>
 fn run_peer(_paths: &Paths, texts_dir: &Path) -> anyhow::Result<PeerOutcome> {
     let python = crate::peer_python("llamaindex");
     if !python.exists() {
-        bail!("{} is missing (BENCH_PEERS=1 bench/peers.sh)", python.display());
+        bail!(
+            "{} is missing (BENCH_PEERS=1 bench/peers.sh)",
+            python.display()
+        );
     }
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("llamaindex/split.py");
     let output = Command::new(&python)
@@ -150,7 +160,10 @@ fn run_peer(_paths: &Paths, texts_dir: &Path) -> anyhow::Result<PeerOutcome> {
         .output()
         .context("running the SentenceSplitter peer")?;
     if !output.status.success() {
-        bail!("the peer failed: {}", String::from_utf8_lossy(&output.stderr));
+        bail!(
+            "the peer failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
     }
     let stdout = String::from_utf8_lossy(&output.stdout);
     let last_line = stdout

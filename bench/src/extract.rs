@@ -9,7 +9,9 @@ use std::time::Instant;
 use anyhow::{Context, bail};
 use worker_files::EXTRACT_CHILD_ARG;
 use worker_files::extract::sandbox::ChildRequest;
-use worker_files::extract::{DocumentKind, ExtractLimits, PdfEngine, Sandbox, extract_path, normalize_text};
+use worker_files::extract::{
+    DocumentKind, ExtractLimits, PdfEngine, Sandbox, extract_path, normalize_text,
+};
 
 use crate::Paths;
 use crate::corpus::Corpus;
@@ -49,7 +51,11 @@ pub async fn run(paths: &Paths, corpus: &Corpus) -> anyhow::Result<Vec<Finding>>
         scratch.path().to_path_buf(),
     )
     .map_err(anyhow::Error::msg)?;
-    println!("sandbox: network confinement {}, libpdfium {}", sandbox.network, library.display());
+    println!(
+        "sandbox: network confinement {}, libpdfium {}",
+        sandbox.network,
+        library.display()
+    );
     let limits = ExtractLimits::default();
     let engines = [
         ("pdfium", PdfEngine::Pdfium { library }),
@@ -123,7 +129,9 @@ pub async fn run(paths: &Paths, corpus: &Corpus) -> anyhow::Result<Vec<Finding>>
             let document = match (sandboxed, in_process) {
                 (Ok(extraction), Ok(_)) => extraction.document,
                 (Err(error), _) | (_, Err(error)) => {
-                    engine_totals.failures.push(format!("{}: {error}", file.name));
+                    engine_totals
+                        .failures
+                        .push(format!("{}: {error}", file.name));
                     row.push("failed".into());
                     similarity_cells.push("-".into());
                     continue;
@@ -131,7 +139,11 @@ pub async fn run(paths: &Paths, corpus: &Corpus) -> anyhow::Result<Vec<Finding>>
             };
             engine_totals.sandboxed_seconds += sandboxed_elapsed;
             engine_totals.in_process_seconds += in_process_elapsed;
-            let ours_pages: Vec<String> = document.pages.iter().map(|page| page.text.clone()).collect();
+            let ours_pages: Vec<String> = document
+                .pages
+                .iter()
+                .map(|page| page.text.clone())
+                .collect();
             let ordered = similarity::ordered(&ours_pages, &reference_pages);
             let bag = similarity::bag_of_words(&ours_pages, &reference_pages);
             engine_totals.ordered.add(ordered);
@@ -155,7 +167,10 @@ pub async fn run(paths: &Paths, corpus: &Corpus) -> anyhow::Result<Vec<Finding>>
     let pages = pages_total as f64;
     let pdftotext_rate = pages / pdftotext_seconds;
     let mut summary = Table::new(
-        &format!("Totals over {} PDFs, {pages_total} pages (one run, same files)", corpus.pdfs().count()),
+        &format!(
+            "Totals over {} PDFs, {pages_total} pages (one run, same files)",
+            corpus.pdfs().count()
+        ),
         &[
             "extractor",
             "seconds",
@@ -208,11 +223,18 @@ pub async fn run(paths: &Paths, corpus: &Corpus) -> anyhow::Result<Vec<Finding>>
     let mut findings = Vec::new();
     for ((name, _), engine_totals) in engines.iter().zip(&totals) {
         let rate = pages / engine_totals.sandboxed_seconds;
-        let target = if *name == "pdfium" { PDFIUM_SPEEDUP_TARGET } else { 1.0 };
+        let target = if *name == "pdfium" {
+            PDFIUM_SPEEDUP_TARGET
+        } else {
+            1.0
+        };
         findings.push(Finding {
             what: format!("PDF extraction, {name}, sandboxed (pages/s)"),
             ours: report::rate(pages, engine_totals.sandboxed_seconds),
-            reference: format!("pdftotext {} (this run)", report::rate(pages, pdftotext_seconds)),
+            reference: format!(
+                "pdftotext {} (this run)",
+                report::rate(pages, pdftotext_seconds)
+            ),
             comparison: format!("{} its speed", report::ratio(rate / pdftotext_rate)),
             target: format!(">= {target:.2}x"),
             met: Some(rate >= target * pdftotext_rate && engine_totals.failures.is_empty()),

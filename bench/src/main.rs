@@ -141,7 +141,10 @@ pub fn pdfium_library() -> anyhow::Result<PathBuf> {
         .map(PathBuf::from)
         .unwrap_or_else(|| testkit::workspace_root().join(".stack/pdfium/libpdfium.so"));
     if !library.is_file() {
-        bail!("{} is missing: run scripts/stack.sh deps", library.display());
+        bail!(
+            "{} is missing: run scripts/stack.sh deps",
+            library.display()
+        );
     }
     Ok(library)
 }
@@ -218,7 +221,15 @@ fn run_all(paths: &Paths) -> anyhow::Result<()> {
     corpus.print_overview();
     report::clear_findings(&paths.out_dir)?;
     let executable = std::env::current_exe()?;
-    let sections = ["extract", "chunk", "pipeline", "embed", "e2e", "copy", "retrieval"];
+    let sections = [
+        "extract",
+        "chunk",
+        "pipeline",
+        "embed",
+        "e2e",
+        "copy",
+        "retrieval",
+    ];
     let mut failed = Vec::new();
     for section in sections {
         let status = Command::new(&executable)

@@ -355,7 +355,10 @@ impl Pipeline {
         stages.chunk = extraction.chunk_ms as f64 / 1000.0;
         stages.extract = child_seconds - stages.chunk;
         let chunks = extraction.chunks;
-        let hashes: Vec<[u8; 32]> = chunks.iter().map(|chunk| text_sha256(&chunk.text)).collect();
+        let hashes: Vec<[u8; 32]> = chunks
+            .iter()
+            .map(|chunk| text_sha256(&chunk.text))
+            .collect();
 
         let started = Instant::now();
         let vectors: Vec<Vec<f32>> = hashes.iter().map(stand_in_vector).collect();

@@ -38,7 +38,10 @@ pub async fn run(paths: &Paths, corpus: &Corpus) -> anyhow::Result<Vec<Finding>>
     heading("Retrieval check and peak memory: every corpus PDF through the API, local model");
     let worker_binary = paths.worker_binary();
     if !worker_binary.exists() {
-        bail!("{} is missing: cargo build --release --bins", worker_binary.display());
+        bail!(
+            "{} is missing: cargo build --release --bins",
+            worker_binary.display()
+        );
     }
     let app = TestApp::spawn_with(TestOptions {
         max_receive_count: 3,
@@ -57,7 +60,10 @@ pub async fn run(paths: &Paths, corpus: &Corpus) -> anyhow::Result<Vec<Finding>>
         &worker_binary.to_string_lossy(),
         &[
             ("GLASSBOX_FILES_WORKER__LEASE_SECS", "120"),
-            ("GLASSBOX_FILES_WORKER__PDFIUM_LIBRARY", library_text.as_str()),
+            (
+                "GLASSBOX_FILES_WORKER__PDFIUM_LIBRARY",
+                library_text.as_str(),
+            ),
             ("GLASSBOX_FILES_WORKER__PDF_ENGINE", "pdfium"),
         ],
     )?;
@@ -100,7 +106,11 @@ pub async fn run(paths: &Paths, corpus: &Corpus) -> anyhow::Result<Vec<Finding>>
     }
     for file_id in &file_ids {
         let file = app
-            .wait_for_file(*file_id, &["ready", "failed", "dead_lettered"], WAIT_PER_FILE)
+            .wait_for_file(
+                *file_id,
+                &["ready", "failed", "dead_lettered"],
+                WAIT_PER_FILE,
+            )
             .await?;
         if file["status"] != "ready" {
             bail!("a corpus file did not become ready: {file}");
@@ -109,8 +119,12 @@ pub async fn run(paths: &Paths, corpus: &Corpus) -> anyhow::Result<Vec<Finding>>
     let ingest_seconds = started.elapsed().as_secs_f64();
     sampling.cancel();
     sampler.await.ok();
-    let peak_sum_mib = *peak_sum_kib.lock().map_err(|_| anyhow::anyhow!("sampler lock"))? as f64 / 1024.0;
-    let worker_peak_mib = rss::memory_of(worker_pid).map_or(0.0, |memory| memory.peak_kib as f64 / 1024.0);
+    let peak_sum_mib = *peak_sum_kib
+        .lock()
+        .map_err(|_| anyhow::anyhow!("sampler lock"))? as f64
+        / 1024.0;
+    let worker_peak_mib =
+        rss::memory_of(worker_pid).map_or(0.0, |memory| memory.peak_kib as f64 / 1024.0);
     println!(
         "ingested {} PDFs in {ingest_seconds:.1} s; peak RSS worker + children {peak_sum_mib:.1} MiB, worker alone (VmHWM) {worker_peak_mib:.1} MiB",
         pdfs.len()
@@ -141,7 +155,10 @@ pub async fn run(paths: &Paths, corpus: &Corpus) -> anyhow::Result<Vec<Finding>>
             }
             let mut ranked_files: Vec<Uuid> = Vec::new();
             for hit in found["hits"].as_array().cloned().unwrap_or_default() {
-                let Some(hit_file) = hit["file_id"].as_str().and_then(|id| id.parse::<Uuid>().ok()) else {
+                let Some(hit_file) = hit["file_id"]
+                    .as_str()
+                    .and_then(|id| id.parse::<Uuid>().ok())
+                else {
                     continue;
                 };
                 if !ranked_files.contains(&hit_file) {
@@ -215,7 +232,10 @@ fn pick_sentences(text: &str, count: usize) -> Vec<String> {
         .map(|sentence| sentence.trim().to_owned())
         .filter(|sentence| {
             let words = sentence.split_whitespace().count();
-            let letters = sentence.chars().filter(|character| character.is_alphabetic()).count();
+            let letters = sentence
+                .chars()
+                .filter(|character| character.is_alphabetic())
+                .count();
             (8..=40).contains(&words) && letters * 10 >= sentence.len() * 7
         })
         .collect();

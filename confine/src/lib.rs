@@ -217,7 +217,11 @@ fn network_filter() -> Result<BpfProgram, ConfineError> {
     } else {
         return Err(ConfineError::UnsupportedArchitecture);
     };
-    let denied = [libc::SYS_socket, libc::SYS_connect, libc::SYS_io_uring_setup];
+    let denied = [
+        libc::SYS_socket,
+        libc::SYS_connect,
+        libc::SYS_io_uring_setup,
+    ];
     let rules: BTreeMap<i64, Vec<seccompiler::SeccompRule>> = denied
         .into_iter()
         .map(|syscall| (syscall, Vec::new()))

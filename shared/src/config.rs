@@ -637,7 +637,10 @@ mod tests {
     #[test]
     fn pdf_engine_is_validated_at_start() {
         let settings = with_env(&[("GLASSBOX_FILES_WORKER__PDF_ENGINE", "pdf-extract")]).unwrap();
-        assert_eq!(settings.files_worker.pdf_engine, PdfEngineChoice::PdfExtract);
+        assert_eq!(
+            settings.files_worker.pdf_engine,
+            PdfEngineChoice::PdfExtract
+        );
         assert_eq!(
             with_env(&[]).unwrap().files_worker.pdf_engine,
             PdfEngineChoice::Auto

@@ -398,7 +398,8 @@ mod tests {
             .is_err()
         );
         let by_engine: Filter =
-            serde_json::from_value(json!({"engine": "pdf-extract", "extractor_version": 1})).unwrap();
+            serde_json::from_value(json!({"engine": "pdf-extract", "extractor_version": 1}))
+                .unwrap();
         assert!(by_engine.validate().is_ok());
         assert!(
             Filter {

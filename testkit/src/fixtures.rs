@@ -357,7 +357,10 @@ pub fn docx_every_part() -> Vec<u8> {
         ),
         ("word/footnotes.xml", &notes("footnote", "FOOTNOTE-TEXT")),
         ("word/endnotes.xml", &notes("endnote", "ENDNOTE-TEXT")),
-        ("word/comments.xml", &wordprocessing_part("comments", &comment)),
+        (
+            "word/comments.xml",
+            &wordprocessing_part("comments", &comment),
+        ),
     ])
 }
 

@@ -45,7 +45,9 @@ fn parse_engine(value: &str) -> Result<PdfEngineChoice, String> {
         "auto" => Ok(PdfEngineChoice::Auto),
         "pdfium" => Ok(PdfEngineChoice::Pdfium),
         "pdf-extract" => Ok(PdfEngineChoice::PdfExtract),
-        other => Err(format!("unknown engine {other:?}; use auto, pdfium or pdf-extract")),
+        other => Err(format!(
+            "unknown engine {other:?}; use auto, pdfium or pdf-extract"
+        )),
     }
 }
 
@@ -68,7 +70,10 @@ pub fn main(arguments: Vec<String>) -> ExitCode {
     if let Some(engine) = args.engine {
         settings.files_worker.pdf_engine = engine;
     }
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("worker-files extract: cannot start the async runtime: {error}");
@@ -135,11 +140,15 @@ async fn run(
 fn report(args: &ExtractArgs, outcome: Result<Extraction, ExtractError>) -> ExitCode {
     match (outcome, args.json) {
         (Ok(extraction), true) => {
-            println!("{}", serde_json::to_string_pretty(&extraction).unwrap_or_default());
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&extraction).unwrap_or_default()
+            );
             ExitCode::SUCCESS
         }
         (Err(error), true) => {
-            let body = serde_json::json!({"error": {"code": error.code(), "message": error.to_string()}});
+            let body =
+                serde_json::json!({"error": {"code": error.code(), "message": error.to_string()}});
             println!("{body}");
             ExitCode::from(1)
         }
@@ -156,23 +165,32 @@ fn report(args: &ExtractArgs, outcome: Result<Extraction, ExtractError>) -> Exit
 }
 
 fn print_human(extraction: &Extraction) {
+    use std::fmt::Write as _;
     let document = &extraction.document;
-    let token_counts: Vec<usize> = extraction.chunks.iter().map(|chunk| chunk.token_count).collect();
+    let token_counts: Vec<usize> = extraction
+        .chunks
+        .iter()
+        .map(|chunk| chunk.token_count)
+        .collect();
     let total_tokens: usize = token_counts.iter().sum();
-    println!("type: {}", document.kind);
-    println!(
+    let mut out = String::new();
+    let _ = writeln!(out, "type: {}", document.kind);
+    let _ = writeln!(
+        out,
         "engine: {} (extractor version {})",
         document.engine, document.extractor_version
     );
-    println!("pages: {}", document.page_count());
-    println!(
+    let _ = writeln!(out, "pages: {}", document.page_count());
+    let _ = writeln!(
+        out,
         "chunks: {} ({} tokens; per chunk min {}, max {})",
         extraction.chunks.len(),
         total_tokens,
         token_counts.iter().min().copied().unwrap_or(0),
         token_counts.iter().max().copied().unwrap_or(0)
     );
-    println!(
+    let _ = writeln!(
+        out,
         "text: {} bytes; extract {} ms, chunk {} ms in the child",
         extraction.text_bytes, extraction.extract_ms, extraction.chunk_ms
     );
@@ -182,8 +200,8 @@ fn print_human(extraction: &Extraction) {
             (None, Some(part)) if part != TextPart::Body => part.as_str().to_owned(),
             (None, _) => "text".to_owned(),
         };
-        println!();
-        println!("--- {label} ---");
-        println!("{}", page.text);
+        let _ = writeln!(out, "\n--- {label} ---\n{}", page.text);
     }
+    // A closed pipe (`| head`) is not an error worth a panic.
+    let _ = std::io::Write::write_all(&mut std::io::stdout().lock(), out.as_bytes());
 }

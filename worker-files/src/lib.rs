@@ -37,7 +37,9 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use shared::aws::AwsClients;
-use shared::config::{ChunkingSettings, EmbeddingSettings, FilesWorkerSettings, PdfEngineChoice, Settings};
+use shared::config::{
+    ChunkingSettings, EmbeddingSettings, FilesWorkerSettings, PdfEngineChoice, Settings,
+};
 use shared::queue::Queue;
 use shared::worker::{WorkerOptions, run_worker};
 use tokio_util::sync::CancellationToken;
@@ -74,8 +76,9 @@ impl ExtractionSetup {
     ) -> anyhow::Result<ExtractionSetup> {
         let program = match &settings.extractor_program {
             Some(program) => program.clone(),
-            None => std::env::current_exe()
-                .context("locating the worker binary for the extractor")?,
+            None => {
+                std::env::current_exe().context("locating the worker binary for the extractor")?
+            }
         };
         let sandbox = Sandbox::new(
             program.clone(),
@@ -125,7 +128,8 @@ pub fn resolve_pdf_engine(
     match (checked, settings.pdf_engine) {
         (Ok(library), _) => Ok(PdfEngine::Pdfium { library }),
         (Err(error), PdfEngineChoice::Pdfium) => {
-            Err(error.context("GLASSBOX_FILES_WORKER__PDF_ENGINE=pdfium, but libpdfium is not usable"))
+            Err(error
+                .context("GLASSBOX_FILES_WORKER__PDF_ENGINE=pdfium, but libpdfium is not usable"))
         }
         (Err(error), _) => {
             tracing::warn!(error = %format!("{error:#}"), "libpdfium is not usable: PDFs are read with pdf-extract");
@@ -138,9 +142,16 @@ pub fn resolve_pdf_engine(
 fn find_pdfium(configured: Option<&Path>, program: &Path) -> anyhow::Result<PathBuf> {
     const LIBRARY: &str = "libpdfium.so";
     if let Some(path) = configured {
-        let library = if path.is_dir() { path.join(LIBRARY) } else { path.to_path_buf() };
+        let library = if path.is_dir() {
+            path.join(LIBRARY)
+        } else {
+            path.to_path_buf()
+        };
         if !library.is_file() {
-            bail!("GLASSBOX_FILES_WORKER__PDFIUM_LIBRARY={}: no such file", library.display());
+            bail!(
+                "GLASSBOX_FILES_WORKER__PDFIUM_LIBRARY={}: no such file",
+                library.display()
+            );
         }
         return Ok(library);
     }
@@ -149,12 +160,25 @@ fn find_pdfium(configured: Option<&Path>, program: &Path) -> anyhow::Result<Path
         .map(|folder| folder.join(LIBRARY))
         .into_iter()
         .collect();
-    candidates.extend(PDFIUM_SEARCH_PATH.iter().map(|folder| Path::new(folder).join(LIBRARY)));
+    candidates.extend(
+        PDFIUM_SEARCH_PATH
+            .iter()
+            .map(|folder| Path::new(folder).join(LIBRARY)),
+    );
     candidates
         .iter()
         .find(|candidate| candidate.is_file())
         .cloned()
-        .with_context(|| format!("no {LIBRARY} in {}", candidates.iter().map(|path| path.display().to_string()).collect::<Vec<_>>().join(", ")))
+        .with_context(|| {
+            format!(
+                "no {LIBRARY} in {}",
+                candidates
+                    .iter()
+                    .map(|path| path.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        })
 }
 
 /// Loads the library in a child (never in the worker: it is C++ that only the sandbox runs).

@@ -64,7 +64,12 @@ async fn each_bad_input_gets_its_code_and_the_worker_survives() {
             "application/pdf",
             fixtures::hostile_pdf(),
             // pdfium bounds its recursion (empty_text); pdf-extract overflows the child's stack.
-            &["extract_crashed", "extract_timeout", "empty_text", "corrupt"],
+            &[
+                "extract_crashed",
+                "extract_timeout",
+                "empty_text",
+                "corrupt",
+            ],
         ),
         (
             "image-only.docx",
@@ -284,14 +289,44 @@ async fn odd_and_large_inputs_are_read_and_sigterm_is_honoured_mid_file() {
     let mut invalid_utf8 = b"Mostly fine text with one broken byte here: ".repeat(30);
     invalid_utf8.extend_from_slice(b"\xFF end.");
     let cases: Vec<(&str, &str, Vec<u8>, &str)> = vec![
-        ("minimal.docx", DOCX, fixtures::docx_minimal_paragraphs(&["Three parts are enough."]), "Three parts are enough."),
-        ("parts.docx", DOCX, fixtures::docx_every_part(), "FOOTNOTE-TEXT"),
-        ("entities.docx", DOCX, fixtures::docx_with_entities(), "&lol9;"),
+        (
+            "minimal.docx",
+            DOCX,
+            fixtures::docx_minimal_paragraphs(&["Three parts are enough."]),
+            "Three parts are enough.",
+        ),
+        (
+            "parts.docx",
+            DOCX,
+            fixtures::docx_every_part(),
+            "FOOTNOTE-TEXT",
+        ),
+        (
+            "entities.docx",
+            DOCX,
+            fixtures::docx_with_entities(),
+            "&lol9;",
+        ),
         ("utf16.txt", "text/plain", utf16, "byte order mark"),
         ("broken.txt", "text/plain", invalid_utf8, "\u{FFFD} end."),
-        ("deep.html", "text/html", fixtures::deeply_nested_html(2 * 1024 * 1024), "very deep tree"),
-        ("no-mediabox.pdf", "application/pdf", fixtures::panicking_pdf(), "No media box here."),
-        ("line.txt", "text/plain", fixtures::one_long_line(20 * 1024 * 1024), "alpha bravo"),
+        (
+            "deep.html",
+            "text/html",
+            fixtures::deeply_nested_html(2 * 1024 * 1024),
+            "very deep tree",
+        ),
+        (
+            "no-mediabox.pdf",
+            "application/pdf",
+            fixtures::panicking_pdf(),
+            "No media box here.",
+        ),
+        (
+            "line.txt",
+            "text/plain",
+            fixtures::one_long_line(20 * 1024 * 1024),
+            "alpha bravo",
+        ),
     ];
     let mut uploaded = Vec::new();
     for (name, content_type, bytes, expected) in cases {
@@ -329,10 +364,17 @@ async fn odd_and_large_inputs_are_read_and_sigterm_is_honoured_mid_file() {
                 .await
                 .unwrap();
         if *name == "no-mediabox.pdf" {
-            assert_eq!(engine.as_deref(), Some("pdfium"), "the PDF pdf-extract panics on");
+            assert_eq!(
+                engine.as_deref(),
+                Some("pdfium"),
+                "the PDF pdf-extract panics on"
+            );
         }
         if *name == "line.txt" {
-            assert!(file["chunk_count"].as_i64().unwrap_or_default() > 10_000, "{file}");
+            assert!(
+                file["chunk_count"].as_i64().unwrap_or_default() > 10_000,
+                "{file}"
+            );
         }
     }
     assert!(worker.is_running());
@@ -340,7 +382,11 @@ async fn odd_and_large_inputs_are_read_and_sigterm_is_honoured_mid_file() {
     // Now SIGTERM while a 20 MB line is inside the sandbox: the worker stops within its deadline,
     // releases the file, and its child does not outlive it.
     let id = app
-        .upload("line-again.txt", "text/plain", fixtures::one_long_line(20 * 1024 * 1024 + 1))
+        .upload(
+            "line-again.txt",
+            "text/plain",
+            fixtures::one_long_line(20 * 1024 * 1024 + 1),
+        )
         .await
         .unwrap();
     testkit::wait_until(Duration::from_secs(60), || async {
@@ -352,17 +398,29 @@ async fn odd_and_large_inputs_are_read_and_sigterm_is_honoured_mid_file() {
     let children = child_pids(worker.pid());
     let started = std::time::Instant::now();
     let status = worker.terminate(Duration::from_secs(15)).await.unwrap();
-    println!("worker exited with {status} {:?} after SIGTERM; children then: {children:?}", started.elapsed());
-    assert!(started.elapsed() < Duration::from_secs(10), "{:?}", started.elapsed());
+    println!(
+        "worker exited with {status} {:?} after SIGTERM; children then: {children:?}",
+        started.elapsed()
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
     for child in children {
         assert!(
             !std::path::Path::new(&format!("/proc/{child}")).exists()
-                || std::fs::read_to_string(format!("/proc/{child}/stat")).is_ok_and(|stat| stat.contains(") Z ")),
+                || std::fs::read_to_string(format!("/proc/{child}/stat"))
+                    .is_ok_and(|stat| stat.contains(") Z ")),
             "extraction child {child} outlived the worker"
         );
     }
     let file = app
-        .wait_for_file(id, &["queued", "retrying", "ready"], Duration::from_secs(10))
+        .wait_for_file(
+            id,
+            &["queued", "retrying", "ready"],
+            Duration::from_secs(10),
+        )
         .await
         .unwrap();
     println!("after SIGTERM the file is {}", file["status"]);
@@ -374,7 +432,10 @@ fn child_pids(pid: u32) -> Vec<u32> {
     if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
         for task in tasks.flatten() {
             if let Ok(list) = std::fs::read_to_string(task.path().join("children")) {
-                children.extend(list.split_whitespace().filter_map(|child| child.parse::<u32>().ok()));
+                children.extend(
+                    list.split_whitespace()
+                        .filter_map(|child| child.parse::<u32>().ok()),
+                );
             }
         }
     }

@@ -59,7 +59,12 @@ fn write_temp(bytes: &[u8], suffix: &str) -> tempfile::NamedTempFile {
     file
 }
 
-fn request(path: &Path, kind: Option<DocumentKind>, engine: PdfEngine, limits: &ExtractLimits) -> ChildRequest {
+fn request(
+    path: &Path,
+    kind: Option<DocumentKind>,
+    engine: PdfEngine,
+    limits: &ExtractLimits,
+) -> ChildRequest {
     ChildRequest {
         path: path.to_path_buf(),
         kind,
@@ -158,7 +163,12 @@ async fn pdf_round_trips_pages_with_both_engines_in_process_isolated_and_pdftote
     for (engine, name) in [(pdfium(), "pdfium"), (PdfEngine::PdfExtract, "pdf-extract")] {
         let in_process = extract_path(file.path(), DocumentKind::Pdf, &engine, &limits).unwrap();
         let isolated = sandbox()
-            .run(&request(file.path(), Some(DocumentKind::Pdf), engine.clone(), &limits))
+            .run(&request(
+                file.path(),
+                Some(DocumentKind::Pdf),
+                engine.clone(),
+                &limits,
+            ))
             .await
             .unwrap()
             .document;
@@ -168,7 +178,12 @@ async fn pdf_round_trips_pages_with_both_engines_in_process_isolated_and_pdftote
         assert_eq!(isolated.pages.len(), 3);
         for (index, (page, expected)) in isolated.pages.iter().zip(pages).enumerate() {
             assert_eq!(page.number, Some(index as u32 + 1));
-            assert_eq!(squash(&page.text), squash(expected), "{name} page {}", index + 1);
+            assert_eq!(
+                squash(&page.text),
+                squash(expected),
+                "{name} page {}",
+                index + 1
+            );
         }
         assert!(
             isolated.pages[0].text.contains("First page title\n\nHello"),
@@ -348,8 +363,13 @@ fn zip_entry_count_limit() {
         docx_max_entries: 3,
         ..ExtractLimits::default()
     };
-    let error =
-        extract_path(file.path(), DocumentKind::Docx, &PdfEngine::PdfExtract, &limits).unwrap_err();
+    let error = extract_path(
+        file.path(),
+        DocumentKind::Docx,
+        &PdfEngine::PdfExtract,
+        &limits,
+    )
+    .unwrap_err();
     assert_eq!(error.code(), "zip_bomb");
     assert!(error.to_string().contains("limit 3"), "{error}");
 }
@@ -403,10 +423,7 @@ async fn hostile_pdf_overflows_the_child_stack_not_ours() {
     let pdfium_outcome = isolated(&bytes, DocumentKind::Pdf, &ExtractLimits::default()).await;
     println!("hostile_pdf with pdfium: {pdfium_outcome:?}");
     if let Err(error) = &pdfium_outcome {
-        assert!(
-            ["empty_text", "corrupt"].contains(&error.code()),
-            "{error}"
-        );
+        assert!(["empty_text", "corrupt"].contains(&error.code()), "{error}");
     }
     // The parent is still fine and extracts the next document.
     let document = isolated(
@@ -437,7 +454,10 @@ async fn looping_pdf_hits_the_cpu_limit() {
     // pdfium detects the cycle in the page tree and answers within the limit.
     let started = Instant::now();
     let pdfium_outcome = isolated(&bytes, DocumentKind::Pdf, &limits).await;
-    println!("looping_pdf with pdfium: {pdfium_outcome:?} after {:?}", started.elapsed());
+    println!(
+        "looping_pdf with pdfium: {pdfium_outcome:?} after {:?}",
+        started.elapsed()
+    );
     if let Err(error) = &pdfium_outcome {
         assert_ne!(error.code(), "extract_timeout", "{error}");
     }
@@ -513,7 +533,12 @@ async fn wall_timeout_kills_the_child() {
     };
     let started = Instant::now();
     let error = script_sandbox(script.path())
-        .run(&request(script.path(), Some(DocumentKind::Text), pdfium(), &limits))
+        .run(&request(
+            script.path(),
+            Some(DocumentKind::Text),
+            pdfium(),
+            &limits,
+        ))
         .await
         .unwrap_err();
     assert_eq!(error.code(), "extract_timeout", "{error}");
@@ -530,7 +555,12 @@ async fn cpu_limit_is_extract_timeout() {
         ..ExtractLimits::default()
     };
     let error = script_sandbox(script.path())
-        .run(&request(script.path(), Some(DocumentKind::Text), pdfium(), &limits))
+        .run(&request(
+            script.path(),
+            Some(DocumentKind::Text),
+            pdfium(),
+            &limits,
+        ))
         .await
         .unwrap_err();
     assert_eq!(error.code(), "extract_timeout", "{error}");
@@ -749,7 +779,10 @@ async fn minimal_docx_is_read_and_one_without_text_is_empty_text() {
     let document = isolated(&bytes, DocumentKind::Docx, &ExtractLimits::default())
         .await
         .unwrap();
-    assert_eq!(document.pages[0].text, "Only three parts.\n\nWord opens it.");
+    assert_eq!(
+        document.pages[0].text,
+        "Only three parts.\n\nWord opens it."
+    );
 
     let error = isolated(
         &fixtures::docx_image_only(),
@@ -831,7 +864,10 @@ async fn docx_entities_and_dtds_are_never_expanded() {
         document.pages[0].text,
         "Entities stay literal: &lol9; and &xxe; & é"
     );
-    assert!(!document.pages[0].text.contains("root:"), "no local file was read");
+    assert!(
+        !document.pages[0].text.contains("root:"),
+        "no local file was read"
+    );
     assert!(started.elapsed().as_secs() < 10);
 }
 
@@ -850,7 +886,11 @@ async fn text_with_utf16_and_utf32_boms_is_decoded_and_invalid_utf8_replaced() {
     for character in text.chars() {
         utf32.extend_from_slice(&u32::from(character).to_le_bytes());
     }
-    for (name, bytes) in [("utf16le", utf16), ("utf16be", utf16_big_endian), ("utf32le", utf32)] {
+    for (name, bytes) in [
+        ("utf16le", utf16),
+        ("utf16be", utf16_big_endian),
+        ("utf32le", utf32),
+    ] {
         let extraction = detected_and_chunked(&bytes, Some("text/plain"), Some("notes.txt"))
             .await
             .unwrap_or_else(|error| panic!("{name}: {error}"));
@@ -863,7 +903,11 @@ async fn text_with_utf16_and_utf32_boms_is_decoded_and_invalid_utf8_replaced() {
     let extraction = detected_and_chunked(&broken, None, Some("broken.txt"))
         .await
         .unwrap();
-    let joined: String = extraction.chunks.iter().map(|chunk| chunk.text.as_str()).collect();
+    let joined: String = extraction
+        .chunks
+        .iter()
+        .map(|chunk| chunk.text.as_str())
+        .collect();
     assert!(joined.contains("\u{FFFD}(end)"), "{joined}");
 }
 
@@ -910,7 +954,13 @@ async fn a_long_line_is_chunked_in_the_child_with_offsets_into_the_text() {
     let mut without_texts = request(file.path(), None, pdfium(), &ExtractLimits::default());
     without_texts.include_texts = false;
     let extraction = sandbox().run(&without_texts).await.unwrap();
-    assert!(extraction.document.pages.iter().all(|page| page.text.is_empty()));
+    assert!(
+        extraction
+            .document
+            .pages
+            .iter()
+            .all(|page| page.text.is_empty())
+    );
     assert_eq!(extraction.text_bytes, text.len() as u64);
 }
 
@@ -918,7 +968,10 @@ async fn a_long_line_is_chunked_in_the_child_with_offsets_into_the_text() {
 async fn the_child_sees_no_secrets_no_network_and_its_limits_from_the_start() {
     // Secrets the worker holds: they are in this process's environment, and must not reach the child.
     let secrets = [
-        ("GLASSBOX_DATABASE__URL", "postgres://postgres@127.0.0.1:55432/secret-db"),
+        (
+            "GLASSBOX_DATABASE__URL",
+            "postgres://postgres@127.0.0.1:55432/secret-db",
+        ),
         ("GLASSBOX_AUTH__JWT_SECRET", "jwt-secret-never-in-a-child"),
         ("AWS_ACCESS_KEY_ID", "AKIA-NEVER-IN-A-CHILD"),
         ("AWS_SECRET_ACCESS_KEY", "aws-secret-never-in-a-child"),
@@ -940,7 +993,10 @@ async fn the_child_sees_no_secrets_no_network_and_its_limits_from_the_start() {
         .args(["extract", "--probe", &postgres_address])
         .envs(secrets)
         .env("GLASSBOX_EMBEDDING__MODEL_DIR", testkit::model_dir())
-        .env("GLASSBOX_FILES_WORKER__PDFIUM_LIBRARY", testkit::pdfium_library())
+        .env(
+            "GLASSBOX_FILES_WORKER__PDFIUM_LIBRARY",
+            testkit::pdfium_library(),
+        )
         .output()
         .unwrap();
     assert!(
@@ -949,22 +1005,37 @@ async fn the_child_sees_no_secrets_no_network_and_its_limits_from_the_start() {
         String::from_utf8_lossy(&output.stderr)
     );
     let report: ProbeReport = serde_json::from_slice(&output.stdout).unwrap();
-    let names: Vec<&str> = report.environment.iter().map(|(name, _)| name.as_str()).collect();
+    let names: Vec<&str> = report
+        .environment
+        .iter()
+        .map(|(name, _)| name.as_str())
+        .collect();
     for (name, _) in &report.environment {
         assert!(
-            ["MALLOC_ARENA_MAX", "TOKENIZERS_PARALLELISM", "RUST_BACKTRACE", "TMPDIR", "HOME"]
-                .contains(&name.as_str()),
+            [
+                "MALLOC_ARENA_MAX",
+                "TOKENIZERS_PARALLELISM",
+                "RUST_BACKTRACE",
+                "TMPDIR",
+                "HOME"
+            ]
+            .contains(&name.as_str()),
             "unexpected variable {name} in the child: {names:?}"
         );
     }
     for (name, _) in secrets {
         assert!(!names.contains(&name), "{name} reached the child");
     }
-    let connect_error = report.connect.expect_err("the child must not reach Postgres");
+    let connect_error = report
+        .connect
+        .expect_err("the child must not reach Postgres");
     println!("child connect to {postgres_address}: {connect_error}");
     for (_, value) in secrets {
         assert!(
-            report.environment.iter().all(|(_, seen)| !seen.contains(value)),
+            report
+                .environment
+                .iter()
+                .all(|(_, seen)| !seen.contains(value)),
             "a secret value reached the child"
         );
     }
@@ -996,5 +1067,9 @@ async fn the_child_sees_no_secrets_no_network_and_its_limits_from_the_start() {
     );
     assert!(limit("Max file size").contains(&format!("{0} {0} bytes", defaults.child_file_bytes)));
     assert!(limit("Max open files").contains(&format!("{0} {0} files", defaults.child_open_files)));
-    assert!(!limit("Max processes").contains("unlimited"), "{}", limit("Max processes"));
+    assert!(
+        !limit("Max processes").contains("unlimited"),
+        "{}",
+        limit("Max processes")
+    );
 }

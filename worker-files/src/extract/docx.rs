@@ -234,10 +234,7 @@ impl PartWriter {
         self.written_bytes += text.len() as u64;
         if self.written_bytes > self.max_bytes.saturating_mul(2) {
             return Err(ExtractError::TooLarge {
-                detail: format!(
-                    "DOCX text exceeds {}",
-                    human_bytes(self.max_bytes)
-                ),
+                detail: format!("DOCX text exceeds {}", human_bytes(self.max_bytes)),
             });
         }
         self.current.push_str(text);
@@ -327,14 +324,7 @@ fn walk_part(
             Event::Empty(element) => empty_element(&element, &state, writer)?,
             Event::End(element) => match element.local_name().as_ref() {
                 b"t" => state.in_text = false,
-                b"p" => {
-                    let separator = if state.table_depth > 0 && state.text_box_depth == 0 {
-                        " "
-                    } else {
-                        "\n\n"
-                    };
-                    writer.push(state.part(), separator)?;
-                }
+                b"p" => writer.push(state.part(), paragraph_end(&state))?,
                 b"tr" => {
                     state.row_has_cell.pop();
                     writer.push(state.part(), "\n")?;
@@ -376,9 +366,10 @@ fn start_element(
         b"tbl" => state.table_depth += 1,
         b"tr" => state.row_has_cell.push(false),
         b"tc" => {
+            let part = state.part();
             if let Some(has_cell) = state.row_has_cell.last_mut() {
                 if *has_cell {
-                    writer.push(state.part(), " | ")?;
+                    writer.push(part, " | ")?;
                 }
                 *has_cell = true;
             }
@@ -387,9 +378,20 @@ fn start_element(
             writer.push(state.part(), "\n\n")?;
             state.text_box_depth += 1;
         }
+        // A paragraph's break comes at its end.
+        b"p" => {}
         _ => empty_element(element, state, writer)?,
     }
     Ok(())
+}
+
+/// What ends a paragraph: a space inside a table cell (one line per row), a blank line elsewhere.
+fn paragraph_end(state: &WalkState) -> &'static str {
+    if state.table_depth > 0 && state.text_box_depth == 0 {
+        " "
+    } else {
+        "\n\n"
+    }
 }
 
 /// Elements that stand for a character whether written `<x/>` or `<x></x>`.
@@ -402,7 +404,7 @@ fn empty_element(
         b"tab" | b"ptab" => writer.push(state.part(), " "),
         b"br" | b"cr" => writer.push(state.part(), "\n"),
         b"noBreakHyphen" => writer.push(state.part(), "-"),
-        b"p" => writer.push(state.part(), "\n\n"),
+        b"p" => writer.push(state.part(), paragraph_end(state)),
         _ => Ok(()),
     }
 }

@@ -122,9 +122,17 @@ fn fragments(characters: &[LayoutChar]) -> Vec<Fragment> {
                 pending_space = true;
                 continue;
             }
+            // pdfium marks a hyphen that breaks a word at a line end as U+0002; a soft hyphen
+            // there is the same thing. Both become '-', which `normalize_text` joins across
+            // the line break ("exam-\nple" → "example").
+            '\u{2}' | '\u{AD}' => {}
             other if other.is_control() => continue,
             _ => {}
         }
+        let visible = match character.character {
+            '\u{2}' | '\u{AD}' => '-',
+            other => other,
+        };
         let bounds = BoundingBox::of(character);
         let height = bounds.height();
         if let Some(fragment) = current.as_mut() {
@@ -137,7 +145,7 @@ fn fragments(characters: &[LayoutChar]) -> Vec<Fragment> {
                 if pending_space || gap > SPACE_GAP * reference_height {
                     fragment.text.push(' ');
                 }
-                fragment.text.push(character.character);
+                fragment.text.push(visible);
                 fragment.bounds.extend(&bounds);
                 fragment.height = reference_height;
                 pending_space = false;
@@ -146,7 +154,7 @@ fn fragments(characters: &[LayoutChar]) -> Vec<Fragment> {
             fragments.extend(current.take());
         }
         current = Some(Fragment {
-            text: character.character.to_string(),
+            text: visible.to_string(),
             bounds,
             height,
         });
@@ -186,8 +194,8 @@ fn blocks(fragments: Vec<Fragment>) -> Vec<Block> {
 fn continues(block: &Block, fragment: &Fragment) -> bool {
     let previous = block.last_line;
     let line_gap = previous.bottom - fragment.bounds.top;
-    let similar_size = fragment.height <= block.height * 1.3 + 0.5
-        && block.height <= fragment.height * 1.3 + 0.5;
+    let similar_size =
+        fragment.height <= block.height * 1.3 + 0.5 && block.height <= fragment.height * 1.3 + 0.5;
     let next_line = line_gap > -0.5 * fragment.height && line_gap < 1.0 * block.height;
     let overlapping = fragment.bounds.horizontal_overlap(&previous) > 0.0;
     next_line && overlapping && similar_size
@@ -225,7 +233,12 @@ fn order_blocks(group: Vec<usize>, blocks: &[Block], order: &mut Vec<usize>, dep
 /// Columns: groups separated by vertical gaps that no block crosses, left to right.
 fn vertical_split(group: &[usize], blocks: &[Block]) -> Option<Vec<Vec<usize>>> {
     let mut sorted = group.to_vec();
-    sorted.sort_by(|left, right| blocks[*left].bounds.left.total_cmp(&blocks[*right].bounds.left));
+    sorted.sort_by(|left, right| {
+        blocks[*left]
+            .bounds
+            .left
+            .total_cmp(&blocks[*right].bounds.left)
+    });
     let minimum_gap = 0.3 * typical_height(group, blocks);
     let mut columns: Vec<Vec<usize>> = vec![Vec::new()];
     let mut right_edge = f32::NEG_INFINITY;
@@ -245,7 +258,12 @@ fn vertical_split(group: &[usize], blocks: &[Block]) -> Option<Vec<Vec<usize>>> 
 /// The band above the topmost horizontal gap no block crosses, and the rest below it.
 fn first_horizontal_split(group: &[usize], blocks: &[Block]) -> Option<(Vec<usize>, Vec<usize>)> {
     let mut sorted = group.to_vec();
-    sorted.sort_by(|upper, lower| blocks[*lower].bounds.top.total_cmp(&blocks[*upper].bounds.top));
+    sorted.sort_by(|upper, lower| {
+        blocks[*lower]
+            .bounds
+            .top
+            .total_cmp(&blocks[*upper].bounds.top)
+    });
     let mut bottom_edge = f32::INFINITY;
     for (position, index) in sorted.iter().enumerate() {
         let bounds = blocks[*index].bounds;
@@ -322,7 +340,11 @@ mod tests {
         let mut characters = Vec::new();
         for index in 0..(MAX_ORDERED_BLOCKS + 10) {
             // Scattered single characters, each its own block.
-            characters.extend(line("x", (index % 50) as f32 * 40.0, (index / 50) as f32 * 40.0));
+            characters.extend(line(
+                "x",
+                (index % 50) as f32 * 40.0,
+                (index / 50) as f32 * 40.0,
+            ));
         }
         let started = std::time::Instant::now();
         let text = page_text(&characters);

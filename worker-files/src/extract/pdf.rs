@@ -40,7 +40,12 @@ pub fn load_pdfium(library: &Path) -> Result<&'static Pdfium, ExtractError> {
         };
         Pdfium::bind_to_library(&library_file)
             .map(Pdfium::new)
-            .map_err(|error| format!("cannot load libpdfium from {}: {error}", library_file.display()))
+            .map_err(|error| {
+                format!(
+                    "cannot load libpdfium from {}: {error}",
+                    library_file.display()
+                )
+            })
     });
     loaded.as_ref().map_err(|detail| ExtractError::Io {
         detail: detail.clone(),
@@ -175,7 +180,10 @@ fn all_pages_failed(pages: &[Page], failed_pages: &[(u32, String)]) -> Result<()
 
 /// pdf-extract, after lopdf's encryption and page-count checks. A panic inside pdf-extract becomes
 /// `extract_crashed`.
-fn extract_with_pdf_extract(path: &Path, limits: &ExtractLimits) -> Result<Vec<Page>, ExtractError> {
+fn extract_with_pdf_extract(
+    path: &Path,
+    limits: &ExtractLimits,
+) -> Result<Vec<Page>, ExtractError> {
     let bytes = std::fs::read(path).map_err(|error| ExtractError::io("read pdf", &error))?;
     let document = load_document(&bytes)?;
     drop(bytes);

@@ -157,11 +157,18 @@ impl Sandbox {
         let request_json = serde_json::to_string(request).map_err(|error| ExtractError::Io {
             detail: format!("cannot encode the extraction request: {error}"),
         })?;
-        let scratch = self.scratch_root.join(format!("child-{}", uuid::Uuid::new_v4()));
+        let scratch = self
+            .scratch_root
+            .join(format!("child-{}", uuid::Uuid::new_v4()));
         std::fs::create_dir_all(&scratch)
             .map_err(|error| ExtractError::io("create the child's scratch folder", &error))?;
         let outcome = self
-            .run_in(&scratch, request_json, &request.limits, request.include_texts)
+            .run_in(
+                &scratch,
+                request_json,
+                &request.limits,
+                request.include_texts,
+            )
             .await;
         if let Err(error) = std::fs::remove_dir_all(&scratch) {
             tracing::warn!(scratch = %scratch.display(), %error, "cannot remove the child's scratch folder");
@@ -307,7 +314,10 @@ fn output_cap(limits: &ExtractLimits, include_texts: bool) -> u64 {
 
 /// The last non-empty stdout line, as the child's `Result` JSON.
 fn parse_outcome(stdout: &[u8]) -> Option<Result<Extraction, ExtractError>> {
-    let end = stdout.iter().rposition(|byte| !byte.is_ascii_whitespace())? + 1;
+    let end = stdout
+        .iter()
+        .rposition(|byte| !byte.is_ascii_whitespace())?
+        + 1;
     let start = stdout[..end]
         .iter()
         .rposition(|byte| *byte == b'\n')

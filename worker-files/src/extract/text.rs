@@ -82,7 +82,8 @@ impl TextSink {
             if opening && !tag.self_closing {
                 self.hidden_depth.set(self.hidden_depth.get() + 1);
             } else if !opening {
-                self.hidden_depth.set(self.hidden_depth.get().saturating_sub(1));
+                self.hidden_depth
+                    .set(self.hidden_depth.get().saturating_sub(1));
             }
         }
         // Elements whose content the tokenizer must read as raw text, as a tree builder would
@@ -269,9 +270,7 @@ pub(super) fn decode_text(bytes: &[u8]) -> String {
 }
 
 fn decode_utf16(body: &[u8], unit: fn([u8; 2]) -> u16) -> String {
-    let units = body
-        .chunks_exact(2)
-        .map(|pair| unit([pair[0], pair[1]]));
+    let units = body.chunks_exact(2).map(|pair| unit([pair[0], pair[1]]));
     let mut text: String = char::decode_utf16(units)
         .map(|decoded| decoded.unwrap_or(char::REPLACEMENT_CHARACTER))
         .collect();
@@ -333,7 +332,10 @@ mod tests {
             assert_eq!(decode_text(&bytes), text, "{:?}", bom_encoding(&bytes));
         }
         // A truncated unit and an unpaired surrogate are replaced, not refused.
-        assert_eq!(decode_text(&[0xFF, 0xFE, b'a', 0, 0x00, 0xD8, b'b']), "a\u{FFFD}\u{FFFD}");
+        assert_eq!(
+            decode_text(&[0xFF, 0xFE, b'a', 0, 0x00, 0xD8, b'b']),
+            "a\u{FFFD}\u{FFFD}"
+        );
     }
 
     #[test]
@@ -351,6 +353,9 @@ mod tests {
     #[test]
     fn script_with_markup_like_content_is_dropped() {
         let html = "<p>before</p><script>if (a<b) { document.write('<p>no</p>') }</script><p>after &amp; more&nbsp;x</p>";
-        assert_eq!(normalize_text(&html_to_text(html)), "before\n\nafter & more x");
+        assert_eq!(
+            normalize_text(&html_to_text(html)),
+            "before\n\nafter & more x"
+        );
     }
 }
