@@ -274,7 +274,7 @@ fn decode_utf16(body: &[u8], unit: fn([u8; 2]) -> u16) -> String {
     let mut text: String = char::decode_utf16(units)
         .map(|decoded| decoded.unwrap_or(char::REPLACEMENT_CHARACTER))
         .collect();
-    if body.len() % 2 != 0 {
+    if !body.len().is_multiple_of(2) {
         text.push(char::REPLACEMENT_CHARACTER);
     }
     text
@@ -288,7 +288,7 @@ fn decode_utf32(body: &[u8], unit: fn([u8; 4]) -> u32) -> String {
                 .unwrap_or(char::REPLACEMENT_CHARACTER)
         })
         .collect();
-    if body.len() % 4 != 0 {
+    if !body.len().is_multiple_of(4) {
         text.push(char::REPLACEMENT_CHARACTER);
     }
     text
