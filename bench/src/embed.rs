@@ -118,10 +118,7 @@ fn corpus_chunks(
 ) -> anyhow::Result<(Vec<String>, f64)> {
     let mut per_document = Vec::new();
     for file in corpus.pdfs() {
-        let page = Page {
-            number: None,
-            text: normalize_text(&corpus.text_of(&file.stem)?),
-        };
+        let page = Page::new(None, normalize_text(&corpus.text_of(&file.stem)?));
         per_document.push(chunker.chunk(DocumentKind::Text, &[page]).into_iter());
     }
     let mut texts = Vec::new();

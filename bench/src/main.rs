@@ -3,7 +3,9 @@
 //!
 //! # Layout
 //! - [`corpus`]: downloads the Debian package, picks the PDFs, writes the DOCX twins.
-//! - [`extract`]: our extraction (in process and sandboxed) against pdftotext: speed and text similarity.
+//! - [`extract`]: both PDF engines (in process and sandboxed) against pdftotext: speed and text similarity.
+//! - [`chunking`]: chunking alone against LlamaIndex's SentenceSplitter on the same texts.
+//! - [`retrieval`]: sentences of each PDF searched back through the API; peak RSS of worker + children.
 //! - [`similarity`]: the word-level similarity measures the extraction section reports.
 //! - [`pipeline`]: extract + chunk + store without the model, and the LlamaIndex peer on the same corpus.
 //! - [`embed`]: local all-MiniLM-L6-v2 throughput.
@@ -13,6 +15,8 @@
 //! - [`rss`]: resident set sizes from `/proc`.
 //! - [`report`]: aligned tables and the findings every section hands to `all`.
 
+/// Chunking alone against SentenceSplitter.
+mod chunking;
 /// Binary COPY against row-by-row INSERT.
 mod copy;
 /// The benchmark corpus.
@@ -29,6 +33,8 @@ mod extract;
 mod pipeline;
 /// Tables and findings.
 mod report;
+/// Retrieval quality and peak memory through the API.
+mod retrieval;
 /// Memory figures from `/proc`.
 mod rss;
 /// Word-level text similarity.
@@ -62,8 +68,12 @@ struct Cli {
 enum Section {
     /// Build the corpus under OUT/corpus unless it is already there.
     Corpus,
-    /// Extraction speed and text similarity against pdftotext (PDFs only).
+    /// Extraction speed and text similarity against pdftotext (PDFs only), for each engine.
     Extract,
+    /// Chunking alone against LlamaIndex's SentenceSplitter, same texts.
+    Chunk,
+    /// Sentences of each PDF searched back through the API (local model); peak RSS of the worker and its children.
+    Retrieval,
     /// Extract + chunk + store with binary COPY, stand-in vectors; the LlamaIndex peer if installed.
     Pipeline {
         /// Files in flight at once for the second run (the worker's default is 4).
@@ -101,6 +111,8 @@ impl Section {
         match self {
             Section::Corpus => "corpus",
             Section::Extract => "extract",
+            Section::Chunk => "chunk",
+            Section::Retrieval => "retrieval",
             Section::Pipeline { .. } => "pipeline",
             Section::Embed { .. } => "embed",
             Section::E2e { .. } => "e2e",
@@ -120,6 +132,34 @@ impl Paths {
     pub fn worker_binary(&self) -> PathBuf {
         self.bin_dir.join("worker-files")
     }
+}
+
+/// libpdfium as `scripts/stack.sh` installs it (`GLASSBOX_FILES_WORKER__PDFIUM_LIBRARY` from
+/// `.stack/env`), else `.stack/pdfium/libpdfium.so` of this checkout.
+pub fn pdfium_library() -> anyhow::Result<PathBuf> {
+    let library = std::env::var_os("GLASSBOX_FILES_WORKER__PDFIUM_LIBRARY")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| testkit::workspace_root().join(".stack/pdfium/libpdfium.so"));
+    if !library.is_file() {
+        bail!(
+            "{} is missing: run scripts/stack.sh deps",
+            library.display()
+        );
+    }
+    Ok(library)
+}
+
+/// Where the Python peers live: a venv per peer under `~/.cache/glassbox/bench-peers/`, outside the
+/// clone, installed by `bench/peers.sh` only when `BENCH_PEERS=1`.
+pub fn peer_python(peer: &str) -> PathBuf {
+    let cache = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache")))
+        .unwrap_or_else(|| PathBuf::from("/tmp"));
+    cache
+        .join("glassbox/bench-peers")
+        .join(peer)
+        .join("bin/python")
 }
 
 fn default_out_dir() -> PathBuf {
@@ -158,6 +198,8 @@ async fn run_section(paths: &Paths, section: &Section) -> anyhow::Result<Vec<Fin
             Ok(Vec::new())
         }
         Section::Extract => extract::run(paths, &corpus::load(&paths.out_dir)?).await,
+        Section::Chunk => chunking::run(paths, &corpus::load(&paths.out_dir)?).await,
+        Section::Retrieval => retrieval::run(paths, &corpus::load(&paths.out_dir)?).await,
         Section::Pipeline {
             concurrency,
             skip_peer,
@@ -179,7 +221,15 @@ fn run_all(paths: &Paths) -> anyhow::Result<()> {
     corpus.print_overview();
     report::clear_findings(&paths.out_dir)?;
     let executable = std::env::current_exe()?;
-    let sections = ["extract", "pipeline", "embed", "e2e", "copy"];
+    let sections = [
+        "extract",
+        "chunk",
+        "pipeline",
+        "embed",
+        "e2e",
+        "copy",
+        "retrieval",
+    ];
     let mut failed = Vec::new();
     for section in sections {
         let status = Command::new(&executable)

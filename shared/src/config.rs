@@ -390,6 +390,12 @@ pub struct FilesWorkerSettings {
     pub extract_timeout_secs: u64,
     pub extract_memory_mb: u64,
     pub extract_max_pages: u32,
+    /// Which engine reads PDFs: `auto` (pdfium when libpdfium loads, else pdf-extract),
+    /// `pdfium` (refuse to start without it) or `pdf-extract`.
+    pub pdf_engine: PdfEngineChoice,
+    /// libpdfium.so (or the folder holding it). Unset: next to the worker binary, then
+    /// /usr/local/lib, /usr/lib and /opt/pdfium/lib.
+    pub pdfium_library: Option<PathBuf>,
     /// Test hook: the worker stops dead at this named point (see `failpoint`).
     pub failpoint: Option<String>,
 }
@@ -407,6 +413,8 @@ impl Default for FilesWorkerSettings {
             extract_timeout_secs: 120,
             extract_memory_mb: 2048,
             extract_max_pages: 5000,
+            pdf_engine: PdfEngineChoice::Auto,
+            pdfium_library: None,
             failpoint: None,
         }
     }
@@ -416,6 +424,18 @@ impl FilesWorkerSettings {
     pub fn lease(&self) -> Duration {
         Duration::from_secs(self.lease_secs)
     }
+}
+
+/// The PDF engine a files worker is configured with (`GLASSBOX_FILES_WORKER__PDF_ENGINE`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PdfEngineChoice {
+    /// pdfium when libpdfium loads, otherwise pdf-extract (logged at start).
+    Auto,
+    /// pdfium, or the worker does not start.
+    Pdfium,
+    /// pdf-extract, pure Rust.
+    PdfExtract,
 }
 
 /// The OpenAI-compatible chat endpoint agents run on.
@@ -612,6 +632,21 @@ mod tests {
     fn unknown_keys_are_rejected() {
         let error = with_env(&[("GLASSBOX_DATABSE__URL", "x")]).unwrap_err();
         assert!(error.contains("databse"), "{error}");
+    }
+
+    #[test]
+    fn pdf_engine_is_validated_at_start() {
+        let settings = with_env(&[("GLASSBOX_FILES_WORKER__PDF_ENGINE", "pdf-extract")]).unwrap();
+        assert_eq!(
+            settings.files_worker.pdf_engine,
+            PdfEngineChoice::PdfExtract
+        );
+        assert_eq!(
+            with_env(&[]).unwrap().files_worker.pdf_engine,
+            PdfEngineChoice::Auto
+        );
+        let error = with_env(&[("GLASSBOX_FILES_WORKER__PDF_ENGINE", "poppler")]).unwrap_err();
+        assert!(error.contains("pdf-extract"), "{error}");
     }
 
     #[test]

@@ -25,7 +25,25 @@ pub mod aws;
 
 /// The version of worker-files' text extraction. Bump it when extraction output changes;
 /// a `reextract` schedule reprocesses files extracted by an older version.
-pub const EXTRACTOR_VERSION: u32 = 1;
+/// 2: pdfium engine with layout reading order, chunking in the child, every DOCX part.
+pub const EXTRACTOR_VERSION: u32 = 2;
+
+/// The names of the extraction engines, as recorded in `files.extraction_engine` and
+/// accepted by a `reextract` schedule's `engine` filter.
+pub mod engines {
+    /// PDFs through pdfium (libpdfium loaded at run time).
+    pub const PDFIUM: &str = "pdfium";
+    /// PDFs through pdf-extract (pure Rust).
+    pub const PDF_EXTRACT: &str = "pdf-extract";
+    /// DOCX: the ZIP and XML reader of worker-files.
+    pub const DOCX: &str = "docx";
+    /// HTML: html5ever's tokenizer.
+    pub const HTML: &str = "html";
+    /// Plain text and Markdown.
+    pub const TEXT: &str = "text";
+    /// Every engine name.
+    pub const ALL: [&str; 5] = [PDFIUM, PDF_EXTRACT, DOCX, HTML, TEXT];
+}
 /// Typed settings from the environment.
 pub mod config;
 /// Postgres pool and migrations.

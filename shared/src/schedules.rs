@@ -73,16 +73,33 @@ pub struct Filter {
     pub org_id: Option<Uuid>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limit: Option<i64>,
+    /// `reextract` only: files whose text came from this engine (`pdf-extract`, ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub engine: Option<String>,
+    /// `reextract` only: files extracted by exactly this extractor version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub extractor_version: Option<i32>,
 }
 
 impl Filter {
     pub fn validate(&self) -> Result<(), String> {
-        match self.limit {
-            Some(limit) if !(1..=100_000).contains(&limit) => {
-                Err("filter.limit must be between 1 and 100000".into())
-            }
-            _ => Ok(()),
+        if let Some(limit) = self.limit
+            && !(1..=100_000).contains(&limit)
+        {
+            return Err("filter.limit must be between 1 and 100000".into());
         }
+        if let Some(engine) = &self.engine
+            && !crate::engines::ALL.contains(&engine.as_str())
+        {
+            return Err(format!(
+                "filter.engine {engine:?} is not an extraction engine; use one of {}",
+                crate::engines::ALL.join(", ")
+            ));
+        }
+        if self.extractor_version.is_some_and(|version| version < 0) {
+            return Err("filter.extractor_version must not be negative".into());
+        }
+        Ok(())
     }
 }
 
@@ -240,14 +257,21 @@ async fn run_action(
             .fetch_all(&mut *connection)
             .await?
         }
+        // Without an engine or version filter: every file an older extractor produced.
+        // With one: exactly the files that engine or version produced, current ones included
+        // (say, every PDF pdf-extract read while libpdfium was missing).
         Action::Reextract => {
             sqlx::query_as(
-                "SELECT id, org_id FROM files WHERE status = 'ready' AND COALESCE(extractor_version, 0) < $3 \
+                "SELECT id, org_id FROM files WHERE status = 'ready' \
+                 AND CASE WHEN $4::text IS NULL AND $5::int IS NULL THEN COALESCE(extractor_version, 0) < $3 ELSE true END \
+                 AND ($4::text IS NULL OR extraction_engine = $4) AND ($5::int IS NULL OR extractor_version = $5) \
                  AND ($1::uuid IS NULL OR org_id = $1) ORDER BY updated_at LIMIT $2 FOR UPDATE SKIP LOCKED",
             )
             .bind(filter.org_id)
             .bind(limit)
             .bind(context.extractor_version)
+            .bind(filter.engine.as_deref())
+            .bind(filter.extractor_version)
             .fetch_all(&mut *connection)
             .await?
         }
@@ -367,11 +391,24 @@ mod tests {
         assert!(serde_json::from_value::<Filter>(json!({"status": "x"})).is_err());
         assert!(
             Filter {
-                org_id: None,
-                limit: Some(0)
+                limit: Some(0),
+                ..Filter::default()
             }
             .validate()
             .is_err()
+        );
+        let by_engine: Filter =
+            serde_json::from_value(json!({"engine": "pdf-extract", "extractor_version": 1}))
+                .unwrap();
+        assert!(by_engine.validate().is_ok());
+        assert!(
+            Filter {
+                engine: Some("poppler".into()),
+                ..Filter::default()
+            }
+            .validate()
+            .unwrap_err()
+            .contains("pdfium")
         );
     }
 }

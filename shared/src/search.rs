@@ -20,6 +20,10 @@ pub struct Hit {
     pub file_name: String,
     pub chunk_index: i32,
     pub page: Option<i32>,
+    /// Where in the document the text comes from (`table`, `text_box`, `footnote`,
+    /// `endnote`, `comment`, `header`, `footer`); absent for body text.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub part: Option<String>,
     pub byte_start: i32,
     pub byte_end: i32,
     pub score: f64,
@@ -93,7 +97,7 @@ pub async fn search_chunks(
         // The cast matches the model's partial HNSW index expression; the dimension is the
         // embedder's own number, never user input.
         let statement = format!(
-            "SELECT c.file_id, f.name AS file_name, c.chunk_index, c.page, c.byte_start, c.byte_end, c.text, c.model_id, \
+            "SELECT c.file_id, f.name AS file_name, c.chunk_index, c.page, c.part, c.byte_start, c.byte_end, c.text, c.model_id, \
                     (1 - (c.embedding::vector({dimensions}) <=> $1::vector({dimensions})))::float8 AS score \
              FROM chunks c JOIN files f ON f.id = c.file_id AND f.embedding_model = c.model_id \
              WHERE c.model_id = $2 AND c.org_id = $3 AND ($4::uuid[] IS NULL OR c.file_id = ANY($4)) \

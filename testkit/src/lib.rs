@@ -73,6 +73,28 @@ pub fn model_dir() -> PathBuf {
         .unwrap_or_else(|| workspace_root().join(".stack/models/all-MiniLM-L6-v2"))
 }
 
+/// [`pdfium_library`] when it is installed.
+pub fn pdfium_library_if_installed() -> Option<PathBuf> {
+    let library = std::env::var_os("GLASSBOX_FILES_WORKER__PDFIUM_LIBRARY")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join(".stack/pdfium/libpdfium.so"));
+    library.is_file().then_some(library)
+}
+
+/// libpdfium as `scripts/stack.sh` installs it (`GLASSBOX_FILES_WORKER__PDFIUM_LIBRARY` from
+/// `.stack/env`, else `.stack/pdfium/libpdfium.so`). Panics when it is missing: `make test` installs it.
+pub fn pdfium_library() -> PathBuf {
+    let library = std::env::var_os("GLASSBOX_FILES_WORKER__PDFIUM_LIBRARY")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join(".stack/pdfium/libpdfium.so"));
+    assert!(
+        library.is_file(),
+        "{} is missing: run scripts/stack.sh deps (make test does)",
+        library.display()
+    );
+    library
+}
+
 /// Changes a test makes to the app's settings before it starts.
 pub type Configure = std::sync::Arc<dyn Fn(&mut Settings) + Send + Sync>;
 
@@ -154,6 +176,8 @@ impl TestApp {
         settings.api.outbox_poll_ms = 200;
         settings.api.max_file_bytes = 64 * 1024 * 1024;
         settings.embedding.model_dir = model_dir();
+        // Workers read PDFs with pdfium, as in production, whenever the stack installed it.
+        settings.files_worker.pdfium_library = pdfium_library_if_installed();
         settings.metrics.listen = "127.0.0.1:0".into();
         settings.files_worker.lease_secs = 4;
         settings.files_worker.receive_wait_secs = 1;

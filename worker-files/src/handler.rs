@@ -17,8 +17,8 @@ use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::chunk::Chunker;
-use crate::extract::{self, ExtractLimits};
+use crate::ExtractionSetup;
+use crate::extract::{self, sandbox::ChildRequest};
 use crate::store::{self, EmbeddedChunk};
 use crate::{download, failpoint};
 
@@ -27,12 +27,10 @@ pub struct FileHandler {
     pub s3: aws_sdk_s3::Client,
     pub bucket: String,
     pub embedder: Arc<dyn Embedder>,
-    pub chunker: Arc<Chunker>,
     pub settings: FilesWorkerSettings,
-    pub extract_limits: ExtractLimits,
-    /// The program and leading arguments that run the sandboxed extractor.
-    pub extractor_program: PathBuf,
-    pub extractor_args: Vec<String>,
+    /// The confined child that detects, extracts and chunks, and what it is told.
+    pub extraction: Arc<ExtractionSetup>,
+    /// The worker's private spool folder (see [`crate::scratch`]).
     pub spool_dir: PathBuf,
 }
 
@@ -50,7 +48,10 @@ struct StageTimings(BTreeMap<&'static str, u64>);
 
 impl StageTimings {
     fn record(&mut self, stage: &'static str, started: Instant) {
-        let elapsed = started.elapsed();
+        self.record_duration(stage, started.elapsed());
+    }
+
+    fn record_duration(&mut self, stage: &'static str, elapsed: std::time::Duration) {
         metrics::histogram!(shared::metrics::STAGE_SECONDS, "kind" => "file.process", "stage" => stage).record(elapsed.as_secs_f64());
         self.0.insert(stage, elapsed.as_millis() as u64);
     }
@@ -162,42 +163,38 @@ impl FileHandler {
 
         self.enter_stage(file_id, lease, "extract", &timings)
             .await?;
+        // Detection, extraction and chunking all run in the confined child: this process
+        // never parses, tokenizes or splits the file's bytes.
         let started = Instant::now();
-        let path = downloaded.file.path().to_path_buf();
-        let kind = extract::detect_kind(&path, Some(&row.content_type), Some(&row.name))
-            .map_err(extract_error)?;
-        let document = until_cancelled(cancel, async {
-            extract::extract_isolated(
-                &self.extractor_program,
-                &self.extractor_args,
-                &path,
-                kind,
-                &self.extract_limits,
-            )
-            .await
-            .map_err(extract_error)
+        let setup = &self.extraction;
+        let request = ChildRequest {
+            path: downloaded.file.path().to_path_buf(),
+            kind: None,
+            content_type: Some(row.content_type.clone()),
+            name: Some(row.name.clone()),
+            pdf_engine: setup.pdf_engine.clone(),
+            limits: setup.limits.clone(),
+            chunking: Some(setup.chunking.clone()),
+            include_texts: false,
+        };
+        let extraction = until_cancelled(cancel, async {
+            setup.sandbox.run(&request).await.map_err(extract_error)
         })
         .await?;
         drop(downloaded);
-        timings.record("extract", started);
-
-        self.enter_stage(file_id, lease, "chunk", &timings).await?;
-        let started = Instant::now();
-        let chunker = self.chunker.clone();
-        let pages = document.pages;
-        let (chunks, pages) =
-            tokio::task::spawn_blocking(move || (chunker.chunk(kind, &pages), pages))
-                .await
-                .map_err(|error| {
-                    JobError::permanent("chunk_failed", format!("chunking panicked: {error}"))
-                })?;
+        // The child's own split between the two; the rest (start, transfer) counts as extraction.
+        let child_chunk = std::time::Duration::from_millis(extraction.chunk_ms);
+        timings.record_duration("extract", started.elapsed().saturating_sub(child_chunk));
+        timings.record_duration("chunk", child_chunk);
+        let document = extraction.document;
+        let kind = document.kind;
+        let chunks = extraction.chunks;
         if chunks.is_empty() {
             return Err(JobError::permanent(
                 "empty_text",
                 "the file has no text to index",
             ));
         }
-        timings.record("chunk", started);
 
         self.enter_stage(file_id, lease, "embed", &timings).await?;
         let started = Instant::now();
@@ -246,15 +243,11 @@ impl FileHandler {
         )
         .await?;
         timings.record("store", started);
-        let page_count = pages
-            .iter()
-            .filter(|page| page.number.is_some())
-            .count()
-            .max(1) as i32;
+        let page_count = document.page_count() as i32;
         sqlx::query(
             "UPDATE files SET status = 'ready', stage = NULL, error_class = NULL, error_code = NULL, error_message = NULL, \
              detected_type = $2, pages = $3, chunk_count = $4, embedding_model = $5, extractor_version = $6, content_sha256 = $7, \
-             stage_durations_ms = $8, lease_token = NULL, lease_expires_at = NULL, finished_at = now(), updated_at = now() WHERE id = $1",
+             stage_durations_ms = $8, extraction_engine = $9, lease_token = NULL, lease_expires_at = NULL, finished_at = now(), updated_at = now() WHERE id = $1",
         )
         .bind(file_id)
         .bind(kind.as_str())
@@ -264,6 +257,7 @@ impl FileHandler {
         .bind(document.extractor_version as i32)
         .bind(&content_sha256)
         .bind(timings.to_json())
+        .bind(&document.engine)
         .execute(&mut *transaction)
         .await?;
         transaction.commit().await?;
@@ -271,6 +265,7 @@ impl FileHandler {
             chunks = chunks.len(),
             pages = page_count,
             kind = kind.as_str(),
+            engine = %document.engine,
             "file stored"
         );
         Ok(())
