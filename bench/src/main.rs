@@ -5,6 +5,7 @@
 //! - [`corpus`]: downloads the Debian package, picks the PDFs, writes the DOCX twins.
 //! - [`extract`]: both PDF engines (in process and sandboxed) against pdftotext: speed and text similarity.
 //! - [`chunking`]: chunking alone against LlamaIndex's SentenceSplitter on the same texts.
+//! - [`longline`]: 1, 5 and 20 MB single-line texts through the child: time and peak RSS per MB.
 //! - [`retrieval`]: sentences of each PDF searched back through the API; peak RSS of worker + children.
 //! - [`similarity`]: the word-level similarity measures the extraction section reports.
 //! - [`pipeline`]: extract + chunk + store without the model, and the LlamaIndex peer on the same corpus.
@@ -29,6 +30,8 @@ mod e2e;
 mod embed;
 /// Extraction against pdftotext.
 mod extract;
+/// One long line in linear time and memory.
+mod longline;
 /// The pipeline without the model, and the LlamaIndex peer.
 mod pipeline;
 /// Tables and findings.
@@ -72,6 +75,8 @@ enum Section {
     Extract,
     /// Chunking alone against LlamaIndex's SentenceSplitter, same texts.
     Chunk,
+    /// 1, 5 and 20 MB single-line text files through the confined child: time and peak RSS per MB.
+    Longline,
     /// Sentences of each PDF searched back through the API (local model); peak RSS of the worker and its children.
     Retrieval,
     /// Extract + chunk + store with binary COPY, stand-in vectors; the LlamaIndex peer if installed.
@@ -112,6 +117,7 @@ impl Section {
             Section::Corpus => "corpus",
             Section::Extract => "extract",
             Section::Chunk => "chunk",
+            Section::Longline => "longline",
             Section::Retrieval => "retrieval",
             Section::Pipeline { .. } => "pipeline",
             Section::Embed { .. } => "embed",
@@ -199,6 +205,7 @@ async fn run_section(paths: &Paths, section: &Section) -> anyhow::Result<Vec<Fin
         }
         Section::Extract => extract::run(paths, &corpus::load(&paths.out_dir)?).await,
         Section::Chunk => chunking::run(paths, &corpus::load(&paths.out_dir)?).await,
+        Section::Longline => longline::run(paths).await,
         Section::Retrieval => retrieval::run(paths, &corpus::load(&paths.out_dir)?).await,
         Section::Pipeline {
             concurrency,
@@ -224,6 +231,7 @@ fn run_all(paths: &Paths) -> anyhow::Result<()> {
     let sections = [
         "extract",
         "chunk",
+        "longline",
         "pipeline",
         "embed",
         "e2e",

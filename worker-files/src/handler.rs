@@ -184,6 +184,7 @@ impl FileHandler {
         drop(downloaded);
         // The child's own split between the two; the rest (start, transfer) counts as extraction.
         let child_chunk = std::time::Duration::from_millis(extraction.chunk_ms);
+        let child_peak_rss_kib = extraction.peak_rss_kib;
         timings.record_duration("extract", started.elapsed().saturating_sub(child_chunk));
         timings.record_duration("chunk", child_chunk);
         let document = extraction.document;
@@ -266,6 +267,7 @@ impl FileHandler {
             pages = page_count,
             kind = kind.as_str(),
             engine = %document.engine,
+            child_peak_rss_kib,
             "file stored"
         );
         Ok(())

@@ -21,7 +21,7 @@ use shared::jobs;
 
 /// Every column a file view shows, in one place for all queries.
 const FILE_COLUMNS: &str = "id, name, content_type, size_bytes, status, stage, attempts, error_class, error_code, error_message, \
-     detected_type, pages, chunk_count, embedding_model, extractor_version, stage_durations_ms, \
+     detected_type, pages, chunk_count, embedding_model, extraction_engine, extractor_version, stage_durations_ms, \
      created_at, updated_at, queued_at, started_at, finished_at";
 
 #[derive(Debug, Serialize, sqlx::FromRow)]
@@ -40,6 +40,8 @@ pub struct FileView {
     pub pages: Option<i32>,
     pub chunk_count: Option<i32>,
     pub embedding_model: Option<String>,
+    /// What read the text: `pdfium`, `pdf-extract`, `docx`, `html` or `text`.
+    pub extraction_engine: Option<String>,
     pub extractor_version: Option<i32>,
     pub stage_durations_ms: Value,
     pub created_at: DateTime<Utc>,

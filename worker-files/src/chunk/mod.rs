@@ -14,6 +14,9 @@
 //! Offsets are byte offsets into the document text: the pages joined by a form feed (`\f`), as
 //! pdftotext does.
 
+/// Reads `tokenizer.json` without the tokenizers crate's slow path (each child loads it once).
+pub mod tokenizer_file;
+
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
@@ -102,8 +105,7 @@ impl Chunker {
             path: path.display().to_string(),
             message,
         };
-        let mut tokenizer =
-            Tokenizer::from_file(path).map_err(|error| load_error(error.to_string()))?;
+        let mut tokenizer = tokenizer_file::load(path).map_err(load_error)?;
         tokenizer
             .with_truncation(None)
             .map_err(|error| load_error(error.to_string()))?;

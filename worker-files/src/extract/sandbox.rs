@@ -102,6 +102,9 @@ pub struct Extraction {
     /// Milliseconds the child spent extracting and chunking.
     pub extract_ms: u64,
     pub chunk_ms: u64,
+    /// The child's peak resident set (`VmHWM`) when its work was done, in KiB; 0 when unknown.
+    #[serde(default)]
+    pub peak_rss_kib: u64,
 }
 
 /// What a child reports with [`PROBE_ARG`]: its environment, its limits as the kernel shows them, and
@@ -568,7 +571,21 @@ pub fn process(request: &ChildRequest) -> Result<Extraction, ExtractError> {
         chunks,
         extract_ms,
         chunk_ms,
+        peak_rss_kib: own_peak_rss_kib(),
     })
+}
+
+/// `VmHWM` of this process in KiB (0 when `/proc` does not say).
+fn own_peak_rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|line| line.strip_prefix("VmHWM:"))
+                .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
 }
 
 fn write_json(value: &impl Serialize) -> ExitCode {
