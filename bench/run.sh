@@ -45,6 +45,12 @@ if ! "$peer_venv/bin/python" -c 'import llama_index.vector_stores.postgres, pypd
   fi
 fi
 
+# The peers of the model sections (embed, e2e): sentence-transformers and LlamaIndex with
+# HuggingFaceEmbedding, several GB, installed outside the clone only when BENCH_PEERS=1.
+if [[ "${BENCH_PEERS:-0}" == 1 ]]; then
+  bench/peers-model.sh >/dev/null || echo "bench: no model peers; embed and e2e report without them" >&2
+fi
+
 if [[ $# -eq 0 ]]; then
   # `all` builds the corpus first when it is missing.
   exec "$bench_bin" --out "$out_dir" --bin-dir "$bin_dir" all
