@@ -367,7 +367,15 @@ async fn compare_with_peer(files: &[&CorpusFile], ours: &Throughput) -> Option<F
                     "Same files, same weights, same Postgres; the peer runs {} torch threads, batch 32 (model load excluded on both sides)",
                     peer.threads
                 ),
-                &["run", "files", "chunks", "seconds", "files/s", "chunks/s", "stages (s)"],
+                &[
+                    "run",
+                    "files",
+                    "chunks",
+                    "seconds",
+                    "files/s",
+                    "chunks/s",
+                    "stages (s)",
+                ],
             );
             table.row(vec![
                 "ours: upload -> ready through api-lite and worker-files".into(),
@@ -424,7 +432,11 @@ async fn run_peer(python: &std::path::Path, files: &[&CorpusFile]) -> anyhow::Re
     let (database_name, database_url) = FreshDatabase::create_empty("e2e_peer").await?;
     let threads = std::thread::available_parallelism().map_or(1, usize::from);
     println!();
-    println!("running the peer: {} {}", python.display(), script.display());
+    println!(
+        "running the peer: {} {}",
+        python.display(),
+        script.display()
+    );
     let mut command = std::process::Command::new(python);
     command
         .arg(&script)

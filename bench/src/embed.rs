@@ -41,7 +41,11 @@ struct ChunkSet {
     count: usize,
 }
 
-pub async fn run(paths: &Paths, corpus: &Corpus, chunk_count: usize) -> anyhow::Result<Vec<Finding>> {
+pub async fn run(
+    paths: &Paths,
+    corpus: &Corpus,
+    chunk_count: usize,
+) -> anyhow::Result<Vec<Finding>> {
     heading("Local embeddings: all-MiniLM-L6-v2, ours against sentence-transformers");
     let threads = std::thread::available_parallelism().map_or(1, usize::from);
     let model_dir = testkit::model_dir();
@@ -132,11 +136,17 @@ pub async fn run(paths: &Paths, corpus: &Corpus, chunk_count: usize) -> anyhow::
                     if compare {
                         std::fs::write(&vectors_path, serde_json::to_vec(&vectors)?)?;
                     }
-                    let answer = running.embed(&texts_path, batch_size, compare.then_some(&vectors_path))?;
+                    let answer =
+                        running.embed(&texts_path, batch_size, compare.then_some(&vectors_path))?;
                     if answer.chunks != texts.len() {
-                        bail!("the peer embedded {} chunks, not {}", answer.chunks, texts.len());
+                        bail!(
+                            "the peer embedded {} chunks, not {}",
+                            answer.chunks,
+                            texts.len()
+                        );
                     }
-                    peer_best = Some(peer_best.map_or(answer.seconds, |best| best.min(answer.seconds)));
+                    peer_best =
+                        Some(peer_best.map_or(answer.seconds, |best| best.min(answer.seconds)));
                     if let Some(min_cosine) = answer.min_cosine {
                         cosine = Some(min_cosine);
                     }
@@ -156,7 +166,10 @@ pub async fn run(paths: &Paths, corpus: &Corpus, chunk_count: usize) -> anyhow::
                 cosine.map_or_else(|| "-".into(), |value| format!("{value:.6}")),
             ]);
             findings.push(Finding {
-                what: format!("Local embeddings, {}, batch {batch_size} (chunks/s)", set.label),
+                what: format!(
+                    "Local embeddings, {}, batch {batch_size} (chunks/s)",
+                    set.label
+                ),
                 ours: format!("{ours_rate:.1}"),
                 reference: match peer_rate {
                     Some(rate) => format!("sentence-transformers {rate:.1} (this run)"),
@@ -221,7 +234,10 @@ fn cpu_kernels_line() -> String {
             ("avx2", std::arch::is_x86_feature_detected!("avx2")),
             ("fma", std::arch::is_x86_feature_detected!("fma")),
             ("avx512f", std::arch::is_x86_feature_detected!("avx512f")),
-            ("avx512vnni", std::arch::is_x86_feature_detected!("avx512vnni")),
+            (
+                "avx512vnni",
+                std::arch::is_x86_feature_detected!("avx512vnni"),
+            ),
         ] {
             if present {
                 features.push(name);
@@ -246,7 +262,10 @@ async fn warm_up(embedder: &LocalMiniLm, texts: &[String]) -> anyhow::Result<()>
     Ok(())
 }
 
-async fn time_ours(embedder: &LocalMiniLm, texts: &[String]) -> anyhow::Result<(f64, Vec<Vec<f32>>)> {
+async fn time_ours(
+    embedder: &LocalMiniLm,
+    texts: &[String],
+) -> anyhow::Result<(f64, Vec<Vec<f32>>)> {
     let started = Instant::now();
     let vectors = embedder.embed(texts).await?;
     let seconds = started.elapsed().as_secs_f64();

@@ -42,7 +42,6 @@ struct ReferenceItem {
     embedding: Vec<f32>,
 }
 
-
 fn load_model() -> LocalMiniLm {
     load_with(LocalOptions::default())
 }
@@ -218,7 +217,10 @@ async fn an_abandoned_call_does_not_stop_the_engine() {
     });
     let texts = mixed_length_texts();
     let abandoned = tokio::time::timeout(Duration::from_millis(1), model.embed(&texts)).await;
-    assert!(abandoned.is_err(), "the call should still be running after 1 ms");
+    assert!(
+        abandoned.is_err(),
+        "the call should still be running after 1 ms"
+    );
     let vectors = model
         .embed(&texts[..3])
         .await

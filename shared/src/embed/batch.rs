@@ -94,7 +94,10 @@ mod tests {
 
     #[test]
     fn padded_batches_respect_the_text_count() {
-        assert_eq!(padded_batches(&[5; 70], 32, usize::MAX), vec![0..32, 32..64, 64..70]);
+        assert_eq!(
+            padded_batches(&[5; 70], 32, usize::MAX),
+            vec![0..32, 32..64, 64..70]
+        );
     }
 
     #[test]
@@ -108,7 +111,10 @@ mod tests {
 
     #[test]
     fn padded_batches_give_an_oversized_text_its_own_batch() {
-        assert_eq!(padded_batches(&[3, 300, 400], 32, 100), vec![0..1, 1..2, 2..3]);
+        assert_eq!(
+            padded_batches(&[3, 300, 400], 32, 100),
+            vec![0..1, 1..2, 2..3]
+        );
         assert!(padded_batches(&[], 32, 100).is_empty());
     }
 

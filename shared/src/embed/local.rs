@@ -167,8 +167,7 @@ pub(crate) fn cpu_kernels() -> &'static str {
         if std::arch::is_x86_feature_detected!("avx512f") {
             return "avx512f";
         }
-        if std::arch::is_x86_feature_detected!("avx2")
-            && std::arch::is_x86_feature_detected!("fma")
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
         {
             return "avx2+fma";
         }
@@ -349,25 +348,22 @@ impl Embedder for LocalMiniLm {
         // the engine thread, so the next batch does not wait for it.
         let tokenizer = Arc::clone(&self.inference_tokenizer);
         let owned_texts = texts.to_vec();
-        let tokenized = match tokio::task::spawn_blocking(move || {
-            tokenize(&tokenizer, owned_texts)
-        })
-        .await
-        {
-            Ok(result) => result?,
-            Err(join_error) if join_error.is_cancelled() => {
-                return Err(EmbedError::transient(
-                    "local embedding cancelled by runtime shutdown",
-                    None,
-                ));
-            }
-            Err(join_error) => {
-                return Err(EmbedError::permanent(
-                    "embedding_tokenize_failed",
-                    format!("tokenizer panicked: {join_error}"),
-                ));
-            }
-        };
+        let tokenized =
+            match tokio::task::spawn_blocking(move || tokenize(&tokenizer, owned_texts)).await {
+                Ok(result) => result?,
+                Err(join_error) if join_error.is_cancelled() => {
+                    return Err(EmbedError::transient(
+                        "local embedding cancelled by runtime shutdown",
+                        None,
+                    ));
+                }
+                Err(join_error) => {
+                    return Err(EmbedError::permanent(
+                        "embedding_tokenize_failed",
+                        format!("tokenizer panicked: {join_error}"),
+                    ));
+                }
+            };
         let vectors = self.engine.embed(tokenized).await?;
         tracing::debug!(
             texts = texts.len(),

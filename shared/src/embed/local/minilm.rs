@@ -260,12 +260,7 @@ impl MiniLmEncoder {
 
     /// `ids` and `type_ids` are `[batch, tokens]` u32, padded at the end; `lengths`
     /// holds each text's unpadded length. Returns `[batch, tokens, hidden]`.
-    fn forward(
-        &self,
-        ids: &Tensor,
-        type_ids: &Tensor,
-        lengths: &[usize],
-    ) -> Result<Tensor> {
+    fn forward(&self, ids: &Tensor, type_ids: &Tensor, lengths: &[usize]) -> Result<Tensor> {
         let (batch, tokens) = ids.dims2()?;
         let positions = self.position_embeddings.dim(0)?;
         if tokens > positions {

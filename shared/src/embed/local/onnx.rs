@@ -159,7 +159,12 @@ fn environment(library: &Path) -> Result<Environment, String> {
         return Ok(environment.clone());
     }
     let environment = ort::init_from(library)
-        .map_err(|error| format!("cannot load ONNX Runtime from {}: {error}", library.display()))?
+        .map_err(|error| {
+            format!(
+                "cannot load ONNX Runtime from {}: {error}",
+                library.display()
+            )
+        })?
         .with_name("glassbox")
         .with_telemetry(false)
         .build()
@@ -285,7 +290,12 @@ fn transpose(values: &[f32], rows: usize, columns: usize) -> Vec<f32> {
 }
 
 /// Adds `values` (of `shape`) to `graph` as the initializer `name`.
-fn add_weight(graph: &mut Graph, name: &str, shape: &[usize], values: &[f32]) -> Result<(), String> {
+fn add_weight(
+    graph: &mut Graph,
+    name: &str,
+    shape: &[usize],
+    values: &[f32],
+) -> Result<(), String> {
     let mut tensor = Tensor::<f32>::new(
         &Allocator::default(),
         Shape::new(shape.iter().map(|&size| size as i64)),
@@ -293,7 +303,11 @@ fn add_weight(graph: &mut Graph, name: &str, shape: &[usize], values: &[f32]) ->
     .map_err(|error| error.to_string())?;
     let (_, data) = tensor.extract_tensor_mut();
     if data.len() != values.len() {
-        return Err(format!("{name}: {} values for {} cells", values.len(), data.len()));
+        return Err(format!(
+            "{name}: {} values for {} cells",
+            values.len(),
+            data.len()
+        ));
     }
     data.copy_from_slice(values);
     graph
@@ -395,7 +409,10 @@ fn build_graph(weights_path: &Path, config: &Config) -> Result<Graph, String> {
             "embeddings.position_embeddings.weight",
             config.max_position_embeddings,
         ),
-        ("embeddings.token_type_embeddings.weight", config.type_vocab_size),
+        (
+            "embeddings.token_type_embeddings.weight",
+            config.type_vocab_size,
+        ),
     ];
     for (name, rows) in embedding_tables {
         copy_weight(&mut graph, &mut weights, name, &[rows, hidden])?;
@@ -453,14 +470,47 @@ fn build_graph(weights_path: &Path, config: &Config) -> Result<Graph, String> {
                 &[hidden],
             )?);
         }
-        add_weight(&mut graph, &name("attention.qkv.weight"), &[hidden, 3 * hidden], &qkv_weight)?;
-        add_weight(&mut graph, &name("attention.qkv.bias"), &[3 * hidden], &qkv_bias)?;
-        copy_linear(&mut graph, &mut weights, &name("attention.output.dense"), hidden, hidden)?;
-        copy_linear(&mut graph, &mut weights, &name("intermediate.dense"), hidden, intermediate)?;
-        copy_linear(&mut graph, &mut weights, &name("output.dense"), intermediate, hidden)?;
+        add_weight(
+            &mut graph,
+            &name("attention.qkv.weight"),
+            &[hidden, 3 * hidden],
+            &qkv_weight,
+        )?;
+        add_weight(
+            &mut graph,
+            &name("attention.qkv.bias"),
+            &[3 * hidden],
+            &qkv_bias,
+        )?;
+        copy_linear(
+            &mut graph,
+            &mut weights,
+            &name("attention.output.dense"),
+            hidden,
+            hidden,
+        )?;
+        copy_linear(
+            &mut graph,
+            &mut weights,
+            &name("intermediate.dense"),
+            hidden,
+            intermediate,
+        )?;
+        copy_linear(
+            &mut graph,
+            &mut weights,
+            &name("output.dense"),
+            intermediate,
+            hidden,
+        )?;
         for norm in ["attention.output.LayerNorm", "output.LayerNorm"] {
             for part in ["weight", "bias"] {
-                copy_weight(&mut graph, &mut weights, &name(&format!("{norm}.{part}")), &[hidden])?;
+                copy_weight(
+                    &mut graph,
+                    &mut weights,
+                    &name(&format!("{norm}.{part}")),
+                    &[hidden],
+                )?;
             }
         }
 
@@ -469,7 +519,12 @@ fn build_graph(weights_path: &Path, config: &Config) -> Result<Graph, String> {
             "Attention",
             MICROSOFT_DOMAIN,
             &name("attention"),
-            &[&input, &name("attention.qkv.weight"), &name("attention.qkv.bias"), "lengths"],
+            &[
+                &input,
+                &name("attention.qkv.weight"),
+                &name("attention.qkv.bias"),
+                "lengths",
+            ],
             &[&name("attended")],
             vec![Attribute::new("num_heads", heads as i64).map_err(|error| error.to_string())?],
         )?;
@@ -502,7 +557,10 @@ fn build_graph(weights_path: &Path, config: &Config) -> Result<Graph, String> {
             "MatMul",
             ONNX_DOMAIN,
             &name("intermediate.matmul"),
-            &[&name("attention.normed"), &name("intermediate.dense.weight")],
+            &[
+                &name("attention.normed"),
+                &name("intermediate.dense.weight"),
+            ],
             &[&name("expanded")],
             Vec::new(),
         )?;

@@ -186,8 +186,17 @@ fn run_round(encoder: &mut Encoder, settings: &EngineSettings, round: Vec<Reques
 }
 
 /// Answers every request with a text in the failed batch with the error.
-fn fail_members(pending: &mut [Pending], owners: &[(usize, usize)], members: &[usize], message: &str) {
-    tracing::error!(error = message, texts = members.len(), "local embedding batch failed");
+fn fail_members(
+    pending: &mut [Pending],
+    owners: &[(usize, usize)],
+    members: &[usize],
+    message: &str,
+) {
+    tracing::error!(
+        error = message,
+        texts = members.len(),
+        "local embedding batch failed"
+    );
     for &text in members {
         pending[owners[text].0].answer(Err(EmbedError::permanent(
             "embedding_inference_failed",
