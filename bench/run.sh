@@ -34,6 +34,12 @@ fi
 # DESIGN.md's reference instead.
 "$repo_root/bench/peers.sh"
 
+# The peers of the model sections (embed, e2e): sentence-transformers and LlamaIndex with
+# HuggingFaceEmbedding, several GB, installed outside the clone only when BENCH_PEERS=1.
+if [[ "${BENCH_PEERS:-0}" == 1 ]]; then
+  bench/peers-model.sh >/dev/null || echo "bench: no model peers; embed and e2e report without them" >&2
+fi
+
 if [[ $# -eq 0 ]]; then
   # `all` builds the corpus first when it is missing.
   exec "$bench_bin" --out "$out_dir" --bin-dir "$bin_dir" all

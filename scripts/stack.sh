@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The local stack: PostgreSQL 15 + pgvector (private cluster), moto (SQS + S3), the
-# all-MiniLM-L6-v2 weights and libpdfium. Every step is idempotent, so `up` is safe to run again.
+# all-MiniLM-L6-v2 weights, ONNX Runtime to run them, and libpdfium. Every step is
+# idempotent, so `up` is safe to run again.
 #
-#   scripts/stack.sh deps   install system packages, pgvector, the venv and the model
+#   scripts/stack.sh deps   install system packages, pgvector, the venv, the model and ONNX Runtime
 #   scripts/stack.sh up     deps, then start Postgres and moto (reusing ones already up)
 #   scripts/stack.sh down   stop what `up` started
 #   scripts/stack.sh env    print the environment the fleet needs to reach the stack
@@ -154,6 +155,49 @@ with zipfile.ZipFile(wheel) as archive:
 PY
 }
 
+# ONNX Runtime runs the local embedding model (see shared/src/embed/local/onnx.rs). Its
+# shared library comes from the PyPI wheel `onnxruntime` (the Python bindings are not
+# used) and is installed as a system library, so the dynamic loader finds
+# `libonnxruntime.so.1`, the fleet's default `GLASSBOX_EMBEDDING__ONNXRUNTIME_LIBRARY`.
+ONNXRUNTIME_VERSION=1.31.1
+install_onnxruntime() {
+  local target="/usr/local/lib/libonnxruntime.so.$ONNXRUNTIME_VERSION"
+  if [ -f "$target" ] && [ "$(readlink /usr/local/lib/libonnxruntime.so.1)" = "libonnxruntime.so.$ONNXRUNTIME_VERSION" ]; then
+    return 0
+  fi
+  local platform
+  case "$(uname -m)" in
+    x86_64) platform=manylinux_2_28_x86_64 ;;
+    aarch64) platform=manylinux_2_28_aarch64 ;;
+    *) log "no ONNX Runtime wheel for $(uname -m); the local model will run on candle"; return 0 ;;
+  esac
+  log "installing ONNX Runtime $ONNXRUNTIME_VERSION (libonnxruntime.so from the PyPI wheel onnxruntime)"
+  # Kept outside the clone, like the model's wheel, so fresh clones (CI) do not fetch it again.
+  local wheels="${XDG_CACHE_HOME:-$HOME/.cache}/glassbox/wheels"
+  mkdir -p "$wheels"
+  local wheel
+  wheel="$(find "$wheels" -name "onnxruntime-$ONNXRUNTIME_VERSION-cp311-*$platform.whl" | head -n1)"
+  if [ -z "$wheel" ]; then
+    # Any Python's wheel carries the same library; 3.11 is pinned so the file name is known.
+    python3 -m pip download -q --disable-pip-version-check --no-deps --only-binary=:all: \
+      --platform "$platform" --python-version 3.11 -d "$wheels" "onnxruntime==$ONNXRUNTIME_VERSION"
+    wheel="$(find "$wheels" -name "onnxruntime-$ONNXRUNTIME_VERSION-cp311-*$platform.whl" | head -n1)"
+  fi
+  [ -n "$wheel" ] || die "pip download onnxruntime==$ONNXRUNTIME_VERSION produced no wheel"
+  python3 - "$wheel" "$target" "$ONNXRUNTIME_VERSION" <<'PY'
+import os, sys, zipfile
+wheel, target, version = sys.argv[1:4]
+with zipfile.ZipFile(wheel) as archive:
+    data = archive.read(f"onnxruntime/capi/libonnxruntime.so.{version}")
+with open(target + ".part", "wb") as sink:
+    sink.write(data)
+os.chmod(target + ".part", 0o644)
+os.replace(target + ".part", target)
+PY
+  ln -sfn "libonnxruntime.so.$ONNXRUNTIME_VERSION" /usr/local/lib/libonnxruntime.so.1
+  ldconfig
+}
+
 deps() {
   mkdir -p "$STACK"
   apt_install postgresql-15 postgresql-server-dev-15 postgresql-client-15 build-essential dpkg-dev \
@@ -162,6 +206,7 @@ deps() {
   install_venv
   install_model
   install_pdfium
+  install_onnxruntime
 }
 
 start_postgres() {

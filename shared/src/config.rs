@@ -13,6 +13,8 @@ use figment::providers::{Env, Serialized};
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 
+use crate::embed::{DEFAULT_ONNXRUNTIME_LIBRARY, LocalEngine};
+
 /// Why the configuration cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -317,7 +319,19 @@ pub struct EmbeddingSettings {
     /// Folder with model.safetensors, config.json and tokenizer.json (local provider,
     /// and the tokenizer used for chunking with any provider).
     pub model_dir: PathBuf,
+    /// Most texts per forward pass (local) or per request (remote, see below).
     pub batch_size: usize,
+    /// Local provider: most padded tokens per forward pass (texts times the longest),
+    /// which bounds the worker's memory for long chunks.
+    pub max_batch_tokens: usize,
+    /// Local provider: `auto` (ONNX Runtime when its library loads, else candle),
+    /// `onnxruntime` or `candle`.
+    pub engine: LocalEngine,
+    /// Local provider: `libonnxruntime.so`, a path or a name the dynamic loader finds
+    /// (`scripts/stack.sh` and the images install it as a system library).
+    pub onnxruntime_library: PathBuf,
+    /// Local provider: cores one batch is spread over; 0 means all this process may use.
+    pub threads: usize,
     pub base_url: String,
     pub model: String,
     pub dimensions: Option<usize>,
@@ -339,6 +353,10 @@ impl Default for EmbeddingSettings {
             provider: EmbeddingProvider::Local,
             model_dir: PathBuf::from(".stack/models/all-MiniLM-L6-v2"),
             batch_size: 32,
+            max_batch_tokens: 2048,
+            engine: LocalEngine::Auto,
+            onnxruntime_library: PathBuf::from(DEFAULT_ONNXRUNTIME_LIBRARY),
+            threads: 0,
             base_url: "https://api.openai.com/v1".into(),
             model: "text-embedding-3-small".into(),
             dimensions: None,

@@ -1,6 +1,6 @@
 //! Text embeddings behind one trait.
 //!
-//! - [`LocalMiniLm`]: all-MiniLM-L6-v2 run with candle on the CPU.
+//! - [`LocalMiniLm`]: all-MiniLM-L6-v2 on the CPU (ONNX Runtime, or candle without it).
 //! - [`OpenAiEmbedder`]: any OpenAI-compatible `/embeddings` endpoint.
 //!
 //! Every embedder takes any number of texts, batches internally, and returns one
@@ -16,12 +16,12 @@ use async_trait::async_trait;
 
 /// Splitting work into batches and requests.
 mod batch;
-/// all-MiniLM-L6-v2 on the CPU with candle.
+/// all-MiniLM-L6-v2 on the CPU: ONNX Runtime or candle behind one engine thread.
 mod local;
 /// OpenAI-compatible HTTP endpoints.
 mod openai;
 
-pub use local::{LocalMiniLm, LocalOptions};
+pub use local::{DEFAULT_ONNXRUNTIME_LIBRARY, LocalEngine, LocalMiniLm, LocalOptions};
 pub use openai::{OpenAiEmbedder, OpenAiOptions};
 
 /// Counter of embedding batches (local forward passes or remote requests), labelled by `model`.
