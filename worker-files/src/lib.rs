@@ -10,7 +10,8 @@
 //! - [`failpoint`]: named stopping points for crash tests.
 //!
 //! The worker loop itself (receive, claim, heartbeat, retry, shutdown) is the shared one
-//! in `shared::worker`; this crate only supplies the [`handler::FileHandler`].
+//! in `shared::worker`; this crate supplies the [`handler::FileHandler`], and registers
+//! `shared::schedules::ScheduleTickHandler` beside it for the clock ticks on its queue.
 
 /// Token-aware chunking.
 pub mod chunk;
@@ -32,7 +33,8 @@ use anyhow::Context;
 use shared::aws::AwsClients;
 use shared::config::Settings;
 use shared::queue::Queue;
-use shared::worker::{WorkerOptions, run_worker};
+use shared::schedules::ScheduleTickHandler;
+use shared::worker::{Handlers, WorkerOptions, run_worker};
 use tokio_util::sync::CancellationToken;
 
 use crate::chunk::Chunker;
@@ -83,18 +85,19 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         .unwrap_or_else(std::env::temp_dir);
     std::fs::create_dir_all(&spool_dir)
         .with_context(|| format!("creating the spool folder {}", spool_dir.display()))?;
+    // EventBridge Scheduler sends its clock ticks to file-jobs: this worker fires them.
+    let ticks = ScheduleTickHandler {
+        pool: pool.clone(),
+        context: shared::schedules::ActionContext {
+            default_model: embedder.model_id().to_string(),
+            extractor_version: shared::EXTRACTOR_VERSION as i32,
+        },
+        instance: format!(
+            "worker-files:{}",
+            std::env::var("HOSTNAME").unwrap_or_else(|_| std::process::id().to_string())
+        ),
+    };
     let options = WorkerOptions {
-        clock: Some(shared::worker::ScheduleClock {
-            pool: pool.clone(),
-            context: shared::schedules::ActionContext {
-                default_model: embedder.model_id().to_string(),
-                extractor_version: shared::EXTRACTOR_VERSION as i32,
-            },
-            instance: format!(
-                "worker-files:{}",
-                std::env::var("HOSTNAME").unwrap_or_else(|_| std::process::id().to_string())
-            ),
-        }),
         concurrency: worker_settings.concurrency,
         receive_wait: Duration::from_secs(u64::from(worker_settings.receive_wait_secs)),
         lease: worker_settings.lease(),
@@ -120,7 +123,10 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
             .await
             .context("binding the metrics listener")?;
     tracing::info!(%metrics_address, queue = %queue.name, model = handler.embedder.model_id(), "worker-files ready");
-    run_worker(queue, Arc::new(handler), options, shutdown).await;
+    let handlers = Handlers::new()
+        .with(Arc::new(handler))
+        .with(Arc::new(ticks));
+    run_worker(queue, handlers, options, shutdown).await;
     metrics_shutdown.cancel();
     Ok(())
 }
