@@ -50,6 +50,27 @@ async fn outputs(app: &TestApp, node: Uuid) -> Value {
     app.get(&format!("/v1/nodes/{node}")).await.unwrap().1["outputs"].clone()
 }
 
+/// Starts a run on a worker that stops after step 0's tools ran, before the commit, and
+/// SIGKILLs it there. Returns the execution and its node.
+async fn start_and_kill_after_the_tool_ran(app: &TestApp, chat: &ScriptedChat) -> (Uuid, Uuid) {
+    let mut doomed = spawn_agent(
+        app,
+        chat,
+        &[("GLASSBOX_AGENT_WORKER__FAILPOINT", "after_tool_calls")],
+    );
+    let (id, node) = start(app).await;
+    wait_until(RUN, || async {
+        ledger(app, id)
+            .await
+            .first()
+            .is_some_and(|row| row.2 == "succeeded")
+    })
+    .await
+    .unwrap();
+    doomed.kill().await.unwrap();
+    (id, node)
+}
+
 #[tokio::test]
 async fn sigkill_between_a_tool_call_and_its_commit_does_not_repeat_the_tool() {
     let app = TestApp::spawn().await.unwrap();
@@ -59,21 +80,7 @@ async fn sigkill_between_a_tool_call_and_its_commit_does_not_repeat_the_tool() {
     ])
     .await
     .unwrap();
-    let mut doomed = spawn_agent(
-        &app,
-        &chat,
-        &[("GLASSBOX_AGENT_WORKER__FAILPOINT", "after_tool_calls")],
-    );
-    let (id, node) = start(&app).await;
-    wait_until(RUN, || async {
-        ledger(&app, id)
-            .await
-            .first()
-            .is_some_and(|row| row.2 == "succeeded")
-    })
-    .await
-    .unwrap();
-    doomed.kill().await.unwrap();
+    let (id, node) = start_and_kill_after_the_tool_ran(&app, &chat).await;
     assert_eq!(
         committed_steps(&app, id).await,
         0,
@@ -323,21 +330,7 @@ async fn a_step_redone_after_a_crash_keeps_each_tool_result_with_its_own_call() 
     ])
     .await
     .unwrap();
-    let mut doomed = spawn_agent(
-        &app,
-        &chat,
-        &[("GLASSBOX_AGENT_WORKER__FAILPOINT", "after_tool_calls")],
-    );
-    let (id, node) = start(&app).await;
-    wait_until(RUN, || async {
-        ledger(&app, id)
-            .await
-            .first()
-            .is_some_and(|row| row.2 == "succeeded")
-    })
-    .await
-    .unwrap();
-    doomed.kill().await.unwrap();
+    let (id, node) = start_and_kill_after_the_tool_ran(&app, &chat).await;
     let spent: i64 = sqlx::query_scalar("SELECT tokens_in FROM executions WHERE id = $1")
         .bind(id)
         .fetch_one(&app.pool)
