@@ -2,15 +2,17 @@
 //! each with its event row (`file_events`) and, when it puts the file on the queue, its
 //! outbox entry, in the caller's transaction.
 //!
-//! ```text
-//! awaiting_upload ──confirm──▶ queued ──claim──▶ processing ──▶ ready
-//!                                ▲  ▲              │  │  │
-//!                    requeue ────┘  │   transient ─┘  │  └─ permanent ─▶ failed
-//!         (sweeper, ops, release)   │   ▼             │
-//!                                   │ retrying ──claim┘ (after the backoff)
-//!                                   │   last receive ─────────────────▶ dead_lettered
-//!  reprocess (ready, failed, dead_lettered), redrive (dead_lettered) ──┘
-//! ```
+//! | transition | from | to | new message |
+//! |---|---|---|---|
+//! | [`create`] | | `awaiting_upload` | |
+//! | [`queue_uploaded`] | `awaiting_upload` | `queued` | yes |
+//! | [`claim`] | `queued`, `retrying`, `dead_lettered`, `processing` (lease run out) | `processing` | |
+//! | [`mark_ready`] | `processing` | `ready` | |
+//! | [`record_failure`] | `processing` | `failed`, `retrying`, `dead_lettered` | |
+//! | [`release`] | `processing` | `queued` | its own, made visible |
+//! | [`requeue_stalled`] | `queued`, `retrying`, `processing` (lease run out) | `queued`; `dead_lettered` after a lost last attempt | yes; none |
+//! | [`reprocess`] | `ready`, `failed`, `dead_lettered` | `queued` | yes |
+//! | [`reopen_dead_lettered`] | `dead_lettered` | `queued` | the one moved back |
 //!
 //! Routes, the worker, the sweeper, ops and the schedules call these functions and write
 //! no status SQL of their own. Every transition goes through one private function,

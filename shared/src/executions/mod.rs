@@ -3,13 +3,22 @@
 //! trace) and, when it puts the run on the queue, its outbox entry, in the caller's
 //! transaction.
 //!
-//! ```text
-//!            create / resume / answer ──▶ queued ──claim──▶ running ──step──▶ completed
-//!                       ▲      ▲             ▲               │ │ │ │
-//!          requeue, release ───┘  transient ─┘ (backoff)      │ │ │ └─ pause ─▶ paused
-//!                       │                                    │ │ └─ question ─▶ awaiting_input
-//!  redrive (any tool) ──┴── failed (transient, dead-lettered) ◀┘ └─ cancel ─▶ cancelled
-//! ```
+//! | transition | from | to | new message |
+//! |---|---|---|---|
+//! | [`create`] | | `queued` | yes |
+//! | [`claim`] | `queued`, `running` (lease run out), `failed` (dead-lettered) | `running` | |
+//! | [`step::commit_step`] | `running` | `running`, `awaiting_input`, `completed` | |
+//! | [`step::park`] | `running` | `paused`, `awaiting_input` | |
+//! | [`step::finish_cancelled`] | `running` | `cancelled` | |
+//! | [`step::release_at_boundary`] | `running` | `queued` | yes |
+//! | [`release`] | `running` | `queued` | its own, made visible |
+//! | [`record_failure`] | `running` | `failed`, `queued` (retrying), `failed` (dead-lettered) | |
+//! | [`requeue_stalled`] | `queued`, `running` (lease run out) | `queued`; `failed` after a lost last attempt | yes; none |
+//! | [`reopen_dead_lettered`] | `failed` (dead-lettered) | `queued` | the one moved back |
+//! | [`control::pause`] | `queued` | `paused` (a running run is asked) | |
+//! | [`control::resume`] | `paused` | `queued` | yes |
+//! | [`control::cancel`] | an unfinished run no live worker holds | `cancelled` (a running run is asked) | |
+//! | [`control::answer`], [`control::decide`] | `awaiting_input`, the last input pending | `queued` | yes |
 //!
 //! Routes, the worker, the sweeper and ops call these functions and write no status SQL
 //! of their own. Every transition goes through one private function, `record`, which
