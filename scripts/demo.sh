@@ -45,6 +45,17 @@ export GLASSBOX_QUEUES__CREATE=true
 export GLASSBOX_API__LISTEN="127.0.0.1:$API_PORT"
 export GLASSBOX_METRICS__LISTEN="127.0.0.1:0"
 export RUST_LOG="${RUST_LOG:-info,sqlx=warn,aws=warn}"
+# Runs may use only allowed, priced models (README: Agent spend).
+case "${LLM_MODEL:-gpt-4o-mini}" in
+  gpt-4o-mini | gpt-4o) ;;
+  *)
+    if [ -z "${GLASSBOX_AGENT_WORKER__ALLOWED_MODELS:-}" ]; then
+      echo "LLM_MODEL=$LLM_MODEL is not in the default model allowlist: set GLASSBOX_AGENT_WORKER__ALLOWED_MODELS" >&2
+      echo "and its price (GLASSBOX_AGENT_WORKER__PRICES__<model>__INPUT_PER_MILLION_USD and __OUTPUT_PER_MILLION_USD)" >&2
+      exit 1
+    fi
+    ;;
+esac
 
 echo "==> starting api-lite on http://127.0.0.1:$API_PORT (log: .stack/fleet/api-lite.log)"
 "$BIN/api-lite" serve >"$RUN/api-lite.log" 2>&1 &

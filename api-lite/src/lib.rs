@@ -114,6 +114,8 @@ fn queue_map(state: &AppState) -> HashMap<String, Queue> {
 
 pub async fn build_state(settings: Settings) -> anyhow::Result<AppState> {
     let keys = Keys::new(settings.auth.secret()?);
+    // The API clamps budgets and checks models with the agent workers' settings.
+    settings.agent_worker.validate()?;
     let pool = shared::db::connect(&settings.database).await?;
     shared::db::migrate(&pool).await?;
     let aws = AwsClients::new(&settings.aws).await;

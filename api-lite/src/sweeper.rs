@@ -1,15 +1,21 @@
-//! Re-enqueues work that was accepted but never started: a file queued long ago whose
-//! message was lost, or one whose worker died and whose message is gone. Duplicates it
-//! may cause are harmless, because every handler is idempotent.
+//! Finds work that was accepted but is not moving: a job waiting on its queue long after
+//! it (re-)entered it (its message was lost), or one whose worker's lease ran out long
+//! ago (its message may be gone). Each goes back on its queue, or, when its worker died
+//! on the message's last allowed receive, is recorded as dead-lettered (see
+//! `shared::files` and `shared::executions`). Duplicates it may cause are harmless,
+//! because every handler is idempotent.
 
 use std::time::Duration;
 
-use shared::queue::JobKind;
+use shared::lease::Stalled;
+use shared::{executions, files};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
-use uuid::Uuid;
 
-use shared::jobs;
+/// Who the sweeper's transitions name as their author.
+const SWEEPER: &str = "sweeper";
+/// Jobs one pass looks at, per kind.
+const BATCH: i64 = 100;
 
 pub async fn run(
     pool: PgPool,
@@ -20,12 +26,12 @@ pub async fn run(
     loop {
         match sweep_once(&pool, requeue_after).await {
             Ok(0) => {}
-            Ok(requeued) => tracing::warn!(requeued, "sweeper re-enqueued stalled files"),
+            Ok(moved) => tracing::warn!(moved, "sweeper moved stalled files"),
             Err(error) => tracing::warn!(%error, "sweep failed"),
         }
         match sweep_executions_once(&pool, requeue_after).await {
             Ok(0) => {}
-            Ok(requeued) => tracing::warn!(requeued, "sweeper re-enqueued stalled executions"),
+            Ok(moved) => tracing::warn!(moved, "sweeper moved stalled executions"),
             Err(error) => tracing::warn!(%error, "execution sweep failed"),
         }
         match fail_interrupted_tasks(&pool).await {
@@ -42,44 +48,35 @@ pub async fn run(
     }
 }
 
-/// One pass; returns how many files were re-enqueued.
+/// One pass over files; returns how many were re-enqueued or dead-lettered.
 pub async fn sweep_once(pool: &PgPool, requeue_after: Duration) -> sqlx::Result<usize> {
     let mut transaction = pool.begin().await?;
-    let stalled: Vec<(Uuid, Uuid)> = sqlx::query_as(
-        "SELECT id, org_id FROM files \
-         WHERE (status = 'queued' AND queued_at < now() - make_interval(secs => $1)) \
-            OR (status IN ('processing', 'retrying') AND lease_expires_at < now() - make_interval(secs => $1)) \
-         ORDER BY id LIMIT 100 FOR UPDATE SKIP LOCKED",
-    )
-    .bind(requeue_after.as_secs_f64())
-    .fetch_all(&mut *transaction)
-    .await?;
-    for (file_id, org_id) in &stalled {
-        jobs::requeue_stalled(&mut transaction, JobKind::FileProcess, *file_id, *org_id).await?;
+    let mut moved = 0;
+    for file_id in files::lock_stalled(&mut transaction, requeue_after, BATCH).await? {
+        if files::requeue_stalled(&mut transaction, file_id, SWEEPER).await? != Stalled::NotStalled
+        {
+            moved += 1;
+        }
     }
     transaction.commit().await?;
-    Ok(stalled.len())
+    Ok(moved)
 }
 
-/// One pass over agent executions: queued ones nobody started, and running ones whose
-/// worker's lease ran out long ago (its message may be gone). Parked runs (awaiting_input,
-/// paused) are left alone: an answer or a resume enqueues them.
+/// One pass over agent executions; returns how many were re-enqueued or dead-lettered.
+/// Parked runs (awaiting_input, paused) are left alone: an answer or a resume enqueues
+/// them.
 pub async fn sweep_executions_once(pool: &PgPool, requeue_after: Duration) -> sqlx::Result<usize> {
     let mut transaction = pool.begin().await?;
-    let stalled: Vec<(Uuid, Uuid)> = sqlx::query_as(
-        "SELECT id, org_id FROM executions \
-         WHERE (status = 'queued' AND queued_at < now() - make_interval(secs => $1)) \
-            OR (status = 'running' AND lease_expires_at < now() - make_interval(secs => $1)) \
-         ORDER BY id LIMIT 100 FOR UPDATE SKIP LOCKED",
-    )
-    .bind(requeue_after.as_secs_f64())
-    .fetch_all(&mut *transaction)
-    .await?;
-    for (execution_id, org_id) in &stalled {
-        jobs::requeue_stalled(&mut transaction, JobKind::AgentRun, *execution_id, *org_id).await?;
+    let mut moved = 0;
+    for execution_id in executions::lock_stalled(&mut transaction, requeue_after, BATCH).await? {
+        if executions::requeue_stalled(&mut transaction, execution_id, SWEEPER).await?
+            != Stalled::NotStalled
+        {
+            moved += 1;
+        }
     }
     transaction.commit().await?;
-    Ok(stalled.len())
+    Ok(moved)
 }
 
 /// Redrive tasks whose replica stopped mid-way stop updating; after two minutes of

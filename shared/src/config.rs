@@ -521,9 +521,15 @@ pub struct AgentWorkerSettings {
     /// Per-tool policy overrides, e.g. `write_output = "allow"`; unlisted tools keep
     /// their built-in policy (write_output needs approval, the others are allowed).
     pub tool_policy: std::collections::BTreeMap<String, ToolPolicy>,
+    /// The highest limits a run may have, whatever its caller asks for.
+    pub budget_ceiling: BudgetCeiling,
+    /// `max_tokens` of one model call; lowered to what is left of the run's token budget.
+    pub max_output_tokens: u32,
+    /// The models a run may use. Each needs a price too: an unpriced model is refused,
+    /// by the API and by the worker, as its spend could not count against a budget.
+    pub allowed_models: Vec<String>,
     /// Prices per model (names without dots: `__` and `.` both nest in the
-    /// environment); a model missing here is traced with `price_known: false` and
-    /// costs 0 against the budget.
+    /// environment).
     pub prices: std::collections::BTreeMap<String, ModelPrice>,
     /// Checkpoints (step deltas) of executions finished longer ago than this are deleted.
     pub checkpoint_retention_days: u32,
@@ -559,6 +565,9 @@ impl Default for AgentWorkerSettings {
             default_max_cost_usd: 1.0,
             default_max_wall_secs: 1800,
             tool_policy: std::collections::BTreeMap::new(),
+            budget_ceiling: BudgetCeiling::default(),
+            max_output_tokens: 4096,
+            allowed_models: vec!["gpt-4o-mini".into(), "gpt-4o".into()],
             prices,
             checkpoint_retention_days: 30,
             failpoint: None,
@@ -569,6 +578,47 @@ impl Default for AgentWorkerSettings {
 impl AgentWorkerSettings {
     pub fn lease(&self) -> Duration {
         Duration::from_secs(self.lease_secs)
+    }
+
+    /// Defaults within the ceiling, a positive per-call token cap.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let ceiling = &self.budget_ceiling;
+        let within = self.default_max_steps <= ceiling.max_steps
+            && self.default_max_tokens <= ceiling.max_tokens
+            && self.default_max_cost_usd <= ceiling.max_cost_usd
+            && self.default_max_wall_secs <= ceiling.max_wall_secs;
+        if !within {
+            return Err(ConfigError::Invalid(
+                "the agent worker's default budget must stay within GLASSBOX_AGENT_WORKER__BUDGET_CEILING__*".into(),
+            ));
+        }
+        if self.max_output_tokens == 0 {
+            return Err(ConfigError::Invalid(
+                "GLASSBOX_AGENT_WORKER__MAX_OUTPUT_TOKENS must be positive".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The highest budget a run may have: a caller's larger limits are lowered to these.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BudgetCeiling {
+    pub max_steps: u32,
+    pub max_tokens: u64,
+    pub max_cost_usd: f64,
+    pub max_wall_secs: u64,
+}
+
+impl Default for BudgetCeiling {
+    fn default() -> Self {
+        Self {
+            max_steps: 200,
+            max_tokens: 2_000_000,
+            max_cost_usd: 20.0,
+            max_wall_secs: 6 * 3600,
+        }
     }
 }
 

@@ -1,6 +1,7 @@
 //! Test and benchmark helpers, in one place for every crate's integration tests.
 //!
 //! # Layout
+//! - [`fresh_database`]: a fresh, migrated database and nothing else.
 //! - [`TestApp`]: a fresh database, queue (with DLQ) and bucket on the local stack, an
 //!   in-process api-lite on port 0, and an org with a token; helpers to upload files
 //!   and wait for them.
@@ -131,6 +132,40 @@ pub struct TestApp {
     shutdown: CancellationToken,
 }
 
+/// A fresh database on the local stack with every migration applied, for tests that
+/// need Postgres and nothing else (the lifecycle modules' unit tests).
+pub async fn fresh_database() -> anyhow::Result<PgPool> {
+    shared::telemetry::init_for_tests();
+    let database_name = unique_database_name();
+    let admin = PgPoolOptions::new()
+        .max_connections(1)
+        .connect(&admin_database_url())
+        .await
+        .context("connecting to the stack's postgres (is `make stack` up?)")?;
+    sqlx::query(&format!("CREATE DATABASE {database_name}"))
+        .execute(&admin)
+        .await?;
+    admin.close().await;
+    let pool = PgPoolOptions::new()
+        .max_connections(4)
+        .connect(&database_url_for(&database_name))
+        .await?;
+    shared::db::migrate(&pool).await?;
+    Ok(pool)
+}
+
+/// `t_<unix time>_<random>`: the creation time in the name lets `make clean-test-dbs`
+/// drop only databases old enough that no run still uses them, so test runs in other
+/// checkouts on the same stack are never pulled from under their feet.
+fn unique_database_name() -> String {
+    let unique = Uuid::new_v4().simple().to_string()[..12].to_string();
+    let created_unix = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|elapsed| elapsed.as_secs())
+        .unwrap_or_default();
+    format!("t_{created_unix}_{unique}")
+}
+
 impl TestApp {
     pub async fn spawn() -> anyhow::Result<Self> {
         Self::spawn_with(TestOptions::default()).await
@@ -139,14 +174,7 @@ impl TestApp {
     pub async fn spawn_with(options: TestOptions) -> anyhow::Result<Self> {
         shared::telemetry::init_for_tests();
         let unique = Uuid::new_v4().simple().to_string()[..12].to_string();
-        // The creation time in the name lets `make clean-test-dbs` drop only databases
-        // old enough that no run still uses them, so test runs in other checkouts on the
-        // same stack are never pulled from under their feet.
-        let created_unix = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|elapsed| elapsed.as_secs())
-            .unwrap_or_default();
-        let database_name = format!("t_{created_unix}_{unique}");
+        let database_name = unique_database_name();
         let admin = PgPoolOptions::new()
             .max_connections(1)
             .connect(&admin_database_url())

@@ -2,10 +2,11 @@
 //! deny, require approval; overridable in config), whether it is idempotent, argument
 //! parsing, and the tool bodies themselves.
 //!
-//! Tool bodies run under the ledger (`tool_calls`): one row per (execution, step, call
-//! index). A call that already succeeded returns its recorded result instead of running
-//! again; a call left `started` by a crash (outcome unknown) runs again only when the tool
-//! is idempotent.
+//! Tool bodies run under the ledger (`crate::ledger`): one row per call, keyed by its
+//! execution, step, position and content. A call that already finished returns its
+//! recorded result instead of running again; a call left `started` by a crash (outcome
+//! unknown) runs again only when the tool is idempotent or its effect commits with its
+//! ledger entry.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

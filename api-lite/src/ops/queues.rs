@@ -46,17 +46,13 @@ pub async fn snapshot(state: &AppState) -> Result<Vec<QueueView>, ApiError> {
             .depth()
             .await
             .map_err(|error| ApiError::Unavailable(error.to_string()))?;
-        let statement = match kind {
+        let oldest_age_secs = match kind {
             // Clock ticks ride on file-jobs and have no rows.
             JobKind::FileProcess | JobKind::ScheduleTick => {
-                "SELECT EXTRACT(EPOCH FROM now() - min(queued_at))::float8 FROM files WHERE status IN ('queued', 'retrying')"
+                shared::files::oldest_waiting_secs(&state.pool).await?
             }
-            JobKind::AgentRun => {
-                "SELECT EXTRACT(EPOCH FROM now() - min(queued_at))::float8 FROM executions WHERE status = 'queued'"
-            }
+            JobKind::AgentRun => shared::executions::oldest_waiting_secs(&state.pool).await?,
         };
-        let oldest_age_secs: Option<f64> =
-            sqlx::query_scalar(statement).fetch_one(&state.pool).await?;
         let gauge = |state_label: &'static str, value: u64| {
             metrics::gauge!(shared::metrics::QUEUE_MESSAGES, "queue" => name, "state" => state_label)
                 .set(value as f64);
