@@ -120,9 +120,22 @@ async fn fifty_concurrent_searches_from_one_org_do_not_fail_another_orgs_request
         settings.api.rate_limit_burst = 30;
     })
     .await;
-    let busy = app.token_for(Uuid::now_v7());
+    let busy_org = Uuid::now_v7();
+    let busy = app.token_for(busy_org);
     let quiet_org = Uuid::now_v7();
     let quiet = app.token_for(quiet_org);
+    // Both orgs have a file embedded with the model, so every search embeds its query.
+    for org_id in [busy_org, quiet_org] {
+        sqlx::query(
+            "INSERT INTO files (id, org_id, name, content_type, size_bytes, object_key, status, embedding_model) \
+             VALUES ($1, $2, 'indexed.txt', 'text/plain', 1, 'k', 'ready', 'openai:scripted@8')",
+        )
+        .bind(Uuid::now_v7())
+        .bind(org_id)
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    }
 
     let flood = join_all((0..50).map(|_| search(&app, &busy)));
     let other_org_work = async {
