@@ -144,7 +144,7 @@ async fn queue_overview_shows_depths_dlq_and_the_oldest_waiting_job() -> anyhow:
     // The same numbers reach Prometheus.
     let metrics = app
         .http
-        .get(app.url("/metrics"))
+        .get(format!("http://{}/metrics", app.metrics_address))
         .send()
         .await?
         .text()
@@ -303,7 +303,7 @@ async fn dlq_browse_joins_job_rows_and_redrive_by_filter_reopens_them() -> anyho
 
     let metrics = app
         .http
-        .get(app.url("/metrics"))
+        .get(format!("http://{}/metrics", app.metrics_address))
         .send()
         .await?
         .text()

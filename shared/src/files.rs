@@ -526,6 +526,39 @@ pub async fn lock_stalled(
     .await
 }
 
+/// Uploads never confirmed `older_than` after creation (their presigned URL long
+/// expired), locked for the caller's transaction: id and object key. The caller removes
+/// each object, then [`delete_abandoned_uploads`] removes the rows.
+pub async fn lock_abandoned_uploads(
+    connection: &mut PgConnection,
+    older_than: Duration,
+    limit: i64,
+) -> sqlx::Result<Vec<(Uuid, String)>> {
+    sqlx::query_as(
+        "SELECT id, object_key FROM files \
+         WHERE status = $3 AND created_at < now() - make_interval(secs => $1) \
+         ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED",
+    )
+    .bind(older_than.as_secs_f64())
+    .bind(limit)
+    .bind(FileStatus::AwaitingUpload.as_str())
+    .fetch_all(connection)
+    .await
+}
+
+/// Removes the rows of uploads that are still unconfirmed (see [`lock_abandoned_uploads`]).
+pub async fn delete_abandoned_uploads(
+    connection: &mut PgConnection,
+    ids: &[Uuid],
+) -> sqlx::Result<u64> {
+    let deleted = sqlx::query("DELETE FROM files WHERE id = ANY($1) AND status = $2")
+        .bind(ids)
+        .bind(FileStatus::AwaitingUpload.as_str())
+        .execute(connection)
+        .await?;
+    Ok(deleted.rows_affected())
+}
+
 /// A file ops should look at: waiting on the queue too long, or its lease ran out.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct StuckFile {

@@ -85,7 +85,13 @@ impl OutboxRelay {
             let wake = async {
                 match listener.as_mut() {
                     Some(listener) => {
-                        let _ = tokio::time::timeout(self.poll, listener.recv()).await;
+                        let woken = tokio::time::timeout(self.poll, listener.recv()).await;
+                        if let Ok(Err(error)) = woken {
+                            // Postgres is away (a restart): wait a poll instead of
+                            // spinning; the listener reconnects on its next call.
+                            debug!(%error, "outbox listener lost its connection");
+                            tokio::time::sleep(self.poll).await;
+                        }
                     }
                     None => tokio::time::sleep(self.poll).await,
                 }

@@ -14,7 +14,7 @@ use shared::queue::{JobKind, JobMessage, Queue};
 use uuid::Uuid;
 
 use crate::auth::Operator;
-use crate::error::ApiError;
+use crate::error::{ApiError, Dependency};
 use crate::extract::{ApiJson, ApiPath, ApiQuery};
 use crate::ops::{audit, queue_named};
 use crate::state::AppState;
@@ -140,7 +140,7 @@ async fn describe(
 }
 
 fn unavailable(error: shared::queue::QueueError) -> ApiError {
-    ApiError::Unavailable(error.to_string())
+    ApiError::unavailable(Dependency::Queue, error)
 }
 
 #[derive(Debug, Deserialize)]
@@ -526,7 +526,9 @@ impl Redrive {
             let batch = match self.queue.receive_dead_letters(batch_size, WORK_HOLD).await {
                 Ok(batch) => batch,
                 Err(receive_error) => {
-                    error = Some(receive_error.to_string());
+                    // The task row is shown to ops: the SDK's words go to the log only.
+                    tracing::warn!(error = %receive_error, task_id = %self.task_id, "redrive: receiving from the dlq failed");
+                    error = Some("receiving from the DLQ failed; see the api-lite log".into());
                     break;
                 }
             };
@@ -537,7 +539,10 @@ impl Redrive {
                 Ok(views) => views,
                 Err(database_error) => {
                     left_alone.extend(batch);
-                    error = Some(format!("database: {database_error}"));
+                    tracing::warn!(error = %database_error, task_id = %self.task_id, "redrive: reading the jobs failed");
+                    error = Some(
+                        "reading the jobs from the database failed; see the api-lite log".into(),
+                    );
                     break;
                 }
             };

@@ -10,7 +10,7 @@ use shared::queue::JobKind;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::Operator;
-use crate::error::ApiError;
+use crate::error::{ApiError, Dependency};
 use crate::extract::ApiJson;
 use crate::ops::{QUEUE_NAMES, queue_named};
 use crate::state::AppState;
@@ -45,7 +45,7 @@ pub async fn snapshot(state: &AppState) -> Result<Vec<QueueView>, ApiError> {
         let depth = queue
             .depth()
             .await
-            .map_err(|error| ApiError::Unavailable(error.to_string()))?;
+            .map_err(|error| ApiError::unavailable(Dependency::Queue, error))?;
         let oldest_age_secs = match kind {
             // Clock ticks ride on file-jobs and have no rows.
             JobKind::FileProcess | JobKind::ScheduleTick => {

@@ -2,24 +2,21 @@
 //! decisions on tool calls held for approval. Every query is scoped by the caller's org.
 //!
 //! The control routes call `shared::executions::control`, which owns what each request
-//! does to a run (see there); this module only maps its outcomes to HTTP.
+//! does to a run (see there); this module only maps its outcomes to HTTP. Only a token
+//! with the approver role may approve or reject a tool call held for approval. The live
+//! event stream is [`super::events`].
 
-use std::collections::VecDeque;
-use std::convert::Infallible;
-use std::time::Duration;
 
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
-use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
-use futures::Stream;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use shared::executions::ExecutionStatus;
 use shared::executions::control::{self, ControlError};
 use uuid::Uuid;
 
-use crate::auth::Caller;
+use crate::auth::{APPROVER_ROLE, Caller};
 use crate::error::ApiError;
 use crate::extract::{ApiJson, ApiPath, ApiQuery};
 use crate::state::AppState;
@@ -190,115 +187,6 @@ pub async fn trace(
     }))
 }
 
-/// How often a live event stream looks for new events.
-const EVENTS_POLL: Duration = Duration::from_millis(200);
-
-/// Where a live event stream is.
-struct EventCursor {
-    pool: sqlx::PgPool,
-    org_id: Uuid,
-    execution_id: Uuid,
-    after: i64,
-    buffer: VecDeque<TraceEvent>,
-    /// The run ended and every event up to its end is buffered: close after the buffer.
-    finished: bool,
-}
-
-impl EventCursor {
-    async fn fetch(&mut self) -> sqlx::Result<()> {
-        let events: Vec<TraceEvent> = sqlx::query_as(
-            "SELECT id, step, kind, data, created_at FROM execution_events \
-             WHERE execution_id = $1 AND org_id = $2 AND id > $3 ORDER BY id LIMIT 200",
-        )
-        .bind(self.execution_id)
-        .bind(self.org_id)
-        .bind(self.after)
-        .fetch_all(&self.pool)
-        .await?;
-        if let Some(last) = events.last() {
-            self.after = last.id;
-        }
-        self.buffer.extend(events);
-        Ok(())
-    }
-
-    async fn next_event(&mut self) -> Option<TraceEvent> {
-        loop {
-            if let Some(event) = self.buffer.pop_front() {
-                return Some(event);
-            }
-            if self.finished {
-                return None;
-            }
-            if let Err(error) = self.fetch().await {
-                tracing::warn!(%error, "event stream query failed; retrying");
-            }
-            if !self.buffer.is_empty() {
-                continue;
-            }
-            let status: Option<String> =
-                sqlx::query_scalar("SELECT status FROM executions WHERE id = $1 AND org_id = $2")
-                    .bind(self.execution_id)
-                    .bind(self.org_id)
-                    .fetch_optional(&self.pool)
-                    .await
-                    .unwrap_or(Some(String::new()));
-            match status {
-                None => return None,
-                // The final status commits with the run's last events: one more read
-                // catches any that landed since the previous one.
-                Some(status) if is_terminal(&status) => {
-                    let _ = self.fetch().await;
-                    self.finished = true;
-                }
-                Some(_) => tokio::time::sleep(EVENTS_POLL).await,
-            }
-        }
-    }
-}
-
-/// `GET /v1/executions/{id}/events`: the trace as Server-Sent Events, live. Each event's
-/// id is the trace event id, so a client that reconnects with `Last-Event-ID` (or
-/// `?after=`) resumes right after the last event it saw. The stream closes once the
-/// run has ended and every event was sent.
-pub async fn events(
-    State(state): State<AppState>,
-    caller: Caller,
-    ApiPath(id): ApiPath<Uuid>,
-    ApiQuery(query): ApiQuery<TraceQuery>,
-    headers: HeaderMap,
-) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
-    owned_status(&state.pool, &caller, id).await?;
-    let last_event_id = match headers.get("last-event-id") {
-        Some(value) => Some(
-            value
-                .to_str()
-                .ok()
-                .and_then(|text| text.trim().parse::<i64>().ok())
-                .ok_or_else(|| ApiError::invalid("Last-Event-ID must be an event id"))?,
-        ),
-        None => None,
-    };
-    let cursor = EventCursor {
-        pool: state.pool.clone(),
-        org_id: caller.org_id,
-        execution_id: id,
-        after: last_event_id.or(query.after).unwrap_or(0),
-        buffer: VecDeque::new(),
-        finished: false,
-    };
-    let stream = futures::stream::unfold(cursor, |mut cursor| async move {
-        let event = cursor.next_event().await?;
-        let payload = serde_json::to_string(&event).unwrap_or_default();
-        let sse = Event::default()
-            .id(event.id.to_string())
-            .event(event.kind.clone())
-            .data(payload);
-        Some((Ok(sse), cursor))
-    });
-    Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
-}
-
 /// 404 unless the caller's org owns the execution.
 async fn owned_status(pool: &sqlx::PgPool, caller: &Caller, id: Uuid) -> Result<(), ApiError> {
     let owned: Option<i32> =
@@ -419,6 +307,11 @@ pub async fn decide(
         "reject" => false,
         _ => return Err(ApiError::NotFound("route")),
     };
+    if !caller.has_role(APPROVER_ROLE) {
+        return Err(ApiError::Forbidden(
+            "deciding a held tool call needs a token with the approver role",
+        ));
+    }
     let mut transaction = state.pool.begin().await?;
     control::decide(
         &mut transaction,

@@ -1,5 +1,9 @@
 //! Files: create (presigned upload), confirm (enqueue via the outbox), show, list,
 //! delete and reprocess. Every query is scoped by the caller's org.
+//!
+//! The presigned PUT signs the declared content type and length, so S3 takes no other
+//! object; confirm checks the size again. An upload not confirmed within the presign
+//! expiry (plus a grace) is removed by the sweeper.
 
 use std::time::Duration;
 
@@ -10,10 +14,11 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use shared::files::{self, FileStatus, NewFile};
+use shared::aws::describe_sdk_error;
 use uuid::Uuid;
 
 use crate::auth::Caller;
-use crate::error::ApiError;
+use crate::error::{ApiError, Dependency};
 use crate::extract::{ApiJson, ApiPath, ApiQuery};
 use crate::state::AppState;
 
@@ -148,11 +153,17 @@ pub async fn create(
         .bucket(&state.settings.storage.bucket)
         .key(&object_key)
         .content_type(&base_type)
+        // Signed, so S3 refuses a PUT of any other length than the one declared.
+        .content_length(request.size as i64)
         .presigned(presigning)
         .await
         .map_err(|error| ApiError::Internal(anyhow::anyhow!("presign failed: {error}")))?;
     let mut headers = serde_json::Map::new();
     headers.insert("content-type".into(), Value::String(base_type));
+    headers.insert(
+        "content-length".into(),
+        Value::String(request.size.to_string()),
+    );
     let expires_at = Utc::now() + chrono::Duration::from_std(expiry).unwrap_or_default();
     tracing::info!(file_id = %id, "file created, awaiting upload");
     Ok((
@@ -201,7 +212,12 @@ pub async fn confirm(
                 "no object was uploaded for this file; PUT it to the upload URL first",
             ));
         }
-        Err(error) => return Err(ApiError::Unavailable(format!("s3 head_object: {error}"))),
+        Err(error) => {
+            return Err(ApiError::unavailable(
+                Dependency::Storage,
+                format!("s3 head_object: {}", describe_sdk_error(&error)),
+            ));
+        }
     };
     let uploaded = head.content_length.unwrap_or(-1);
     if uploaded != file.size_bytes {
@@ -281,7 +297,12 @@ pub async fn delete(
         .key(&object_key)
         .send()
         .await
-        .map_err(|error| ApiError::Unavailable(format!("s3 delete_object: {error}")))?;
+        .map_err(|error| {
+            ApiError::unavailable(
+                Dependency::Storage,
+                format!("s3 delete_object: {}", describe_sdk_error(&error)),
+            )
+        })?;
     // Chunks go with the row; a worker still on it loses its fence.
     let mut connection = state.pool.acquire().await?;
     files::delete(&mut connection, id, caller.org_id).await?;
