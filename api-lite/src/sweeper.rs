@@ -125,12 +125,9 @@ pub enum UploadSweepError {
 /// the row for the next pass. Returns how many were removed.
 pub async fn remove_abandoned_uploads(sweeper: &Sweeper) -> Result<usize, UploadSweepError> {
     let mut transaction = sweeper.pool.begin().await?;
-    let abandoned = files::lock_abandoned_uploads(
-        &mut transaction,
-        sweeper.abandoned_upload_after,
-        BATCH,
-    )
-    .await?;
+    let abandoned =
+        files::lock_abandoned_uploads(&mut transaction, sweeper.abandoned_upload_after, BATCH)
+            .await?;
     for (_, object_key) in &abandoned {
         sweeper
             .s3

@@ -114,6 +114,7 @@ fn stored() -> Stored<'static> {
         extractor_version: 1,
         content_sha256: "abc",
         stage_durations_ms: json!({ "store": 1 }),
+        extraction_engine: "text",
     }
 }
 

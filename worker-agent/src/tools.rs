@@ -412,6 +412,7 @@ mod tests {
             file_name: "evil.txt".into(),
             chunk_index: 0,
             page: None,
+            part: None,
             byte_start: 0,
             byte_end: 10,
             score: 0.9,

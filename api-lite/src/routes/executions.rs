@@ -6,7 +6,6 @@
 //! with the approver role may approve or reject a tool call held for approval. The live
 //! event stream is [`super::events`].
 
-
 use axum::extract::State;
 use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
@@ -196,10 +195,6 @@ async fn owned_status(pool: &sqlx::PgPool, caller: &Caller, id: Uuid) -> Result<
             .fetch_optional(pool)
             .await?;
     owned.map(|_| ()).ok_or(ApiError::NotFound("execution"))
-}
-
-fn is_terminal(status: &str) -> bool {
-    ExecutionStatus::from_name(status).is_some_and(ExecutionStatus::is_terminal)
 }
 
 impl From<ControlError> for ApiError {

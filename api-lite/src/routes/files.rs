@@ -13,8 +13,8 @@ use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use shared::files::{self, FileStatus, NewFile};
 use shared::aws::describe_sdk_error;
+use shared::files::{self, FileStatus, NewFile};
 use uuid::Uuid;
 
 use crate::auth::Caller;
