@@ -82,8 +82,11 @@ impl Rig {
         .unwrap();
         let embedding_url = embeddings.base_url();
         let app = TestApp::spawn_with(TestOptions {
-            // Room for the receives a fault costs (a busy duplicate, a failed attempt).
-            max_receive_count: 8,
+            // Room for the receives a fault costs (a busy duplicate, failed attempts). With
+            // the backoff below (1 s doubling to 8 s, equal jitter: at least half of each
+            // delay), 12 receives span at least 35 s, longer than the 30 s embedding
+            // outage, as the production backoff (10 s doubling to 80 s, 5 receives) does.
+            max_receive_count: 12,
             visibility_timeout_secs: 6,
             stack: Some(stack.endpoints()),
             configure: Some(Arc::new(move |settings| {
@@ -93,7 +96,7 @@ impl Rig {
                 settings.embedding.dimensions = Some(8);
                 settings.embedding.request_timeout_secs = 10;
                 settings.retry.base_delay_secs = 1.0;
-                settings.retry.max_delay_secs = 4.0;
+                settings.retry.max_delay_secs = 8.0;
                 // Lost messages are found again from Postgres within seconds.
                 settings.api.sweeper_requeue_after_secs = 5;
                 settings.api.sweeper_interval_secs = 1;
