@@ -557,10 +557,18 @@ pub async fn stuck_requeue(
         .post(&["v1", "ops", "stuck", "requeue"], &body)
         .await?;
     session.respond(out, &response, |response| {
-        format!(
+        let requeued = format!(
             "requeued {}",
             render::counted_field(response, "requeued", "job")
-        )
+        );
+        // Jobs whose worker died on their last allowed receive: SQS has their message.
+        match response["dead_lettered"].as_u64() {
+            Some(dead) if dead > 0 => format!(
+                "{requeued}; {} dead-lettered (last attempt lost; redrive them from the DLQ)",
+                render::counted_field(response, "dead_lettered", "job")
+            ),
+            _ => requeued,
+        }
     })?;
     Ok(Outcome::Success)
 }

@@ -9,17 +9,24 @@
 //! - [`queue`]: the job message envelope and SQS operations, DLQ included.
 //! - [`dlq`]: dead-letter queue operations: peek, move back (one by one or as an SQS
 //!   move task), discard.
-//! - [`jobs`]: reprocess, requeue and reopen jobs in the caller's transaction; the audit log.
+//! - [`files`]: the file lifecycle: its statuses and every transition, with event rows
+//!   and outbox entries.
+//! - [`executions`]: the execution lifecycle: statuses, transitions, the worker's step
+//!   writes, API control, budgets and the model allowlist.
+//! - [`audit`]: the audit log of ops actions.
 //! - [`schedules`]: cron schedules in Postgres and their exactly-once fires.
 //! - [`outbox`]: enqueue in the caller's transaction; the relay that sends to SQS.
 //! - [`embed`]: the [`embed::Embedder`] trait, local candle MiniLM and OpenAI-compatible.
 //! - [`embedders`]: builds the configured embedder, the chunking tokenizer, model indexes.
+//! - [`openai_http`]: the HTTP call and retry policy every OpenAI-compatible client shares.
 //! - [`search`]: semantic search over an org's chunks (the API and the agent's tool).
 //! - [`error`]: [`error::JobError`], the retry decision handlers return.
 //! - [`worker`]: the one worker loop: receive, claim, run, ack; heartbeats; shutdown.
-//! - [`lease`]: fenced leases on job rows.
+//! - [`lease`]: fenced leases on job rows: renew, fence, what a claim found.
 //! - [`shutdown`]: SIGTERM and Ctrl-C as a cancellation token.
 
+/// The audit log of ops actions.
+pub mod audit;
 /// SQS and S3 clients.
 pub mod aws;
 
@@ -56,12 +63,16 @@ pub mod embed;
 pub mod embedders;
 /// The retry decision of a failed job.
 pub mod error;
-/// Reprocess, requeue and reopen jobs; audit entries.
-pub mod jobs;
+/// The execution lifecycle.
+pub mod executions;
+/// The file lifecycle.
+pub mod files;
 /// Fenced leases on job rows.
 pub mod lease;
 /// Prometheus metrics.
 pub mod metrics;
+/// The OpenAI-compatible HTTP client shared by the embedder and the agent's model.
+pub mod openai_http;
 /// Transactional outbox and its relay.
 pub mod outbox;
 /// Job messages and SQS queues.

@@ -2,8 +2,12 @@
 //! `search_files` tool.
 //!
 //! Each file's chunks are searched with the model its chunks were embedded with, so the
-//! query is embedded once per model in use. During a model switch the files not yet
-//! re-embedded keep answering with their old model.
+//! query is embedded once per model the caller can search with (one, or two during a
+//! model switch, when the files not yet re-embedded keep answering with their old model).
+//!
+//! The query is embedded before a database connection is taken: embedding can take a
+//! while (a CPU model waits its turn, a remote one answers slowly), and a connection held
+//! meanwhile would starve every other request of the pool.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -58,6 +62,15 @@ pub async fn search_chunks(
     top_k: i64,
     file_ids: Option<&[Uuid]>,
 ) -> Result<SearchOutcome, SearchError> {
+    let mut query_vectors: HashMap<&str, (usize, pgvector::Vector)> = HashMap::new();
+    for embedder in embedders {
+        let vectors = embedder
+            .embed(&[query.to_string()])
+            .await
+            .map_err(|error| SearchError::Embedding(error.to_string()))?;
+        let vector = pgvector::Vector::from(vectors.into_iter().next().unwrap_or_default());
+        query_vectors.insert(embedder.model_id(), (embedder.dimensions(), vector));
+    }
     // One snapshot for the model list and every per-model query: a file switching
     // models between them would otherwise be missed by both (its old chunks gone, its
     // new model not searched).
@@ -76,24 +89,14 @@ pub async fn search_chunks(
     .bind(file_ids)
     .fetch_all(&mut *transaction)
     .await?;
-    let by_model: HashMap<&str, _> = embedders
-        .iter()
-        .map(|embedder| (embedder.model_id(), embedder))
-        .collect();
     let mut hits: Vec<Hit> = Vec::new();
     let mut searched = Vec::new();
     let mut unsearchable = Vec::new();
     for model in models {
-        let Some(embedder) = by_model.get(model.as_str()) else {
+        let Some((dimensions, vector)) = query_vectors.get(model.as_str()) else {
             unsearchable.push(model);
             continue;
         };
-        let vectors = embedder
-            .embed(&[query.to_string()])
-            .await
-            .map_err(|error| SearchError::Embedding(error.to_string()))?;
-        let vector = pgvector::Vector::from(vectors.into_iter().next().unwrap_or_default());
-        let dimensions = embedder.dimensions();
         // The cast matches the model's partial HNSW index expression; the dimension is the
         // embedder's own number, never user input.
         let statement = format!(

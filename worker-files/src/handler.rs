@@ -10,9 +10,10 @@ use async_trait::async_trait;
 use shared::config::FilesWorkerSettings;
 use shared::embed::{EmbedError, Embedder};
 use shared::error::JobError;
+use shared::files::{self, Stored};
 use shared::lease::{self, LeasedTable};
 use shared::queue::{JobKind, JobMessage};
-use shared::worker::{Claim, Disposition, JobHandler};
+use shared::worker::{Claim, Disposition, JobHandler, Receipt};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -106,14 +107,7 @@ impl FileHandler {
         stage: &str,
         timings: &StageTimings,
     ) -> Result<(), JobError> {
-        let updated = sqlx::query("UPDATE files SET stage = $3, stage_durations_ms = $4, updated_at = now() WHERE id = $1 AND lease_token = $2")
-            .bind(file_id)
-            .bind(lease)
-            .bind(stage)
-            .bind(timings.to_json())
-            .execute(&self.pool)
-            .await?;
-        if updated.rows_affected() == 0 {
+        if !files::enter_stage(&self.pool, file_id, lease, stage, &timings.to_json()).await? {
             return Err(lease_lost());
         }
         Ok(())
@@ -228,7 +222,7 @@ impl FileHandler {
             })
             .collect();
         let mut transaction = self.pool.begin().await?;
-        if !lease::fence(&mut transaction, LeasedTable::Files, file_id, lease).await? {
+        if !files::fence(&mut transaction, file_id, lease).await? {
             return Err(lease_lost());
         }
         sqlx::query("DELETE FROM chunks WHERE file_id = $1")
@@ -245,22 +239,19 @@ impl FileHandler {
         .await?;
         timings.record("store", started);
         let page_count = document.page_count() as i32;
-        sqlx::query(
-            "UPDATE files SET status = 'ready', stage = NULL, error_class = NULL, error_code = NULL, error_message = NULL, \
-             detected_type = $2, pages = $3, chunk_count = $4, embedding_model = $5, extractor_version = $6, content_sha256 = $7, \
-             stage_durations_ms = $8, extraction_engine = $9, lease_token = NULL, lease_expires_at = NULL, finished_at = now(), updated_at = now() WHERE id = $1",
-        )
-        .bind(file_id)
-        .bind(kind.as_str())
-        .bind(page_count)
-        .bind(chunks.len() as i32)
-        .bind(self.embedder.model_id())
-        .bind(document.extractor_version as i32)
-        .bind(&content_sha256)
-        .bind(timings.to_json())
-        .bind(&document.engine)
-        .execute(&mut *transaction)
-        .await?;
+        let stored = Stored {
+            detected_type: kind.as_str(),
+            pages: page_count,
+            chunk_count: chunks.len() as i32,
+            embedding_model: self.embedder.model_id(),
+            extractor_version: document.extractor_version as i32,
+            content_sha256: &content_sha256,
+            stage_durations_ms: timings.to_json(),
+            extraction_engine: &document.engine,
+        };
+        if !files::mark_ready(&mut transaction, file_id, lease, &stored).await? {
+            return Err(lease_lost());
+        }
         transaction.commit().await?;
         tracing::info!(
             chunks = chunks.len(),
@@ -351,30 +342,15 @@ impl JobHandler for FileHandler {
         JobKind::FileProcess
     }
 
-    async fn claim(&self, job: &JobMessage) -> Result<Claim, JobError> {
-        let lease = Uuid::new_v4();
-        let claimed: Option<(i32,)> = sqlx::query_as(
-            "UPDATE files SET status = 'processing', stage = 'download', lease_token = $3, \
-                 lease_expires_at = now() + make_interval(secs => $4), attempts = attempts + 1, \
-                 started_at = now(), finished_at = NULL, stage_durations_ms = '{}'::jsonb, updated_at = now() \
-             WHERE id = $1 AND org_id = $2 \
-               AND (status IN ('queued', 'retrying', 'dead_lettered') \
-                    OR (status = 'processing' AND (lease_expires_at IS NULL OR lease_expires_at < now()))) \
-             RETURNING attempts",
+    async fn claim(&self, job: &JobMessage, receipt: Receipt<'_>) -> Result<Claim, JobError> {
+        Ok(files::claim(
+            &self.pool,
+            job.job_id,
+            job.org_id,
+            self.settings.lease(),
+            receipt,
         )
-        .bind(job.job_id)
-        .bind(job.org_id)
-        .bind(lease)
-        .bind(self.settings.lease().as_secs_f64())
-        .fetch_optional(&self.pool)
-        .await?;
-        if let Some((attempt,)) = claimed {
-            return Ok(Claim::Acquired {
-                lease,
-                attempt: attempt as u32,
-            });
-        }
-        Ok(lease::claim_not_taken(&self.pool, LeasedTable::Files, job.job_id, job.org_id).await?)
+        .await?)
     }
 
     async fn run(
@@ -406,33 +382,12 @@ impl JobHandler for FileHandler {
         error: &JobError,
         disposition: Disposition,
     ) -> Result<(), JobError> {
-        let status = match disposition {
-            Disposition::Failed => "failed",
-            Disposition::Retrying { .. } => "retrying",
-            Disposition::DeadLettered => "dead_lettered",
-        };
-        sqlx::query(
-            "UPDATE files SET status = $3, error_class = $4, error_code = $5, error_message = $6, lease_token = NULL, lease_expires_at = NULL, \
-             finished_at = CASE WHEN $3 = 'retrying' THEN NULL ELSE now() END, updated_at = now() \
-             WHERE id = $1 AND lease_token = $2",
-        )
-        .bind(job.job_id)
-        .bind(lease)
-        .bind(status)
-        .bind(error.class())
-        .bind(error.code())
-        .bind(error.message())
-        .execute(&self.pool)
-        .await?;
+        files::record_failure(&self.pool, job.job_id, lease, error, disposition).await?;
         Ok(())
     }
 
     async fn release(&self, job: &JobMessage, lease: Uuid) -> Result<(), JobError> {
-        sqlx::query("UPDATE files SET status = 'queued', stage = NULL, lease_token = NULL, lease_expires_at = NULL, updated_at = now() WHERE id = $1 AND lease_token = $2")
-            .bind(job.job_id)
-            .bind(lease)
-            .execute(&self.pool)
-            .await?;
+        files::release(&self.pool, job.job_id, lease).await?;
         Ok(())
     }
 }

@@ -12,7 +12,8 @@
 //! - [`failpoint`]: named stopping points for crash tests.
 //!
 //! The worker loop itself (receive, claim, heartbeat, retry, shutdown) is the shared one
-//! in `shared::worker`; this crate only supplies the [`handler::FileHandler`].
+//! in `shared::worker`; this crate supplies the [`handler::FileHandler`], and registers
+//! `shared::schedules::ScheduleTickHandler` beside it for the clock ticks on its queue.
 
 /// Token-aware chunking (runs in the extraction child).
 pub mod chunk;
@@ -41,7 +42,8 @@ use shared::config::{
     ChunkingSettings, EmbeddingSettings, FilesWorkerSettings, PdfEngineChoice, Settings,
 };
 use shared::queue::Queue;
-use shared::worker::{WorkerOptions, run_worker};
+use shared::schedules::ScheduleTickHandler;
+use shared::worker::{Handlers, WorkerOptions, run_worker};
 use tokio_util::sync::CancellationToken;
 
 use crate::extract::sandbox::{ChunkingRequest, NetworkConfinement};
@@ -239,18 +241,19 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         .await
         .context("creating the model's vector index")?;
 
+    // EventBridge Scheduler sends its clock ticks to file-jobs: this worker fires them.
+    let ticks = ScheduleTickHandler {
+        pool: pool.clone(),
+        context: shared::schedules::ActionContext {
+            default_model: embedder.model_id().to_string(),
+            extractor_version: shared::EXTRACTOR_VERSION as i32,
+        },
+        instance: format!(
+            "worker-files:{}",
+            std::env::var("HOSTNAME").unwrap_or_else(|_| std::process::id().to_string())
+        ),
+    };
     let options = WorkerOptions {
-        clock: Some(shared::worker::ScheduleClock {
-            pool: pool.clone(),
-            context: shared::schedules::ActionContext {
-                default_model: embedder.model_id().to_string(),
-                extractor_version: shared::EXTRACTOR_VERSION as i32,
-            },
-            instance: format!(
-                "worker-files:{}",
-                std::env::var("HOSTNAME").unwrap_or_else(|_| std::process::id().to_string())
-            ),
-        }),
         concurrency: worker_settings.concurrency,
         receive_wait: Duration::from_secs(u64::from(worker_settings.receive_wait_secs)),
         lease: worker_settings.lease(),
@@ -283,7 +286,10 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         stale_spool_folders_removed = stale_folders,
         "worker-files ready"
     );
-    run_worker(queue, Arc::new(handler), options, shutdown).await;
+    let handlers = Handlers::new()
+        .with(Arc::new(handler))
+        .with(Arc::new(ticks));
+    run_worker(queue, handlers, options, shutdown).await;
     metrics_shutdown.cancel();
     drop(worker_folder);
     Ok(())

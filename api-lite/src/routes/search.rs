@@ -6,7 +6,7 @@ use shared::search::{SearchError, SearchOutcome, search_chunks};
 use uuid::Uuid;
 
 use crate::auth::Caller;
-use crate::error::ApiError;
+use crate::error::{ApiError, Dependency};
 use crate::extract::ApiJson;
 use crate::state::AppState;
 
@@ -46,7 +46,7 @@ pub async fn search(
     .await
     .map_err(|error| match error {
         SearchError::Database(error) => ApiError::from(error),
-        SearchError::Embedding(message) => ApiError::Unavailable(message),
+        SearchError::Embedding(message) => ApiError::unavailable(Dependency::Embedding, message),
     })?;
     Ok(ApiJson(outcome))
 }

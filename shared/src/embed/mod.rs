@@ -7,8 +7,9 @@
 //! L2-normalised vector per text, in input order. Errors carry the retry decision
 //! ([`EmbedError::Transient`] or [`EmbedError::Permanent`]) for the queue layer.
 //!
-//! This module is self-contained on purpose: it uses only external crates and its
-//! own submodules, so it can be built and tested on its own.
+//! This module is self-contained on purpose: it uses only external crates, its own
+//! submodules and the shared OpenAI-compatible HTTP client (`crate::openai_http`), so it
+//! can be built and tested on its own.
 
 use std::time::Duration;
 
