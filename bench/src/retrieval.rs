@@ -46,6 +46,12 @@ pub async fn run(paths: &Paths, corpus: &Corpus) -> anyhow::Result<Vec<Finding>>
     let app = TestApp::spawn_with(TestOptions {
         max_receive_count: 3,
         visibility_timeout_secs: 600,
+        // One client measuring the pipeline, not a tenant to hold back: the per-org rate
+        // limit (20/s by default) would otherwise turn the bench's bursts into 429s.
+        configure: Some(std::sync::Arc::new(|settings| {
+            settings.api.rate_limit_per_sec = 100_000.0;
+            settings.api.rate_limit_burst = 100_000;
+        })),
         ..TestOptions::default()
     })
     .await?;
