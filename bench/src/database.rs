@@ -52,6 +52,16 @@ impl FreshDatabase {
     }
 }
 
+/// Settings for an app that one bench client drives: the per-org rate limit (20/s by
+/// default) is lifted, because the client measures the pipeline, not a tenant to hold
+/// back, and its bursts would otherwise get 429s.
+pub fn unthrottled() -> testkit::Configure {
+    std::sync::Arc::new(|settings| {
+        settings.api.rate_limit_per_sec = 100_000.0;
+        settings.api.rate_limit_burst = 100_000;
+    })
+}
+
 pub async fn drop_database(name: &str) -> anyhow::Result<()> {
     let admin = admin_pool().await?;
     sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))

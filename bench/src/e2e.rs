@@ -25,7 +25,7 @@ use uuid::Uuid;
 
 use crate::Paths;
 use crate::corpus::{Corpus, CorpusFile};
-use crate::database::{FreshDatabase, drop_database};
+use crate::database::{self, FreshDatabase, drop_database};
 use crate::report::{self, Finding, Table, heading};
 use crate::rss::{self, PeakTracker};
 
@@ -51,12 +51,7 @@ pub async fn run(paths: &Paths, corpus: &Corpus, limit: usize) -> anyhow::Result
         max_receive_count: 3,
         // Generous: a file waits in line behind others while the model works.
         visibility_timeout_secs: 300,
-        // One client measuring the pipeline, not a tenant to hold back: the per-org rate
-        // limit (20/s by default) would otherwise turn the bench's bursts into 429s.
-        configure: Some(std::sync::Arc::new(|settings| {
-            settings.api.rate_limit_per_sec = 100_000.0;
-            settings.api.rate_limit_burst = 100_000;
-        })),
+        configure: Some(database::unthrottled()),
         ..TestOptions::default()
     })
     .await?;

@@ -24,7 +24,7 @@ use worker_files::extract::normalize_text;
 
 use crate::Paths;
 use crate::corpus::Corpus;
-use crate::database::drop_database;
+use crate::database::{self, drop_database};
 use crate::report::{Finding, Table, heading};
 use crate::rss;
 
@@ -46,12 +46,7 @@ pub async fn run(paths: &Paths, corpus: &Corpus) -> anyhow::Result<Vec<Finding>>
     let app = TestApp::spawn_with(TestOptions {
         max_receive_count: 3,
         visibility_timeout_secs: 600,
-        // One client measuring the pipeline, not a tenant to hold back: the per-org rate
-        // limit (20/s by default) would otherwise turn the bench's bursts into 429s.
-        configure: Some(std::sync::Arc::new(|settings| {
-            settings.api.rate_limit_per_sec = 100_000.0;
-            settings.api.rate_limit_burst = 100_000;
-        })),
+        configure: Some(database::unthrottled()),
         ..TestOptions::default()
     })
     .await?;
