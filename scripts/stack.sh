@@ -16,6 +16,10 @@ MOTO_PORT="${STACK_MOTO_PORT:-55000}"
 PG_BIN="/usr/lib/postgresql/15/bin"
 MODEL_DIR="$STACK/models/all-MiniLM-L6-v2"
 VENV="$STACK/venv"
+# schemathesis (the API contract fuzzing in `make test`) has a venv of its own, so its
+# dependencies never move moto's.
+CONTRACT_VENV="$STACK/venv-contract"
+SCHEMATHESIS_VERSION=4.32.5
 PDFIUM_DIR="$STACK/pdfium"
 # libpdfium for worker-files' PDF engine, from the pypdfium2 wheel. 5.15.2 ships pdfium
 # build 8149 (pypdfium2_raw/version.json), inside the range of pdfium-render's `pdfium_8125`
@@ -88,6 +92,15 @@ install_venv() {
   log "creating the python venv with moto"
   python3 -m venv "$VENV"
   "$VENV/bin/pip" install -q --disable-pip-version-check 'moto[server]>=5,<6'
+}
+
+install_contract_venv() {
+  if [ -x "$CONTRACT_VENV/bin/schemathesis" ] && "$CONTRACT_VENV/bin/schemathesis" --version 2>/dev/null | grep -q "$SCHEMATHESIS_VERSION"; then
+    return 0
+  fi
+  log "creating the contract-testing venv with schemathesis $SCHEMATHESIS_VERSION"
+  python3 -m venv "$CONTRACT_VENV"
+  "$CONTRACT_VENV/bin/pip" install -q --disable-pip-version-check "schemathesis==$SCHEMATHESIS_VERSION"
 }
 
 install_model() {
@@ -201,9 +214,10 @@ PY
 deps() {
   mkdir -p "$STACK"
   apt_install postgresql-15 postgresql-server-dev-15 postgresql-client-15 build-essential dpkg-dev \
-    python3-venv poppler-utils curl ca-certificates chromium chromium-driver
+    python3-venv poppler-utils curl jq ca-certificates chromium chromium-driver
   install_pgvector
   install_venv
+  install_contract_venv
   install_model
   install_pdfium
   install_onnxruntime

@@ -11,7 +11,21 @@ use axum::Json;
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
+
+/// The body of every error answer.
+#[derive(Debug, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+/// What went wrong: a stable machine-readable `code` and a message for people.
+#[derive(Debug, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct ErrorDetail {
+    /// E.g. `unauthorized`, `forbidden`, `not_found`, `invalid_request`, `rate_limited`,
+    /// `overloaded`, `unavailable`, `internal`, or a route's own (`upload_missing`, ...).
+    pub code: String,
+    pub message: String,
+}
 
 /// A dependency a request needed, named to the caller when it is unavailable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -139,7 +153,12 @@ impl IntoResponse for ApiError {
             Self::Overloaded { code, .. } => tracing::warn!(code, "request refused: overloaded"),
             _ => {}
         }
-        let body = json!({ "error": { "code": code, "message": self.to_string() } });
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: code.to_string(),
+                message: self.to_string(),
+            },
+        };
         let mut response = (status, Json(body)).into_response();
         if let Some(retry_after) = self.retry_after() {
             // Whole seconds, rounded up: a client waiting that long finds room.
@@ -157,6 +176,16 @@ impl From<sqlx::Error> for ApiError {
         match error {
             sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => {
                 Self::unavailable(Dependency::Database, error)
+            }
+            // SQLSTATE class 22, data exception: a value from the request that Postgres
+            // cannot hold (a NUL character in text, an interval out of range).
+            sqlx::Error::Database(ref database)
+                if database.code().is_some_and(|code| code.starts_with("22")) =>
+            {
+                tracing::info!(error = %database, "request value refused by the database");
+                Self::invalid(
+                    "a value in the request cannot be stored: text with a NUL character, or a number out of range",
+                )
             }
             other => Self::Internal(other.into()),
         }
@@ -186,6 +215,7 @@ impl From<QueryRejection> for ApiError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     async fn body_of(error: ApiError) -> (StatusCode, Option<String>, serde_json::Value) {
         let response = error.into_response();

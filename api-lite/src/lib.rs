@@ -11,9 +11,10 @@
 //! - [`sweeper`]: re-enqueues accepted work that never started; removes abandoned uploads.
 //! - [`ops`]: the fleet-wide ops routes and the `/ops` dashboard page.
 //! - [`scheduler`]: the schedule leader (advisory lock); fires are `shared::schedules`.
+//! - [`openapi`]: the OpenAPI 3.1 document generated from the handlers, and `/docs`.
 //!
-//! [`run`] wires them together: migrations, queues, the outbox relay, the sweeper, the
-//! live events listener, `/metrics` on its own listener and the HTTP server, until the
+//! [`run`] wires them together: migrations, queues, the outbox relay, the webhook
+//! dispatcher, the sweeper, the live events listener, `/metrics` on its own listener and the HTTP server, until the
 //! shutdown token fires.
 
 /// Bearer JWT auth.
@@ -26,6 +27,8 @@ pub mod extract;
 pub mod limits;
 /// Live event stream wake-ups (LISTEN/NOTIFY) and caps.
 pub mod live;
+/// The OpenAPI document (`/openapi.json`) and the reference page (`/docs`).
+pub mod openapi;
 /// The ops routes and the `/ops` dashboard: queues, DLQs, stuck jobs, schedules, audit.
 pub mod ops;
 /// HTTP routes.
@@ -106,6 +109,11 @@ pub async fn run_with_metrics(
         Duration::from_secs(state.settings.api.queue_metrics_interval_secs.max(1)),
         background.clone(),
     ));
+    let webhooks_task = tokio::spawn(
+        shared::webhooks::delivery::Dispatcher::new(state.pool.clone(), &state.settings.webhooks)
+            .context("building the webhook client")?
+            .run(background.clone()),
+    );
     let live_task = tokio::spawn(
         state
             .live
@@ -145,7 +153,8 @@ pub async fn run_with_metrics(
         sweeper_task,
         gauges_task,
         live_task,
-        metrics_task
+        metrics_task,
+        webhooks_task
     );
     if let Some(scheduler_task) = scheduler_task {
         let _ = scheduler_task.await;

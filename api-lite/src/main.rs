@@ -1,4 +1,5 @@
-//! `api-lite [serve]`, `api-lite migrate`, `api-lite token --org <id> [--ops] [--approver]`.
+//! `api-lite [serve]`, `api-lite migrate`, `api-lite token --org <id> [--ops] [--approver]`,
+//! `api-lite openapi` (prints the OpenAPI document; `docs/openapi.json` is its output).
 
 use std::process::ExitCode;
 
@@ -19,6 +20,8 @@ enum Command {
     Serve,
     /// Apply the database migrations and exit.
     Migrate,
+    /// Print the OpenAPI 3.1 document (needs no configuration).
+    Openapi,
     /// Print a bearer token for an org (development and ops).
     Token {
         #[arg(long)]
@@ -42,6 +45,10 @@ enum Command {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
+    if matches!(cli.command, Some(Command::Openapi)) {
+        print!("{}", api_lite::openapi::document_json());
+        return ExitCode::SUCCESS;
+    }
     let settings = match Settings::from_env() {
         Ok(settings) => settings,
         Err(error) => {
@@ -56,6 +63,7 @@ async fn main() -> ExitCode {
     let outcome = match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => serve(settings).await,
         Command::Migrate => migrate(settings).await,
+        Command::Openapi => unreachable!("answered before the settings are read"),
         Command::Token {
             org,
             subject,

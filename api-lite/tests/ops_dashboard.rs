@@ -490,3 +490,76 @@ async fn dashboard_shows_the_forbidden_banner_for_a_token_without_the_ops_role()
     assert_eq!(page, json!({ "token_form": true, "queue_rows": 0 }));
     browser.close().await
 }
+
+#[tokio::test]
+async fn dashboard_lists_a_failed_webhook_delivery_and_a_click_redelivers_it() -> anyhow::Result<()>
+{
+    let receiver = testkit::webhook_receiver::WebhookReceiver::start(Vec::new()).await?;
+    let app = TestApp::spawn_with(testkit::TestOptions {
+        configure: Some(std::sync::Arc::new(|settings| {
+            settings.webhooks.allow_loopback = true;
+            settings.webhooks.poll_ms = 100;
+        })),
+        ..testkit::TestOptions::default()
+    })
+    .await?;
+    // A delivery whose retry window ran out while the receiver was down.
+    let endpoint = Uuid::now_v7();
+    sqlx::query(
+        "INSERT INTO webhook_endpoints (id, org_id, url, event_types, secret) VALUES ($1, $2, $3, $4, $5)",
+    )
+    .bind(endpoint)
+    .bind(app.org_id)
+    .bind(receiver.url())
+    .bind(vec!["file.ready"])
+    .bind(shared::webhooks::signing::new_secret())
+    .execute(&app.pool)
+    .await?;
+    let delivery: i64 = sqlx::query_scalar(
+        "INSERT INTO webhook_deliveries (event_id, endpoint_id, org_id, event_type, payload, status, attempts, failed_at, last_error) \
+         VALUES ('msg_dashboard', $1, $2, 'file.ready', '{\"type\": \"file.ready\", \"data\": {}}', 'failed', 27, now(), 'could not connect') RETURNING id",
+    )
+    .bind(endpoint)
+    .bind(app.org_id)
+    .fetch_one(&app.pool)
+    .await?;
+
+    let browser = Browser::launch().await?;
+    browser
+        .goto(&ops_url(&app, &app.ops_token("dashboard-test")))
+        .await?;
+    let row = format!(r#"#webhooks-body tr[data-delivery-id="{delivery}"]"#);
+    browser
+        .wait_for(
+            "the failed delivery's row",
+            "return document.querySelector(arguments[0]) !== null;",
+            vec![json!(row)],
+            |listed| *listed == true,
+        )
+        .await?;
+    browser
+        .click(&format!(r#"{row} button[data-action="redeliver"]"#))
+        .await?;
+    let received = receiver.wait_for(1, PAGE_TIMEOUT).await?;
+    assert_eq!(
+        received[0].id, "msg_dashboard",
+        "redelivery changed the webhook-id"
+    );
+    browser
+        .wait_for(
+            "the delivery's row to leave the failed list",
+            "return document.querySelector(arguments[0]) === null;",
+            vec![json!(row)],
+            |gone| *gone == true,
+        )
+        .await?;
+    browser
+        .wait_for(
+            "the redelivery in the recent ops actions",
+            r#"return document.querySelector('#audit-body tr[data-action="webhook.redeliver"]') !== null;"#,
+            Vec::new(),
+            |listed| *listed == true,
+        )
+        .await?;
+    browser.close().await
+}

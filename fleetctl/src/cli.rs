@@ -66,11 +66,33 @@ pub enum Command {
     /// Background ops tasks (redrives).
     #[command(subcommand)]
     Tasks(TasksCommand),
+    /// Webhook deliveries of every org: list (failed ones by default), redeliver.
+    #[command(subcommand)]
+    Webhooks(WebhooksCommand),
     /// The audit log of ops actions, newest first.
     Audit {
         /// How many entries.
         #[arg(long)]
         limit: Option<u32>,
+    },
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum WebhooksCommand {
+    /// Deliveries of one status, newest first: `failed` (retries ran out) by default.
+    Deliveries {
+        /// `failed`, `pending` or `delivered`.
+        #[arg(long, default_value = "failed")]
+        status: String,
+        /// How many deliveries.
+        #[arg(long)]
+        limit: Option<u32>,
+    },
+    /// Send failed deliveries again (same webhook-id, a fresh retry window).
+    Redeliver {
+        /// Delivery ids, as `webhooks deliveries` shows them.
+        #[arg(required = true, num_args = 1..)]
+        ids: Vec<i64>,
     },
 }
 

@@ -10,7 +10,7 @@ use uuid::Uuid;
 use crate::Outcome;
 use crate::cli::{
     Command, DlqCommand, ExecutionsCommand, FilesCommand, JobRef, ScheduleAction, SchedulesCommand,
-    Selector, StuckArgs, StuckCommand, TasksCommand,
+    Selector, StuckArgs, StuckCommand, TasksCommand, WebhooksCommand,
 };
 use crate::client::Client;
 use crate::error::FleetError;
@@ -151,6 +151,12 @@ pub async fn dispatch(
             tasks_show(session, &id, wait, out).await
         }
         Command::Audit { limit } => audit(session, limit, out).await,
+        Command::Webhooks(WebhooksCommand::Deliveries { status, limit }) => {
+            webhook_deliveries(session, status, limit, out).await
+        }
+        Command::Webhooks(WebhooksCommand::Redeliver { ids }) => {
+            webhook_redeliver(session, &ids, out).await
+        }
     }
 }
 
@@ -856,6 +862,51 @@ pub async fn audit(
     let query = optional_query(&[("limit", limit.map(|limit| limit.to_string()))]);
     let response = session.client.get(&["v1", "ops", "audit"], &query).await?;
     session.respond(out, &response, render::audit_table)?;
+    Ok(Outcome::Success)
+}
+
+/// `fleetctl webhooks deliveries`: `GET /v1/ops/webhooks/deliveries`.
+pub async fn webhook_deliveries(
+    session: &Session<'_>,
+    status: String,
+    limit: Option<u32>,
+    out: &mut Output<'_>,
+) -> Result<Outcome, FleetError> {
+    let query = optional_query(&[
+        ("status", Some(status)),
+        ("limit", limit.map(|limit| limit.to_string())),
+    ]);
+    let response = session
+        .client
+        .get(&["v1", "ops", "webhooks", "deliveries"], &query)
+        .await?;
+    session.respond(out, &response, render::webhook_deliveries_table)?;
+    Ok(Outcome::Success)
+}
+
+/// `fleetctl webhooks redeliver`: `POST /v1/ops/webhooks/deliveries/{id}/redeliver` for
+/// each id; stops at the first refusal.
+pub async fn webhook_redeliver(
+    session: &Session<'_>,
+    ids: &[i64],
+    out: &mut Output<'_>,
+) -> Result<Outcome, FleetError> {
+    for id in ids {
+        let id = id.to_string();
+        let response = session
+            .client
+            .post_empty(&["v1", "ops", "webhooks", "deliveries", &id, "redeliver"])
+            .await?;
+        session.respond(out, &response, |response| {
+            let delivery = response.get("delivery").unwrap_or(response);
+            format!(
+                "delivery {id} ({} to {}) redelivered: status {}",
+                text_field(delivery, "event_type"),
+                text_field(delivery, "url"),
+                text_field(delivery, "status")
+            )
+        })?;
+    }
     Ok(Outcome::Success)
 }
 

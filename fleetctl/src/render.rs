@@ -604,6 +604,38 @@ pub fn failures_table(response: &Value) -> String {
     })
 }
 
+/// `GET /v1/ops/webhooks/deliveries`: one row per delivery.
+pub fn webhook_deliveries_table(response: &Value) -> String {
+    let headers = [
+        "ID",
+        "STATUS",
+        "EVENT",
+        "URL",
+        "ATTEMPTS",
+        "LAST ERROR",
+        "CREATED",
+        "ORG",
+    ];
+    list_table(
+        response,
+        "deliveries",
+        "no deliveries",
+        &headers,
+        |delivery| {
+            vec![
+                text_field(delivery, "id"),
+                text_field(delivery, "status"),
+                text_field(delivery, "event_type"),
+                truncate(&text_field(delivery, "url"), 40),
+                count_text(delivery, "attempts"),
+                truncate(&text_field(delivery, "last_error"), 50),
+                time_field(delivery, "created_at"),
+                text_field(delivery, "org_id"),
+            ]
+        },
+    )
+}
+
 /// `GET /v1/ops/audit`: one row per entry.
 pub fn audit_table(response: &Value) -> String {
     let headers = ["ID", "AT", "ACTOR", "ACTION", "TARGET", "COUNT", "DETAILS"];

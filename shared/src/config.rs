@@ -42,6 +42,7 @@ pub struct Settings {
     pub agent_worker: AgentWorkerSettings,
     pub metrics: MetricsSettings,
     pub telemetry: TelemetrySettings,
+    pub webhooks: WebhookSettings,
 }
 
 impl Settings {
@@ -155,6 +156,8 @@ pub struct StorageSettings {
     pub bucket: String,
     /// Presigned upload URLs stay valid this long.
     pub presign_expiry_secs: u64,
+    /// Presigned download URLs (`GET /v1/files/{id}`) stay valid this long.
+    pub download_expiry_secs: u64,
     /// Create the bucket at start when it is missing (local stacks only; CDK owns it on AWS).
     pub create_bucket: bool,
 }
@@ -164,6 +167,7 @@ impl Default for StorageSettings {
         Self {
             bucket: "glassbox-files".into(),
             presign_expiry_secs: 900,
+            download_expiry_secs: 300,
             create_bucket: false,
         }
     }
@@ -717,6 +721,51 @@ pub enum LogFormat {
     #[default]
     Pretty,
     Json,
+}
+
+/// Webhook deliveries (`GLASSBOX_WEBHOOKS__*`).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebhookSettings {
+    /// Deliver to loopback addresses (127.0.0.0/8, ::1): development and tests only.
+    pub allow_loopback: bool,
+    /// Deliver to private, link-local, shared (CGNAT) and other non-public addresses.
+    pub allow_private_networks: bool,
+    /// How long one delivery attempt may take, connect to last byte.
+    pub timeout_ms: u64,
+    /// How long a delivery is retried before it is marked failed (about a day).
+    pub retry_window_secs: u64,
+    /// The first retry's delay; each next one doubles, up to `max_retry_delay_secs`,
+    /// with jitter (each delay is drawn between half and all of it).
+    pub first_retry_ms: u64,
+    pub max_retry_delay_secs: u64,
+    /// The most of a receiver's answer read (for the delivery's `last_error`).
+    pub max_response_bytes: usize,
+    /// How often the dispatcher looks for due deliveries when nothing wakes it.
+    pub poll_ms: u64,
+    /// Deliveries attempted at once by one replica.
+    pub concurrency: usize,
+    /// How long a rotated-out secret still signs (a second signature).
+    pub secret_rotation_grace_secs: u64,
+    pub max_endpoints_per_org: i64,
+}
+
+impl Default for WebhookSettings {
+    fn default() -> Self {
+        Self {
+            allow_loopback: false,
+            allow_private_networks: false,
+            timeout_ms: 10_000,
+            retry_window_secs: 24 * 3600,
+            first_retry_ms: 5_000,
+            max_retry_delay_secs: 3600,
+            max_response_bytes: 16 * 1024,
+            poll_ms: 1_000,
+            concurrency: 16,
+            secret_rotation_grace_secs: 24 * 3600,
+            max_endpoints_per_org: 25,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, Default)]

@@ -16,8 +16,8 @@
 //!
 //! Routes, the worker, the sweeper, ops and the schedules call these functions and write
 //! no status SQL of their own. Every transition goes through one private function,
-//! `record`, which writes the event row and the outbox entry: a side row every
-//! transition needs (a webhook, say) is added there.
+//! `record`, which writes the event row, the outbox entry and the webhook deliveries
+//! (`file.ready`, `file.failed`, `file.dead_lettered`) in the same transaction.
 //!
 //! `queued_at` is when the file (re-)entered the queue: for a `retrying` file, when its
 //! backoff ends and its message shows again. The sweeper re-enqueues a file that has
@@ -35,6 +35,7 @@ use crate::error::JobError;
 use crate::lease::{self, Claim, LAST_ATTEMPT_LOST, LeasedTable, Receipt, Stalled};
 use crate::outbox;
 use crate::queue::JobKind;
+use crate::webhooks::{self, EventType};
 use crate::worker::Disposition;
 
 /// A file's status; mirrors the CHECK list of `files.status`.
@@ -136,10 +137,21 @@ impl Transition {
     fn enqueues(self) -> bool {
         matches!(self, Self::Queued | Self::Requeued | Self::Reprocessed)
     }
+
+    /// The webhook event the transition announces, if any.
+    fn webhook(self) -> Option<EventType> {
+        match self {
+            Self::Ready => Some(EventType::FileReady),
+            Self::Failed => Some(EventType::FileFailed),
+            Self::DeadLettered => Some(EventType::FileDeadLettered),
+            _ => None,
+        }
+    }
 }
 
-/// Writes the transition's event row and, when it enqueues, its outbox entry, in the
-/// transaction that changed the row. Every transition passes through here.
+/// Writes the transition's event row, its outbox entry when it enqueues, and its webhook
+/// deliveries when it announces one, in the transaction that changed the row. Every
+/// transition passes through here.
 async fn record(
     connection: &mut PgConnection,
     file_id: Uuid,
@@ -151,11 +163,20 @@ async fn record(
         .bind(file_id)
         .bind(org_id)
         .bind(transition.as_str())
-        .bind(data)
+        .bind(&data)
         .execute(&mut *connection)
         .await?;
     if transition.enqueues() {
         outbox::enqueue_job(connection, JobKind::FileProcess, file_id, org_id).await?;
+    }
+    if let Some(event) = transition.webhook() {
+        let mut payload = json!({ "file_id": file_id, "status": transition.as_str() });
+        if let (Some(fields), Value::Object(extra)) = (payload.as_object_mut(), data) {
+            for (key, value) in extra {
+                fields.entry(key).or_insert(value);
+            }
+        }
+        webhooks::enqueue_event(connection, org_id, event, payload).await?;
     }
     Ok(())
 }

@@ -24,6 +24,8 @@
 //! - [`worker`]: the one worker loop: receive, claim, run, ack; heartbeats; shutdown.
 //! - [`lease`]: fenced leases on job rows: renew, fence, what a claim found.
 //! - [`shutdown`]: SIGTERM and Ctrl-C as a cancellation token.
+//! - [`webhooks`]: per-org endpoints, events written with the state change, signed
+//!   durable deliveries with retries, SSRF checks.
 
 /// The audit log of ops actions.
 pub mod audit;
@@ -85,5 +87,7 @@ pub mod search;
 pub mod shutdown;
 /// Logging setup.
 pub mod telemetry;
+/// Webhook endpoints, events, signatures and the delivery dispatcher.
+pub mod webhooks;
 /// The shared worker loop.
 pub mod worker;

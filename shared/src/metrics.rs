@@ -17,6 +17,7 @@ pub const HEARTBEATS: &str = "glassbox_heartbeat_extensions_total";
 pub const POISON_MESSAGES: &str = "glassbox_poison_messages_total";
 pub const DUPLICATE_MESSAGES: &str = "glassbox_duplicate_messages_total";
 pub const OUTBOX_RELAYED: &str = "glassbox_outbox_relayed_total";
+pub const WEBHOOK_ATTEMPTS: &str = "glassbox_webhook_attempts_total";
 pub const HTTP_REQUESTS: &str = "glassbox_http_requests_total";
 pub const LLM_TOKENS: &str = "glassbox_llm_tokens_total";
 pub const LLM_COST_MICRODOLLARS: &str = "glassbox_llm_cost_microdollars_total";

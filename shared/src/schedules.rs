@@ -150,7 +150,7 @@ pub struct ActionContext {
 }
 
 /// One recorded fire.
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct Fire {
     pub schedule_id: Uuid,
     pub fire_time: DateTime<Utc>,

@@ -18,7 +18,7 @@ use uuid::Uuid;
 
 use crate::embed::Embedder;
 
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct Hit {
     pub file_id: Uuid,
     pub file_name: String,
@@ -35,7 +35,7 @@ pub struct Hit {
     pub model_id: String,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct SearchOutcome {
     pub hits: Vec<Hit>,
     /// The models the query was embedded with.

@@ -9,6 +9,7 @@
 //!   SIGTERM or SIGKILL.
 //! - [`scripted`]: scripted OpenAI-compatible servers (embeddings, chat with tool calls).
 //! - [`fixtures`]: generated documents, good and hostile.
+//! - [`webhook_receiver`]: a webhook receiver on loopback that records and answers by script.
 //! - [`private_stack`]: a Postgres cluster and a moto server of the test's own, for tests
 //!   that restart them (fault tests); [`TestOptions::stack`] points an app at them.
 //!
@@ -20,6 +21,8 @@ pub mod fixtures;
 pub mod private_stack;
 /// Scripted OpenAI-compatible HTTP servers.
 pub mod scripted;
+/// A webhook receiver on loopback that records requests and answers by a script.
+pub mod webhook_receiver;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

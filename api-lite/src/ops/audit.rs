@@ -4,7 +4,7 @@
 use axum::extract::State;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use crate::auth::Operator;
 use crate::error::ApiError;
@@ -13,7 +13,7 @@ use crate::state::AppState;
 
 pub use shared::audit::record;
 
-#[derive(Debug, Serialize, sqlx::FromRow)]
+#[derive(Debug, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct AuditEntry {
     pub id: i64,
     pub actor: String,
@@ -24,18 +24,28 @@ pub struct AuditEntry {
     pub at: DateTime<Utc>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct AuditQuery {
     pub limit: Option<i64>,
     pub action: Option<String>,
 }
 
+/// The audit log, newest first.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct AuditLog {
+    pub entries: Vec<AuditEntry>,
+}
+
+/// The audit log, newest first.
+#[utoipa::path(get, path = "/v1/ops/audit", tag = "ops", params(AuditQuery),
+    responses((status = 200, description = "Entries", body = AuditLog)))]
 pub async fn list(
     State(state): State<AppState>,
     _operator: Operator,
     ApiQuery(query): ApiQuery<AuditQuery>,
-) -> Result<ApiJson<Value>, ApiError> {
+) -> Result<ApiJson<AuditLog>, ApiError> {
     let limit = query.limit.unwrap_or(50);
     if !(1..=1000).contains(&limit) {
         return Err(ApiError::invalid("limit must be between 1 and 1000"));
@@ -48,5 +58,5 @@ pub async fn list(
     .bind(limit)
     .fetch_all(&state.pool)
     .await?;
-    Ok(ApiJson(json!({ "entries": entries })))
+    Ok(ApiJson(AuditLog { entries }))
 }

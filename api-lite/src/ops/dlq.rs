@@ -30,7 +30,7 @@ const SHOW_SCAN_LIMIT: usize = 1000;
 pub const POISON_CODE: &str = "poison_message";
 
 /// One dead message with what Postgres knows about its job.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct DeadMessageView {
     pub message_id: String,
     pub kind: Option<&'static str>,
@@ -143,18 +143,43 @@ fn unavailable(error: shared::queue::QueueError) -> ApiError {
     ApiError::unavailable(Dependency::Queue, error)
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
     pub limit: Option<usize>,
 }
 
+/// A page of dead messages.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct DeadMessagePage {
+    pub queue: String,
+    /// More dead messages wait than the page shows.
+    pub truncated: bool,
+    pub messages: Vec<DeadMessageView>,
+}
+
+/// A background DLQ task.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct TaskEnvelope {
+    pub task: TaskView,
+}
+
+/// How many dead messages a discard removed.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Discarded {
+    pub discarded: usize,
+}
+
+/// Dead messages of a queue, with their jobs' errors.
+#[utoipa::path(get, path = "/v1/ops/dlq/{queue}", tag = "ops", params(("queue" = String, Path, description = "`file-jobs` or `agent-jobs`"), ListQuery),
+    responses((status = 200, description = "A page of dead messages", body = DeadMessagePage)))]
 pub async fn list(
     State(state): State<AppState>,
     _operator: Operator,
     ApiPath(queue_name): ApiPath<String>,
     ApiQuery(query): ApiQuery<ListQuery>,
-) -> Result<ApiJson<Value>, ApiError> {
+) -> Result<ApiJson<DeadMessagePage>, ApiError> {
     let (queue, _) = queue_named(&state, &queue_name)?;
     let limit = query.limit.unwrap_or(50);
     if !(1..=500).contains(&limit) {
@@ -172,11 +197,17 @@ pub async fn list(
     let mut messages = described?;
     let truncated = messages.len() > limit;
     messages.truncate(limit);
-    Ok(ApiJson(
-        json!({ "queue": queue_name, "truncated": truncated, "messages": messages }),
-    ))
+    Ok(ApiJson(DeadMessagePage {
+        queue: queue_name,
+        truncated,
+        messages,
+    }))
 }
 
+/// One dead message.
+#[utoipa::path(get, path = "/v1/ops/dlq/{queue}/messages/{message_id}", tag = "ops",
+    params(("queue" = String, Path, description = "`file-jobs` or `agent-jobs`"), ("message_id" = String, Path, description = "The SQS message id")),
+    responses((status = 200, description = "The message", body = DeadMessageView)))]
 pub async fn show(
     State(state): State<AppState>,
     _operator: Operator,
@@ -205,7 +236,7 @@ pub async fn show(
 }
 
 /// Which dead messages an action applies to: exactly one of ids, a filter, or all.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Selection {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -214,13 +245,15 @@ pub struct Selection {
     pub filter: Option<DeadFilter>,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub all: bool,
-    #[serde(default, skip_serializing)]
+    /// Redrive: messages per second (1 to 1000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_per_sec: Option<u32>,
-    #[serde(default, skip_serializing)]
+    /// Discard: must be true, as discarding deletes messages for good.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub confirm: bool,
 }
 
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DeadFilter {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -293,7 +326,7 @@ impl Selector {
 }
 
 /// A background DLQ task, as the API shows it.
-#[derive(Debug, Serialize, sqlx::FromRow)]
+#[derive(Debug, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct TaskView {
     pub id: Uuid,
     pub action: String,
@@ -322,25 +355,31 @@ async fn load_task(pool: &sqlx::PgPool, id: Uuid) -> Result<TaskView, ApiError> 
         .ok_or(ApiError::NotFound("task"))
 }
 
+/// A background DLQ task and its progress.
+#[utoipa::path(get, path = "/v1/ops/tasks/{id}", tag = "ops", params(("id" = Uuid, Path, description = "The task's id")),
+    responses((status = 200, description = "The task", body = TaskEnvelope)))]
 pub async fn task(
     State(state): State<AppState>,
     _operator: Operator,
     ApiPath(id): ApiPath<Uuid>,
-) -> Result<ApiJson<Value>, ApiError> {
-    Ok(ApiJson(
-        json!({ "task": load_task(&state.pool, id).await? }),
-    ))
+) -> Result<ApiJson<TaskEnvelope>, ApiError> {
+    Ok(ApiJson(TaskEnvelope {
+        task: load_task(&state.pool, id).await?,
+    }))
 }
 
 const MOVE_TASK: &str = "move_task";
 const RECEIVE_SEND_DELETE: &str = "receive_send_delete";
 
+/// Moves dead messages back to their queue, as a background task.
+#[utoipa::path(post, path = "/v1/ops/dlq/{queue}/redrive", tag = "ops", params(("queue" = String, Path, description = "`file-jobs` or `agent-jobs`")), request_body = Selection,
+    responses((status = 202, description = "Started", body = TaskEnvelope)))]
 pub async fn redrive(
     State(state): State<AppState>,
     operator: Operator,
     ApiPath(queue_name): ApiPath<String>,
     ApiJson(selection): ApiJson<Selection>,
-) -> Result<(StatusCode, ApiJson<Value>), ApiError> {
+) -> Result<(StatusCode, ApiJson<TaskEnvelope>), ApiError> {
     let (queue, kind) = queue_named(&state, &queue_name)?;
     let selector = Selector::from_selection(&selection)?;
     let rate = selection
@@ -400,7 +439,9 @@ pub async fn redrive(
     });
     Ok((
         StatusCode::ACCEPTED,
-        ApiJson(json!({ "task": load_task(&state.pool, task_id).await? })),
+        ApiJson(TaskEnvelope {
+            task: load_task(&state.pool, task_id).await?,
+        }),
     ))
 }
 
@@ -602,12 +643,15 @@ impl Redrive {
     }
 }
 
+/// Deletes dead messages for good.
+#[utoipa::path(post, path = "/v1/ops/dlq/{queue}/discard", tag = "ops", params(("queue" = String, Path, description = "`file-jobs` or `agent-jobs`")), request_body = Selection,
+    responses((status = 200, description = "Discarded", body = Discarded)))]
 pub async fn discard(
     State(state): State<AppState>,
     operator: Operator,
     ApiPath(queue_name): ApiPath<String>,
     ApiJson(selection): ApiJson<Selection>,
-) -> Result<ApiJson<Value>, ApiError> {
+) -> Result<ApiJson<Discarded>, ApiError> {
     let (queue, _) = queue_named(&state, &queue_name)?;
     let selector = Selector::from_selection(&selection)?;
     if !selection.confirm {
@@ -671,5 +715,5 @@ pub async fn discard(
     if let Some(error) = failure {
         return Err(error);
     }
-    Ok(ApiJson(json!({ "discarded": discarded })))
+    Ok(ApiJson(Discarded { discarded }))
 }

@@ -7,6 +7,7 @@
 //! - [`stuck`]: jobs with an expired lease or queued too long; re-enqueue them.
 //! - [`views`]: recent failures by error class; running and waiting executions.
 //! - [`schedules`]: manage reprocessing schedules and run them now.
+//! - [`webhooks`]: failed webhook deliveries; redeliver them.
 //! - [`audit`]: the audit log every ops action writes to.
 
 /// The audit log.
@@ -21,8 +22,9 @@ pub mod schedules;
 pub mod stuck;
 /// Failures and executions across orgs.
 pub mod views;
+/// Failed webhook deliveries and redelivery.
+pub mod webhooks;
 
-use axum::Router;
 use axum::http::header;
 use axum::response::IntoResponse;
 use axum::routing::{delete, get, post};
@@ -34,29 +36,39 @@ use crate::state::AppState;
 /// The dashboard: one self-contained page that calls the routes below with an ops token.
 const PAGE: &str = include_str!("../ops_page.html");
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/ops", get(page))
-        .route("/v1/ops/queues", get(queues::overview))
-        .route("/v1/ops/dlq/{queue}", get(dlq::list))
-        .route("/v1/ops/dlq/{queue}/messages/{message_id}", get(dlq::show))
-        .route("/v1/ops/dlq/{queue}/redrive", post(dlq::redrive))
-        .route("/v1/ops/dlq/{queue}/discard", post(dlq::discard))
-        .route("/v1/ops/tasks/{id}", get(dlq::task))
-        .route("/v1/ops/stuck", get(stuck::list))
-        .route("/v1/ops/stuck/requeue", post(stuck::requeue))
-        .route("/v1/ops/failures", get(views::failures))
-        .route("/v1/ops/executions", get(views::executions))
-        .route("/v1/ops/audit", get(audit::list))
-        .route(
+/// The ops routes and the dashboard page (see [`crate::routes::table`]).
+pub fn table() -> Vec<crate::routes::Route> {
+    vec![
+        ("/ops", get(page)),
+        ("/v1/ops/queues", get(queues::overview)),
+        ("/v1/ops/dlq/{queue}", get(dlq::list)),
+        ("/v1/ops/dlq/{queue}/messages/{message_id}", get(dlq::show)),
+        ("/v1/ops/dlq/{queue}/redrive", post(dlq::redrive)),
+        ("/v1/ops/dlq/{queue}/discard", post(dlq::discard)),
+        ("/v1/ops/tasks/{id}", get(dlq::task)),
+        ("/v1/ops/stuck", get(stuck::list)),
+        ("/v1/ops/stuck/requeue", post(stuck::requeue)),
+        ("/v1/ops/failures", get(views::failures)),
+        ("/v1/ops/executions", get(views::executions)),
+        ("/v1/ops/audit", get(audit::list)),
+        (
             "/v1/ops/schedules",
             get(schedules::list).post(schedules::create),
-        )
-        .route("/v1/ops/schedules/{id}", delete(schedules::remove))
-        .route("/v1/ops/schedules/{id}/run", post(schedules::run_now))
+        ),
+        ("/v1/ops/schedules/{id}", delete(schedules::remove)),
+        ("/v1/ops/schedules/{id}/run", post(schedules::run_now)),
+        ("/v1/ops/webhooks/deliveries", get(webhooks::list)),
+        (
+            "/v1/ops/webhooks/deliveries/{id}/redeliver",
+            post(webhooks::redeliver),
+        ),
+    ]
 }
 
-async fn page() -> impl IntoResponse {
+/// The ops dashboard: one self-contained page that calls the ops routes with an ops token.
+#[utoipa::path(get, path = "/ops", tag = "ops", security(()),
+    responses((status = 200, description = "The dashboard page", body = String, content_type = "text/html")))]
+pub async fn page() -> impl IntoResponse {
     (
         [
             (header::CONTENT_TYPE, "text/html; charset=utf-8"),

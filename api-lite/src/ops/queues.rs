@@ -5,7 +5,6 @@ use std::time::Duration;
 
 use axum::extract::State;
 use serde::Serialize;
-use serde_json::{Value, json};
 use shared::queue::JobKind;
 use tokio_util::sync::CancellationToken;
 
@@ -15,7 +14,7 @@ use crate::extract::ApiJson;
 use crate::ops::{QUEUE_NAMES, queue_named};
 use crate::state::AppState;
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct QueueView {
     pub queue: &'static str,
     pub kind: &'static str,
@@ -29,7 +28,7 @@ pub struct QueueView {
     pub dlq: DlqView,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct DlqView {
     pub name: String,
     pub url: String,
@@ -89,11 +88,22 @@ pub async fn snapshot(state: &AppState) -> Result<Vec<QueueView>, ApiError> {
     Ok(views)
 }
 
+/// Every queue with its DLQ.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct QueueList {
+    pub queues: Vec<QueueView>,
+}
+
+/// Depth of every queue and its DLQ.
+#[utoipa::path(get, path = "/v1/ops/queues", tag = "ops",
+    responses((status = 200, description = "The queues", body = QueueList)))]
 pub async fn overview(
     State(state): State<AppState>,
     _operator: Operator,
-) -> Result<ApiJson<Value>, ApiError> {
-    Ok(ApiJson(json!({ "queues": snapshot(&state).await? })))
+) -> Result<ApiJson<QueueList>, ApiError> {
+    Ok(ApiJson(QueueList {
+        queues: snapshot(&state).await?,
+    }))
 }
 
 /// Keeps the queue gauges fresh for Prometheus, until `shutdown`.

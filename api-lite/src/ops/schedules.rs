@@ -26,7 +26,7 @@ pub fn action_context(state: &AppState) -> ActionContext {
     }
 }
 
-#[derive(Debug, Serialize, sqlx::FromRow)]
+#[derive(Debug, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct ScheduleView {
     pub id: Uuid,
     pub name: String,
@@ -67,16 +67,31 @@ async fn load_views(pool: &sqlx::PgPool, id: Option<Uuid>) -> sqlx::Result<Vec<S
     Ok(views)
 }
 
+/// Every schedule, by name.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ScheduleList {
+    pub schedules: Vec<ScheduleView>,
+}
+
+/// A fire made on request.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct FireMade {
+    pub fire: Fire,
+}
+
+/// Every reprocessing schedule.
+#[utoipa::path(get, path = "/v1/ops/schedules", tag = "ops",
+    responses((status = 200, description = "Schedules", body = ScheduleList)))]
 pub async fn list(
     State(state): State<AppState>,
     _operator: Operator,
-) -> Result<ApiJson<Value>, ApiError> {
-    Ok(ApiJson(
-        json!({ "schedules": load_views(&state.pool, None).await? }),
-    ))
+) -> Result<ApiJson<ScheduleList>, ApiError> {
+    Ok(ApiJson(ScheduleList {
+        schedules: load_views(&state.pool, None).await?,
+    }))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewSchedule {
     pub name: String,
@@ -92,6 +107,10 @@ fn enabled_by_default() -> bool {
     true
 }
 
+/// Creates a reprocessing schedule.
+#[utoipa::path(post, path = "/v1/ops/schedules", tag = "ops", request_body = NewSchedule,
+    responses((status = 201, description = "Created", body = ScheduleView),
+              (status = 409, description = "The name is taken", body = crate::error::ErrorBody)))]
 pub async fn create(
     State(state): State<AppState>,
     operator: Operator,
@@ -151,6 +170,9 @@ pub async fn create(
     Ok((StatusCode::CREATED, ApiJson(view)))
 }
 
+/// Deletes a schedule.
+#[utoipa::path(delete, path = "/v1/ops/schedules/{id}", tag = "ops", params(("id" = Uuid, Path, description = "The schedule's id")),
+    responses((status = 204, description = "Deleted")))]
 pub async fn remove(
     State(state): State<AppState>,
     operator: Operator,
@@ -178,11 +200,15 @@ pub async fn remove(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// Fires a schedule now.
+#[utoipa::path(post, path = "/v1/ops/schedules/{id}/run", tag = "ops", params(("id" = Uuid, Path, description = "The schedule's id")),
+    responses((status = 200, description = "The fire", body = FireMade),
+              (status = 409, description = "`already_fired` this millisecond", body = crate::error::ErrorBody)))]
 pub async fn run_now(
     State(state): State<AppState>,
     operator: Operator,
     ApiPath(id): ApiPath<Uuid>,
-) -> Result<ApiJson<Value>, ApiError> {
+) -> Result<ApiJson<FireMade>, ApiError> {
     let statement = format!("{} WHERE s.id = $1", scheduler::SCHEDULE_ROW_SELECT);
     let schedule: ScheduleRow = sqlx::query_as(&statement)
         .bind(id)
@@ -202,5 +228,5 @@ pub async fn run_now(
             "this schedule fired this very millisecond; try again",
         )
     })?;
-    Ok(ApiJson(json!({ "fire": fire })))
+    Ok(ApiJson(FireMade { fire }))
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 use axum::extract::State;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+use serde_json::json;
 use shared::lease::Stalled;
 use shared::queue::JobKind;
 use shared::{executions, files};
@@ -18,7 +18,7 @@ use crate::extract::{ApiJson, ApiQuery};
 use crate::ops::audit;
 use crate::state::AppState;
 
-#[derive(Debug, Serialize, sqlx::FromRow)]
+#[derive(Debug, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct StuckJob {
     pub kind: String,
     pub id: Uuid,
@@ -69,33 +69,43 @@ async fn find(pool: &sqlx::PgPool, queued_for_secs: u64) -> sqlx::Result<Vec<Stu
     Ok(jobs)
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct StuckQuery {
     pub queued_for_secs: Option<u64>,
 }
 
+/// Stuck jobs, longest-stuck first.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct StuckList {
+    pub jobs: Vec<StuckJob>,
+}
+
+/// Jobs with an expired lease or queued too long.
+#[utoipa::path(get, path = "/v1/ops/stuck", tag = "ops", params(StuckQuery),
+    responses((status = 200, description = "Stuck jobs", body = StuckList)))]
 pub async fn list(
     State(state): State<AppState>,
     _operator: Operator,
     ApiQuery(query): ApiQuery<StuckQuery>,
-) -> Result<ApiJson<Value>, ApiError> {
+) -> Result<ApiJson<StuckList>, ApiError> {
     let threshold = query
         .queued_for_secs
         .unwrap_or(state.settings.api.stuck_queued_for_secs);
-    Ok(ApiJson(
-        json!({ "jobs": find(&state.pool, threshold).await? }),
-    ))
+    Ok(ApiJson(StuckList {
+        jobs: find(&state.pool, threshold).await?,
+    }))
 }
 
-#[derive(Debug, Deserialize, Serialize)]
+#[derive(Debug, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct JobRef {
     pub kind: String,
     pub id: Uuid,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RequeueBody {
     #[serde(default)]
@@ -114,11 +124,22 @@ fn kind_named(name: &str) -> Result<JobKind, ApiError> {
     }
 }
 
+/// What a requeue did.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Requeued {
+    pub requeued: i64,
+    /// Jobs whose lease ran out on the message's last allowed receive.
+    pub dead_lettered: i64,
+}
+
+/// Puts stuck jobs back on their queue.
+#[utoipa::path(post, path = "/v1/ops/stuck/requeue", tag = "ops", request_body = RequeueBody,
+    responses((status = 200, description = "Requeued", body = Requeued)))]
 pub async fn requeue(
     State(state): State<AppState>,
     operator: Operator,
     ApiJson(body): ApiJson<RequeueBody>,
-) -> Result<ApiJson<Value>, ApiError> {
+) -> Result<ApiJson<Requeued>, ApiError> {
     if body.all != body.jobs.is_empty() {
         return Err(ApiError::bad_request(
             "invalid_selector",
@@ -166,7 +187,8 @@ pub async fn requeue(
     .await?;
     transaction.commit().await?;
     metrics::counter!(shared::metrics::STUCK_REQUEUED).increment(requeued as u64);
-    Ok(ApiJson(
-        json!({ "requeued": requeued, "dead_lettered": dead_lettered }),
-    ))
+    Ok(ApiJson(Requeued {
+        requeued,
+        dead_lettered,
+    }))
 }

@@ -4,7 +4,6 @@
 use axum::extract::State;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
 use uuid::Uuid;
 
 use crate::auth::Operator;
@@ -12,7 +11,7 @@ use crate::error::ApiError;
 use crate::extract::{ApiJson, ApiQuery};
 use crate::state::AppState;
 
-#[derive(Debug, Serialize, sqlx::FromRow)]
+#[derive(Debug, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct FailureGroup {
     pub kind: String,
     pub error_class: Option<String>,
@@ -23,17 +22,27 @@ pub struct FailureGroup {
     pub sample_message: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct FailuresQuery {
     pub since_secs: Option<u64>,
 }
 
+/// Recent failures grouped by kind and error.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct FailureGroups {
+    pub groups: Vec<FailureGroup>,
+}
+
+/// Recent failures by kind and error.
+#[utoipa::path(get, path = "/v1/ops/failures", tag = "ops", params(FailuresQuery),
+    responses((status = 200, description = "Failure groups", body = FailureGroups)))]
 pub async fn failures(
     State(state): State<AppState>,
     _operator: Operator,
     ApiQuery(query): ApiQuery<FailuresQuery>,
-) -> Result<ApiJson<Value>, ApiError> {
+) -> Result<ApiJson<FailureGroups>, ApiError> {
     let since_secs = query.since_secs.unwrap_or(24 * 3600);
     let groups: Vec<FailureGroup> = sqlx::query_as(
         "SELECT 'file.process' AS kind, error_class, error_code, count(*) AS count, max(updated_at) AS last_at, \
@@ -53,10 +62,10 @@ pub async fn failures(
     .bind(since_secs as f64)
     .fetch_all(&state.pool)
     .await?;
-    Ok(ApiJson(json!({ "groups": groups })))
+    Ok(ApiJson(FailureGroups { groups }))
 }
 
-#[derive(Debug, Serialize, sqlx::FromRow)]
+#[derive(Debug, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct ExecutionSummary {
     pub id: Uuid,
     pub org_id: Uuid,
@@ -69,7 +78,8 @@ pub struct ExecutionSummary {
     pub updated_at: DateTime<Utc>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ExecutionsQuery {
     /// Comma-separated statuses; running and awaiting_input by default.
@@ -77,11 +87,20 @@ pub struct ExecutionsQuery {
     pub limit: Option<i64>,
 }
 
+/// Executions across orgs.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ExecutionSummaries {
+    pub executions: Vec<ExecutionSummary>,
+}
+
+/// Executions across orgs (running and awaiting input by default).
+#[utoipa::path(get, path = "/v1/ops/executions", tag = "ops", params(ExecutionsQuery),
+    responses((status = 200, description = "Executions", body = ExecutionSummaries)))]
 pub async fn executions(
     State(state): State<AppState>,
     _operator: Operator,
     ApiQuery(query): ApiQuery<ExecutionsQuery>,
-) -> Result<ApiJson<Value>, ApiError> {
+) -> Result<ApiJson<ExecutionSummaries>, ApiError> {
     let limit = query.limit.unwrap_or(50);
     if !(1..=500).contains(&limit) {
         return Err(ApiError::invalid("limit must be between 1 and 500"));
@@ -102,5 +121,5 @@ pub async fn executions(
     .bind(limit)
     .fetch_all(&state.pool)
     .await?;
-    Ok(ApiJson(json!({ "executions": executions })))
+    Ok(ApiJson(ExecutionSummaries { executions }))
 }

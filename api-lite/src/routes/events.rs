@@ -188,6 +188,11 @@ fn deadline(max_lifetime: Duration, token_expires_at: u64) -> (Duration, Deadlin
     }
 }
 
+/// The execution's trace as Server-Sent Events, live until it finishes.
+#[utoipa::path(get, path = "/v1/executions/{id}/events", tag = "executions",
+    params(("id" = Uuid, Path, description = "The execution's id"), crate::routes::executions::TraceQuery,
+           ("Last-Event-ID" = Option<String>, Header, description = "Resume after this event id")),
+    responses((status = 200, description = "`event: trace` frames whose data is a trace event, then `event: end`", body = String, content_type = "text/event-stream")))]
 pub async fn stream(
     State(state): State<AppState>,
     caller: Caller,

@@ -20,7 +20,7 @@ use crate::error::ApiError;
 use crate::extract::{ApiJson, ApiPath, ApiQuery};
 use crate::state::AppState;
 
-#[derive(Debug, Serialize, sqlx::FromRow)]
+#[derive(Debug, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct ExecutionView {
     pub id: Uuid,
     pub node_id: Uuid,
@@ -48,7 +48,7 @@ pub struct ExecutionView {
     pub pending_inputs: Vec<PendingInput>,
 }
 
-#[derive(Debug, Serialize, sqlx::FromRow)]
+#[derive(Debug, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct PendingInput {
     pub id: Uuid,
     /// `question` (answer with `/input`) or `approval` (approve or reject).
@@ -63,18 +63,31 @@ pub struct PendingInput {
 const EXECUTION_COLUMNS: &str = "id, node_id, model, status, control, step, tokens_in, tokens_out, cost_usd, budget, attempts, result, \
      error_class, error_code, error_message, created_at, updated_at, queued_at, started_at, finished_at";
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ExecutionPage {
     pub executions: Vec<ExecutionView>,
     pub next_cursor: Option<Uuid>,
 }
 
 /// The caller's executions, newest first, optionally of one status.
+/// The caller's executions, newest first, a page at a time.
+#[utoipa::path(get, path = "/v1/executions", tag = "executions", params(super::ListQuery),
+    responses((status = 200, description = "A page of executions", body = ExecutionPage)))]
 pub async fn list(
     State(state): State<AppState>,
     caller: Caller,
     ApiQuery(query): ApiQuery<super::ListQuery>,
 ) -> Result<ApiJson<ExecutionPage>, ApiError> {
+    Ok(ApiJson(page(&state, &caller, &query, None).await?))
+}
+
+/// A page of the caller's executions (of one node when `node_id` is given), newest first.
+pub(crate) async fn page(
+    state: &AppState,
+    caller: &Caller,
+    query: &super::ListQuery,
+    node_id: Option<Uuid>,
+) -> Result<ExecutionPage, ApiError> {
     let limit = super::list_limit(
         query.limit,
         query.status.as_deref(),
@@ -83,20 +96,21 @@ pub async fn list(
     // Ids are UUIDv7: id order is creation order, a stable keyset cursor.
     let statement = format!(
         "SELECT {EXECUTION_COLUMNS} FROM executions WHERE org_id = $1 AND ($2::text IS NULL OR status = $2) \
-         AND ($3::uuid IS NULL OR id < $3) ORDER BY id DESC LIMIT $4"
+         AND ($3::uuid IS NULL OR id < $3) AND ($5::uuid IS NULL OR node_id = $5) ORDER BY id DESC LIMIT $4"
     );
     let mut executions: Vec<ExecutionView> = sqlx::query_as(&statement)
         .bind(caller.org_id)
         .bind(&query.status)
         .bind(query.cursor)
         .bind(limit + 1)
+        .bind(node_id)
         .fetch_all(&state.pool)
         .await?;
     let next_cursor = super::next_page(&mut executions, limit, |execution| execution.id);
-    Ok(ApiJson(ExecutionPage {
+    Ok(ExecutionPage {
         executions,
         next_cursor,
-    }))
+    })
 }
 
 pub async fn load_execution(
@@ -122,6 +136,9 @@ pub async fn load_execution(
     Ok(execution)
 }
 
+/// An execution, with the questions and approvals it waits on.
+#[utoipa::path(get, path = "/v1/executions/{id}", tag = "executions", params(("id" = Uuid, Path, description = "The execution's id")),
+    responses((status = 200, description = "The execution", body = ExecutionView)))]
 pub async fn show(
     State(state): State<AppState>,
     caller: Caller,
@@ -130,7 +147,7 @@ pub async fn show(
     Ok(ApiJson(load_execution(&state, &caller, id).await?))
 }
 
-#[derive(Debug, Serialize, sqlx::FromRow)]
+#[derive(Debug, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct TraceEvent {
     pub id: i64,
     pub step: Option<i32>,
@@ -139,7 +156,8 @@ pub struct TraceEvent {
     pub created_at: DateTime<Utc>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct TraceQuery {
     /// The `next_cursor` of the previous page: events after this id.
@@ -147,12 +165,15 @@ pub struct TraceQuery {
     pub limit: Option<i64>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct TracePage {
     pub events: Vec<TraceEvent>,
     pub next_cursor: Option<i64>,
 }
 
+/// The execution's trace, a page at a time.
+#[utoipa::path(get, path = "/v1/executions/{id}/trace", tag = "executions", params(("id" = Uuid, Path, description = "The execution's id"), TraceQuery),
+    responses((status = 200, description = "A page of trace events", body = TracePage)))]
 pub async fn trace(
     State(state): State<AppState>,
     caller: Caller,
@@ -221,6 +242,10 @@ async fn accepted(
     ))
 }
 
+/// Pauses the execution between steps.
+#[utoipa::path(post, path = "/v1/executions/{id}/pause", tag = "executions", params(("id" = Uuid, Path, description = "The execution's id")),
+    responses((status = 202, description = "Done or asked of the worker", body = ExecutionView),
+              (status = 409, description = "Not possible in the execution's status", body = crate::error::ErrorBody)))]
 pub async fn pause(
     State(state): State<AppState>,
     caller: Caller,
@@ -232,6 +257,10 @@ pub async fn pause(
     accepted(&state, &caller, id).await
 }
 
+/// Resumes a paused execution.
+#[utoipa::path(post, path = "/v1/executions/{id}/resume", tag = "executions", params(("id" = Uuid, Path, description = "The execution's id")),
+    responses((status = 202, description = "Done or asked of the worker", body = ExecutionView),
+              (status = 409, description = "Not possible in the execution's status", body = crate::error::ErrorBody)))]
 pub async fn resume(
     State(state): State<AppState>,
     caller: Caller,
@@ -243,6 +272,11 @@ pub async fn resume(
     accepted(&state, &caller, id).await
 }
 
+/// Cancels the execution (a running one at once, through its worker).
+#[utoipa::path(post, path = "/v1/executions/{id}/cancel", tag = "executions", params(("id" = Uuid, Path, description = "The execution's id")),
+    responses((status = 202, description = "Cancelled or asked of the worker", body = ExecutionView),
+              (status = 200, description = "Finished already: unchanged", body = ExecutionView),
+              (status = 409, description = "Not possible in the execution's status", body = crate::error::ErrorBody)))]
 pub async fn cancel(
     State(state): State<AppState>,
     caller: Caller,
@@ -260,7 +294,7 @@ pub async fn cancel(
     accepted(&state, &caller, id).await
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct InputRequest {
     pub answer: String,
@@ -268,6 +302,10 @@ pub struct InputRequest {
     pub input_id: Option<Uuid>,
 }
 
+/// Answers a question the execution asked.
+#[utoipa::path(post, path = "/v1/executions/{id}/input", tag = "executions", params(("id" = Uuid, Path, description = "The execution's id")), request_body = InputRequest,
+    responses((status = 202, description = "Answered", body = ExecutionView),
+              (status = 409, description = "No question is pending", body = crate::error::ErrorBody)))]
 pub async fn input(
     State(state): State<AppState>,
     caller: Caller,
@@ -292,6 +330,13 @@ pub async fn input(
     accepted(&state, &caller, id).await
 }
 
+/// Approves or rejects a tool call held for approval (approver role).
+#[utoipa::path(post, path = "/v1/executions/{id}/approvals/{input_id}/{decision}", tag = "executions",
+    params(("id" = Uuid, Path, description = "The execution's id"), ("input_id" = Uuid, Path, description = "The held call's input id"),
+           ("decision" = String, Path, description = "`approve` or `reject`")),
+    responses((status = 202, description = "Decided", body = ExecutionView),
+              (status = 403, description = "The token lacks the approver role", body = crate::error::ErrorBody),
+              (status = 409, description = "Decided already", body = crate::error::ErrorBody)))]
 pub async fn decide(
     State(state): State<AppState>,
     caller: Caller,

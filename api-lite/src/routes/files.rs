@@ -27,7 +27,7 @@ const FILE_COLUMNS: &str = "id, name, content_type, size_bytes, status, stage, a
      detected_type, pages, chunk_count, embedding_model, extraction_engine, extractor_version, stage_durations_ms, \
      created_at, updated_at, queued_at, started_at, finished_at";
 
-#[derive(Debug, Serialize, sqlx::FromRow)]
+#[derive(Debug, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct FileView {
     pub id: Uuid,
     pub name: String,
@@ -64,7 +64,7 @@ async fn load_file(state: &AppState, caller: &Caller, id: Uuid) -> Result<FileVi
         .ok_or(ApiError::NotFound("file"))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateFile {
     pub name: String,
@@ -72,22 +72,27 @@ pub struct CreateFile {
     pub size: u64,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct CreatedFile {
     pub id: Uuid,
     pub status: String,
     pub upload: Upload,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Upload {
     pub method: &'static str,
     pub url: String,
     /// Send these headers with the PUT; the signature covers them.
+    #[schema(value_type = std::collections::HashMap<String, String>)]
     pub headers: serde_json::Map<String, Value>,
     pub expires_at: DateTime<Utc>,
 }
 
+/// Registers a file and returns a presigned PUT for its bytes.
+#[utoipa::path(post, path = "/v1/files", tag = "files", request_body = CreateFile,
+    responses((status = 201, description = "Registered; PUT the bytes to `upload.url` with `upload.headers`, then confirm", body = CreatedFile),
+              (status = 413, description = "Larger than the limit", body = crate::error::ErrorBody)))]
 pub async fn create(
     State(state): State<AppState>,
     caller: Caller,
@@ -181,6 +186,11 @@ pub async fn create(
     ))
 }
 
+/// Confirms the upload and queues the file for processing.
+#[utoipa::path(post, path = "/v1/files/{id}/confirm", tag = "files", params(("id" = Uuid, Path, description = "The file's id")),
+    responses((status = 202, description = "Queued", body = FileView),
+              (status = 200, description = "Confirmed already", body = FileView),
+              (status = 409, description = "`upload_missing` or `size_mismatch`", body = crate::error::ErrorBody)))]
 pub async fn confirm(
     State(state): State<AppState>,
     caller: Caller,
@@ -240,20 +250,82 @@ pub async fn confirm(
     ))
 }
 
+/// A file: its status, stage, error, what processing learned, and a presigned download.
+#[utoipa::path(get, path = "/v1/files/{id}", tag = "files", params(("id" = Uuid, Path, description = "The file's id")),
+    responses((status = 200, description = "The file", body = FileDetail)))]
 pub async fn show(
     State(state): State<AppState>,
     caller: Caller,
     ApiPath(id): ApiPath<Uuid>,
-) -> Result<ApiJson<FileView>, ApiError> {
-    Ok(ApiJson(load_file(&state, &caller, id).await?))
+) -> Result<ApiJson<FileDetail>, ApiError> {
+    let file = load_file(&state, &caller, id).await?;
+    // Until the upload is confirmed there may be no object to download.
+    let download = if file.status == FileStatus::AwaitingUpload.as_str() {
+        None
+    } else {
+        Some(presign_download(&state, &caller, &file).await?)
+    };
+    Ok(ApiJson(FileDetail { file, download }))
 }
 
-#[derive(Debug, Serialize)]
+/// A file with a short-lived link to its original bytes.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct FileDetail {
+    #[serde(flatten)]
+    pub file: FileView,
+    /// A presigned GET of the original, for the caller's org only; absent while the
+    /// file awaits its upload.
+    pub download: Option<Download>,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Download {
+    pub method: &'static str,
+    pub url: String,
+    pub expires_at: DateTime<Utc>,
+}
+
+async fn presign_download(
+    state: &AppState,
+    caller: &Caller,
+    file: &FileView,
+) -> Result<Download, ApiError> {
+    let expiry = Duration::from_secs(state.settings.storage.download_expiry_secs.max(1));
+    let presigning =
+        PresigningConfig::expires_in(expiry).map_err(|error| ApiError::Internal(error.into()))?;
+    // The key is built from the caller's org: a token of another org cannot name it.
+    let object_key = format!("orgs/{}/files/{}", caller.org_id, file.id);
+    let disposition = format!(
+        "attachment; filename=\"{}\"",
+        file.name.replace(['"', '\\'], "_")
+    );
+    let presigned = state
+        .aws
+        .s3
+        .get_object()
+        .bucket(&state.settings.storage.bucket)
+        .key(&object_key)
+        .response_content_type(&file.content_type)
+        .response_content_disposition(disposition)
+        .presigned(presigning)
+        .await
+        .map_err(|error| ApiError::Internal(anyhow::anyhow!("presign failed: {error}")))?;
+    Ok(Download {
+        method: "GET",
+        url: presigned.uri().to_string(),
+        expires_at: Utc::now() + chrono::Duration::from_std(expiry).unwrap_or_default(),
+    })
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct FilePage {
     pub files: Vec<FileView>,
     pub next_cursor: Option<Uuid>,
 }
 
+/// The caller's files, newest first, a page at a time.
+#[utoipa::path(get, path = "/v1/files", tag = "files", params(super::ListQuery),
+    responses((status = 200, description = "A page of files", body = FilePage)))]
 pub async fn list(
     State(state): State<AppState>,
     caller: Caller,
@@ -276,6 +348,9 @@ pub async fn list(
     Ok(ApiJson(FilePage { files, next_cursor }))
 }
 
+/// Deletes the file, its object and its chunks.
+#[utoipa::path(delete, path = "/v1/files/{id}", tag = "files", params(("id" = Uuid, Path, description = "The file's id")),
+    responses((status = 204, description = "Deleted")))]
 pub async fn delete(
     State(state): State<AppState>,
     caller: Caller,
@@ -310,6 +385,10 @@ pub async fn delete(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// Processes a finished file again (its chunks keep serving until the new ones are stored).
+#[utoipa::path(post, path = "/v1/files/{id}/reprocess", tag = "files", params(("id" = Uuid, Path, description = "The file's id")),
+    responses((status = 202, description = "Queued again", body = FileView),
+              (status = 409, description = "`not_reprocessable`: the file is not finished", body = crate::error::ErrorBody)))]
 pub async fn reprocess(
     State(state): State<AppState>,
     caller: Caller,

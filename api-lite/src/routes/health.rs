@@ -6,12 +6,12 @@
 
 use std::time::{Duration, Instant};
 
-use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
-use serde_json::{Value, json};
+use serde::Serialize;
 use tokio::sync::Mutex;
 
+use crate::extract::ApiJson;
 use crate::state::AppState;
 
 /// How long a readiness answer is reused.
@@ -35,11 +35,33 @@ impl Readiness {
     }
 }
 
+/// The readiness answer: ready when every dependency answers.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ReadyView {
+    pub ready: bool,
+    pub checks: ReadyChecks,
+}
+
+/// Whether each dependency answered.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ReadyChecks {
+    pub postgres: bool,
+    pub sqs: bool,
+    pub s3: bool,
+}
+
+/// Liveness: the process answers.
+#[utoipa::path(get, path = "/health", tag = "health", security(()),
+    responses((status = 200, description = "Alive", body = String, content_type = "text/plain")))]
 pub async fn health() -> &'static str {
     "ok"
 }
 
-pub async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
+/// Readiness: Postgres, SQS and S3 answer (cached for a second).
+#[utoipa::path(get, path = "/ready", tag = "health", security(()),
+    responses((status = 200, description = "Every dependency answers", body = ReadyView),
+              (status = 503, description = "A dependency does not answer", body = ReadyView)))]
+pub async fn ready(State(state): State<AppState>) -> (StatusCode, ApiJson<ReadyView>) {
     let readiness = {
         let mut cached = state.ready_cache.0.lock().await;
         match *cached {
@@ -58,10 +80,14 @@ pub async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
     };
     (
         status,
-        Json(json!({
-            "ready": readiness.ready(),
-            "checks": { "postgres": readiness.postgres, "sqs": readiness.sqs, "s3": readiness.s3 },
-        })),
+        ApiJson(ReadyView {
+            ready: readiness.ready(),
+            checks: ReadyChecks {
+                postgres: readiness.postgres,
+                sqs: readiness.sqs,
+                s3: readiness.s3,
+            },
+        }),
     )
 }
 

@@ -12,16 +12,19 @@ pub mod health;
 pub mod nodes;
 /// Semantic search over the caller's chunks.
 pub mod search;
+/// Webhook endpoints of the caller's org and their deliveries.
+pub mod webhooks;
 
 use axum::Router;
-use axum::routing::{get, post};
+use axum::routing::{MethodRouter, get, post};
 use uuid::Uuid;
 
 use crate::error::ApiError;
 use crate::state::AppState;
 
 /// A keyset-paged list request (`GET /v1/files`, `GET /v1/executions`).
-#[derive(Debug, serde::Deserialize)]
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
     pub status: Option<String>,
@@ -63,29 +66,57 @@ pub(crate) fn next_page<T>(rows: &mut Vec<T>, limit: i64, id: impl Fn(&T) -> Uui
     }
 }
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/health", get(health::health))
-        .route("/ready", get(health::ready))
-        .route("/v1/files", post(files::create).get(files::list))
-        .route("/v1/files/{id}", get(files::show).delete(files::delete))
-        .route("/v1/files/{id}/confirm", post(files::confirm))
-        .route("/v1/files/{id}/reprocess", post(files::reprocess))
-        .route("/v1/search", post(search::search))
-        .route("/v1/nodes", post(nodes::create))
-        .route("/v1/nodes/{id}", get(nodes::show))
-        .route("/v1/nodes/{id}/execute", post(nodes::execute))
-        .route("/v1/executions", get(executions::list))
-        .route("/v1/executions/{id}", get(executions::show))
-        .route("/v1/executions/{id}/trace", get(executions::trace))
-        .route("/v1/executions/{id}/events", get(events::stream))
-        .route("/v1/executions/{id}/pause", post(executions::pause))
-        .route("/v1/executions/{id}/resume", post(executions::resume))
-        .route("/v1/executions/{id}/cancel", post(executions::cancel))
-        .route("/v1/executions/{id}/input", post(executions::input))
-        .route(
+/// A path and the handlers of its methods.
+pub type Route = (&'static str, MethodRouter<AppState>);
+
+/// Every route the API serves: the router is built from this table, and the OpenAPI
+/// test checks each of its paths and methods against the document.
+pub fn table() -> Vec<Route> {
+    let mut routes: Vec<Route> = vec![
+        ("/health", get(health::health)),
+        ("/ready", get(health::ready)),
+        ("/openapi.json", get(crate::openapi::document_route)),
+        ("/docs", get(crate::openapi::docs_page)),
+        ("/v1/files", post(files::create).get(files::list)),
+        ("/v1/files/{id}", get(files::show).delete(files::delete)),
+        ("/v1/files/{id}/confirm", post(files::confirm)),
+        ("/v1/files/{id}/reprocess", post(files::reprocess)),
+        ("/v1/search", post(search::search)),
+        ("/v1/nodes", post(nodes::create)),
+        ("/v1/nodes/{id}", get(nodes::show).patch(nodes::update)),
+        ("/v1/nodes/{id}/executions", get(nodes::executions)),
+        ("/v1/nodes/{id}/execute", post(nodes::execute)),
+        ("/v1/executions", get(executions::list)),
+        ("/v1/executions/{id}", get(executions::show)),
+        ("/v1/executions/{id}/trace", get(executions::trace)),
+        ("/v1/executions/{id}/events", get(events::stream)),
+        ("/v1/executions/{id}/pause", post(executions::pause)),
+        ("/v1/executions/{id}/resume", post(executions::resume)),
+        ("/v1/executions/{id}/cancel", post(executions::cancel)),
+        ("/v1/executions/{id}/input", post(executions::input)),
+        (
             "/v1/executions/{id}/approvals/{input_id}/{decision}",
             post(executions::decide),
-        )
-        .merge(crate::ops::router())
+        ),
+        ("/v1/webhooks", post(webhooks::create).get(webhooks::list)),
+        (
+            "/v1/webhooks/{id}",
+            get(webhooks::show).delete(webhooks::delete),
+        ),
+        (
+            "/v1/webhooks/{id}/rotate-secret",
+            post(webhooks::rotate_secret),
+        ),
+        ("/v1/webhooks/{id}/deliveries", get(webhooks::deliveries)),
+    ];
+    routes.extend(crate::ops::table());
+    routes
+}
+
+pub fn router() -> Router<AppState> {
+    table()
+        .into_iter()
+        .fold(Router::new(), |router, (path, methods)| {
+            router.route(path, methods)
+        })
 }

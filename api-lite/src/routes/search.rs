@@ -10,7 +10,7 @@ use crate::error::{ApiError, Dependency};
 use crate::extract::ApiJson;
 use crate::state::AppState;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SearchRequest {
     pub query: String,
@@ -23,6 +23,9 @@ fn default_top_k() -> i64 {
     5
 }
 
+/// Semantic search over the caller's chunks.
+#[utoipa::path(post, path = "/v1/search", tag = "search", request_body = SearchRequest,
+    responses((status = 200, description = "The best chunks, best first", body = SearchOutcome)))]
 pub async fn search(
     State(state): State<AppState>,
     caller: Caller,

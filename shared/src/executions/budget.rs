@@ -12,7 +12,7 @@ use crate::config::{AgentWorkerSettings, BudgetCeiling, ModelPrice};
 use crate::error::JobError;
 
 /// The limits a caller may ask for; unset ones take the worker's defaults.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RequestedBudget {
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -22,8 +22,9 @@
 //!
 //! Routes, the worker, the sweeper and ops call these functions and write no status SQL
 //! of their own. Every transition goes through one private function, `record`, which
-//! writes the event row and the outbox entry: a side row every transition needs (a
-//! webhook, say) is added there.
+//! writes the event row, the outbox entry and the webhook deliveries
+//! (`execution.awaiting_input`, `.completed`, `.failed`, `.cancelled`) in the same
+//! transaction.
 //!
 //! A dead-lettered execution is `failed` with error class `transient` (its message went
 //! to the DLQ after `maxReceiveCount`). A message that comes back from the DLQ, moved by
@@ -52,6 +53,7 @@ use crate::error::JobError;
 use crate::lease::{self, Claim, LAST_ATTEMPT_LOST, LeasedTable, Receipt, Stalled};
 use crate::outbox;
 use crate::queue::JobKind;
+use crate::webhooks::{self, EventType};
 use crate::worker::Disposition;
 
 /// An execution's status; mirrors the CHECK list of `executions.status`.
@@ -164,6 +166,17 @@ impl Transition {
         }
     }
 
+    /// The webhook event the transition announces, if any.
+    fn webhook(self) -> Option<EventType> {
+        match self {
+            Self::AwaitingInput => Some(EventType::ExecutionAwaitingInput),
+            Self::Completed => Some(EventType::ExecutionCompleted),
+            Self::Failed | Self::DeadLettered => Some(EventType::ExecutionFailed),
+            Self::Cancelled => Some(EventType::ExecutionCancelled),
+            _ => None,
+        }
+    }
+
     /// Whether the transition puts a new message on the queue (through the outbox).
     fn enqueues(self) -> bool {
         match self {
@@ -188,14 +201,29 @@ pub struct Moved {
     pub step: i32,
 }
 
-/// Writes the transition's event row and, when it enqueues, its outbox entry, in the
-/// transaction that changed the row. Every transition passes through here.
+/// Writes the transition's event row, its outbox entry when it enqueues, and its webhook
+/// deliveries when it announces one, in the transaction that changed the row. Every
+/// transition passes through here.
 async fn record(
     connection: &mut PgConnection,
     execution: Moved,
     transition: Transition,
     data: Value,
 ) -> sqlx::Result<()> {
+    if let Some(event) = transition.webhook() {
+        let status = match transition {
+            Transition::DeadLettered => ExecutionStatus::Failed.as_str(),
+            other => other.as_str(),
+        };
+        let mut payload =
+            json!({ "execution_id": execution.id, "status": status, "step": execution.step });
+        if let (Some(fields), Value::Object(extra)) = (payload.as_object_mut(), &data) {
+            for (key, value) in extra {
+                fields.entry(key.clone()).or_insert(value.clone());
+            }
+        }
+        webhooks::enqueue_event(connection, execution.org_id, event, payload).await?;
+    }
     append_events(
         connection,
         execution,
