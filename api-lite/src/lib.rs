@@ -10,8 +10,9 @@
 //! - [`ops`]: the fleet-wide ops routes and the `/ops` dashboard page.
 //! - [`scheduler`]: the schedule leader (advisory lock); fires are `shared::schedules`.
 //!
-//! [`run`] wires them together: migrations, queues, the outbox relay, the sweeper and
-//! the HTTP server, until the shutdown token fires.
+//! [`run`] wires them together: migrations (and `shared::online_migrations` in the
+//! background), queues, the outbox relay, the sweeper and the HTTP server, until the
+//! shutdown token fires.
 
 /// Bearer JWT auth.
 pub mod auth;
@@ -64,6 +65,21 @@ pub async fn run(
         Duration::from_millis(state.settings.api.outbox_poll_ms),
     );
     let relay_task = tokio::spawn(relay.run(background.clone()));
+    // Backfills and concurrent index builds (see shared::online_migrations): in the
+    // background, so a large backfill never delays readiness; search works meanwhile.
+    let online_pool = state.pool.clone();
+    let online_shutdown = background.clone();
+    let online_task = tokio::spawn(async move {
+        tokio::select! {
+            outcome = shared::online_migrations::run(&online_pool) => {
+                if let Err(error) = outcome {
+                    tracing::error!(error = %error, "online migrations failed; the next start tries again");
+                }
+            }
+            // An index build cut short is left invalid and rebuilt by the next run.
+            () = online_shutdown.cancelled() => {}
+        }
+    });
     let sweeper_task = tokio::spawn(sweeper::run(
         state.pool.clone(),
         Duration::from_secs(state.settings.api.sweeper_requeue_after_secs),
@@ -90,7 +106,7 @@ pub async fn run(
         .await
         .context("http server failed")?;
     background.cancel();
-    let _ = tokio::join!(relay_task, sweeper_task, gauges_task);
+    let _ = tokio::join!(relay_task, sweeper_task, gauges_task, online_task);
     if let Some(scheduler_task) = scheduler_task {
         let _ = scheduler_task.await;
     }

@@ -14,7 +14,13 @@
 //! - [`outbox`]: enqueue in the caller's transaction; the relay that sends to SQS.
 //! - [`embed`]: the [`embed::Embedder`] trait, local candle MiniLM and OpenAI-compatible.
 //! - [`embedders`]: builds the configured embedder, the chunking tokenizer, model indexes.
-//! - [`search`]: semantic search over an org's chunks (the API and the agent's tool).
+//! - [`search`]: vector, text and hybrid search over an org's chunks (the API and the
+//!   agent's tool).
+//! - [`file_filter`]: which files a search or a file list looks at (ids, types, name
+//!   prefix, created-at range, metadata).
+//! - [`metadata`]: user metadata on files: limits and JSON merge patch.
+//! - [`online_migrations`]: backfills and concurrent index builds a migration cannot do
+//!   without blocking ingestion.
 //! - [`error`]: [`error::JobError`], the retry decision handlers return.
 //! - [`worker`]: the one worker loop: receive, claim, run, ack; heartbeats; shutdown.
 //! - [`lease`]: fenced leases on job rows.
@@ -38,19 +44,25 @@ pub mod embed;
 pub mod embedders;
 /// The retry decision of a failed job.
 pub mod error;
+/// Filters on files for search and the file list.
+pub mod file_filter;
 /// Reprocess, requeue and reopen jobs; audit entries.
 pub mod jobs;
 /// Fenced leases on job rows.
 pub mod lease;
+/// User metadata on files: limits and merge patch.
+pub mod metadata;
 /// Prometheus metrics.
 pub mod metrics;
+/// Backfills and concurrent index builds after the migrations.
+pub mod online_migrations;
 /// Transactional outbox and its relay.
 pub mod outbox;
 /// Job messages and SQS queues.
 pub mod queue;
 /// Cron schedules and their exactly-once fires.
 pub mod schedules;
-/// Semantic search over an org's chunks.
+/// Vector, text and hybrid search over an org's chunks.
 pub mod search;
 /// Signal handling.
 pub mod shutdown;

@@ -72,7 +72,7 @@ impl Tool {
     fn description(self) -> &'static str {
         match self {
             Self::SearchFiles => {
-                "Semantic search over the organisation's uploaded files. Returns the best matching passages."
+                "Search over the organisation's uploaded files, by meaning and by words. Returns the best matching passages."
             }
             Self::GetNodeContext => {
                 "The current task node's inputs and outputs, its parent chain and its sibling nodes."
@@ -321,13 +321,17 @@ impl ToolContext {
                     Ok(embedder) => embedder.clone(),
                     Err(message) => return Ok(Err(message)),
                 };
+                let everything = shared::file_filter::FileFilter::default();
                 match shared::search::search_chunks(
                     &self.pool,
                     &[embedder],
                     org_id,
-                    query,
-                    *top_k,
-                    None,
+                    &shared::search::SearchQuery {
+                        text: query,
+                        top_k: *top_k,
+                        mode: None,
+                        filter: &everything,
+                    },
                 )
                 .await
                 {

@@ -2,13 +2,13 @@
 
 /// Executions: status, trace, live events, control, human input and approvals.
 pub mod executions;
-/// Upload, confirm, inspect, list, delete and reprocess files.
+/// Upload, confirm, inspect, list, update metadata, delete and reprocess files.
 pub mod files;
 /// Liveness and readiness.
 pub mod health;
 /// Nodes (agent tasks) and starting executions on them.
 pub mod nodes;
-/// Semantic search over the caller's chunks.
+/// Vector, text and hybrid search over the caller's chunks, with file filters.
 pub mod search;
 
 use axum::Router;
@@ -18,7 +18,7 @@ use uuid::Uuid;
 use crate::error::ApiError;
 use crate::state::AppState;
 
-/// A keyset-paged list request (`GET /v1/files`, `GET /v1/executions`).
+/// A keyset-paged list request (`GET /v1/executions`; `GET /v1/files` adds filters).
 #[derive(Debug, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
@@ -66,7 +66,10 @@ pub fn router() -> Router<AppState> {
         .route("/health", get(health::health))
         .route("/ready", get(health::ready))
         .route("/v1/files", post(files::create).get(files::list))
-        .route("/v1/files/{id}", get(files::show).delete(files::delete))
+        .route(
+            "/v1/files/{id}",
+            get(files::show).patch(files::update).delete(files::delete),
+        )
         .route("/v1/files/{id}/confirm", post(files::confirm))
         .route("/v1/files/{id}/reprocess", post(files::reprocess))
         .route("/v1/search", post(search::search))
