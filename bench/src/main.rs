@@ -9,6 +9,8 @@
 //! - [`embed`]: local all-MiniLM-L6-v2 throughput.
 //! - [`e2e`]: api-lite and a real worker-files process, uploads through the API, RSS sampling.
 //! - [`copy`]: binary COPY against row-by-row INSERT for the store stage.
+//! - [`search`]: search quality (hit@1, hit@5, MRR) and latency, vector, text and hybrid,
+//!   against LlamaIndex's retrievers over the same chunks and model.
 //! - [`database`]: a fresh, migrated database per section.
 //! - [`rss`]: resident set sizes from `/proc`.
 //! - [`report`]: aligned tables and the findings every section hands to `all`.
@@ -31,6 +33,8 @@ mod pipeline;
 mod report;
 /// Memory figures from `/proc`.
 mod rss;
+/// Search quality and latency by mode, and the LlamaIndex retrievers.
+mod search;
 /// Word-level text similarity.
 mod similarity;
 
@@ -92,6 +96,15 @@ enum Section {
         #[arg(long, default_value_t = 2000)]
         rows: usize,
     },
+    /// Search quality (hit@1, hit@5, MRR) and latency, vector / text / hybrid, and LlamaIndex's retrievers.
+    Search {
+        /// Add distractor PDFs of the corpus package until the index holds this many chunks.
+        #[arg(long, default_value_t = 10_000)]
+        chunks: usize,
+        /// Skip the LlamaIndex peer even when its venv exists.
+        #[arg(long)]
+        skip_peer: bool,
+    },
     /// Every section, each in its own process, then a summary against DESIGN's targets.
     All,
 }
@@ -105,6 +118,7 @@ impl Section {
             Section::Embed { .. } => "embed",
             Section::E2e { .. } => "e2e",
             Section::Copy { .. } => "copy",
+            Section::Search { .. } => "search",
             Section::All => "all",
         }
     }
@@ -168,6 +182,9 @@ async fn run_section(paths: &Paths, section: &Section) -> anyhow::Result<Vec<Fin
         Section::Embed { chunks } => embed::run(&corpus::load(&paths.out_dir)?, *chunks).await,
         Section::E2e { files } => e2e::run(paths, &corpus::load(&paths.out_dir)?, *files).await,
         Section::Copy { rows } => copy::run(&corpus::load(&paths.out_dir)?, *rows).await,
+        Section::Search { chunks, skip_peer } => {
+            search::run(paths, &corpus::load(&paths.out_dir)?, *chunks, *skip_peer).await
+        }
         Section::All => bail!("`all` is not a single section"),
     }
 }
@@ -179,7 +196,7 @@ fn run_all(paths: &Paths) -> anyhow::Result<()> {
     corpus.print_overview();
     report::clear_findings(&paths.out_dir)?;
     let executable = std::env::current_exe()?;
-    let sections = ["extract", "pipeline", "embed", "e2e", "copy"];
+    let sections = ["extract", "pipeline", "embed", "e2e", "copy", "search"];
     let mut failed = Vec::new();
     for section in sections {
         let status = Command::new(&executable)

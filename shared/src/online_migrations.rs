@@ -14,7 +14,7 @@ use sqlx::{Postgres, Row};
 use crate::search::TEXT_SEARCH_CONFIG;
 
 /// The advisory lock key of the online steps ("gbonline" in ASCII).
-const ADVISORY_LOCK_KEY: i64 = 0x6762_6f6e_6c69_6e65;
+pub const ADVISORY_LOCK_KEY: i64 = 0x6762_6f6e_6c69_6e65;
 
 /// Chunks per backfill transaction: small enough that a batch holds its row locks for
 /// milliseconds, large enough that a million chunks take minutes, not hours.
