@@ -2,7 +2,8 @@
 # `make demo`: start api-lite and worker-files against the local stack, ingest three
 # sample documents, show progress, then search. Then start worker-agent and run an agent
 # on a node: it searches the files, asks a question (answered through the API), writes an
-# output (approved through the API) and completes; the trace shows tokens and cost.
+# output (approved through the API with an approver token) and completes; the trace
+# shows tokens and cost.
 # The agent's model is LLM_BASE_URL + LLM_API_KEY (+ LLM_MODEL) when both are set, and
 # otherwise the recorded responses in testkit/recordings/demo-agent.json, served by the
 # recorded-llm binary. `scripts/demo.sh stop` stops the fleet.
@@ -45,6 +46,17 @@ export GLASSBOX_QUEUES__CREATE=true
 export GLASSBOX_API__LISTEN="127.0.0.1:$API_PORT"
 export GLASSBOX_METRICS__LISTEN="127.0.0.1:0"
 export RUST_LOG="${RUST_LOG:-info,sqlx=warn,aws=warn}"
+# Runs may use only allowed, priced models (README: Agent spend).
+case "${LLM_MODEL:-gpt-4o-mini}" in
+  gpt-4o-mini | gpt-4o) ;;
+  *)
+    if [ -z "${GLASSBOX_AGENT_WORKER__ALLOWED_MODELS:-}" ]; then
+      echo "LLM_MODEL=$LLM_MODEL is not in the default model allowlist: set GLASSBOX_AGENT_WORKER__ALLOWED_MODELS" >&2
+      echo "and its price (GLASSBOX_AGENT_WORKER__PRICES__<model>__INPUT_PER_MILLION_USD and __OUTPUT_PER_MILLION_USD)" >&2
+      exit 1
+    fi
+    ;;
+esac
 
 echo "==> starting api-lite on http://127.0.0.1:$API_PORT (log: .stack/fleet/api-lite.log)"
 "$BIN/api-lite" serve >"$RUN/api-lite.log" 2>&1 &
@@ -93,7 +105,9 @@ echo "==> agent model: $MODEL_LABEL"
 echo "==> starting worker-agent (log: .stack/fleet/worker-agent.log)"
 GLASSBOX_AGENT_WORKER__RECEIVE_WAIT_SECS=1 "$BIN/worker-agent" >"$RUN/worker-agent.log" 2>&1 &
 echo $! >"$RUN/worker-agent.pid"
-python3 "$ROOT/scripts/demo_client.py" agent "http://127.0.0.1:$API_PORT" "$TOKEN" "$MODEL" "$MODEL_LABEL"
+# Only a token with the approver role may approve the agent's held tool calls.
+APPROVER_TOKEN="$("$BIN/api-lite" token --org "$ORG" --subject demo-approver --approver)"
+python3 "$ROOT/scripts/demo_client.py" agent "http://127.0.0.1:$API_PORT" "$TOKEN" "$APPROVER_TOKEN" "$MODEL" "$MODEL_LABEL"
 echo
 OPS_TOKEN="$("$BIN/api-lite" token --org "$ORG" --subject demo-ops --ops)"
 echo "==> what ops see (fleetctl queues; fleetctl audit)"

@@ -1,8 +1,9 @@
 """The demo's client, in two parts.
 
 - `files BASE TOKEN FOLDER`: upload the samples through the API, show progress, search.
-- `agent BASE TOKEN MODEL LABEL`: create a node, execute it, answer the agent's questions
-  and approve its outputs through the API, then print the trace with tokens and cost.
+- `agent BASE TOKEN APPROVER_TOKEN MODEL LABEL`: create a node, execute it, answer the
+  agent's questions and approve its outputs through the API (approving needs the token
+  with the approver role), then print the trace with tokens and cost.
 
 Standard library only, so `make demo` needs nothing beyond Python 3.
 """
@@ -143,7 +144,7 @@ def trace(base, token, execution_id):
         after = page["next_cursor"]
 
 
-def agent_part(base, token, model, label):
+def agent_part(base, token, approver_token, model, label):
     print(f"==> agent run (model: {label})")
     status, node = call(base, token, "POST", "/v1/nodes", NODE)
     if status != 201:
@@ -177,9 +178,9 @@ def agent_part(base, token, model, label):
                     print(f"    {answered}")
             else:
                 print(f"  agent wants to run {pending['tool']}({clip(json.dumps(pending['arguments']), 100)})")
-                status, approved = call(base, token, "POST",
+                status, approved = call(base, approver_token, "POST",
                                         f"/v1/executions/{execution_id}/approvals/{pending['id']}/approve", {})
-                print(f"  approved through the API -> {status}")
+                print(f"  approved through the API (approver token) -> {status}")
                 if status != 202:
                     print(f"    {approved}")
         if execution["status"] in TERMINAL:

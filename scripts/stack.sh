@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# The local stack: PostgreSQL 15 + pgvector (private cluster), moto (SQS + S3) and the
-# all-MiniLM-L6-v2 weights. Every step is idempotent, so `up` is safe to run again.
+# The local stack: PostgreSQL 15 + pgvector (private cluster), moto (SQS + S3), the
+# all-MiniLM-L6-v2 weights, ONNX Runtime to run them, and libpdfium. Every step is
+# idempotent, so `up` is safe to run again.
 #
-#   scripts/stack.sh deps   install system packages, pgvector, the venv and the model
+#   scripts/stack.sh deps   install system packages, pgvector, the venv, the model and ONNX Runtime
 #   scripts/stack.sh up     deps, then start Postgres and moto (reusing ones already up)
 #   scripts/stack.sh down   stop what `up` started
 #   scripts/stack.sh env    print the environment the fleet needs to reach the stack
@@ -15,6 +16,12 @@ MOTO_PORT="${STACK_MOTO_PORT:-55000}"
 PG_BIN="/usr/lib/postgresql/15/bin"
 MODEL_DIR="$STACK/models/all-MiniLM-L6-v2"
 VENV="$STACK/venv"
+PDFIUM_DIR="$STACK/pdfium"
+# libpdfium for worker-files' PDF engine, from the pypdfium2 wheel. 5.15.2 ships pdfium
+# build 8149 (pypdfium2_raw/version.json), inside the range of pdfium-render's `pdfium_8125`
+# API (the feature set in Cargo.toml): keep the two in step when either moves.
+PYPDFIUM2_VERSION=5.15.2
+PDFIUM_BUILD=8149
 
 log() { printf '\033[1;34m[stack]\033[0m %s\n' "$*" >&2; }
 die() { printf '\033[1;31m[stack] error:\033[0m %s\n' "$*" >&2; exit 1; }
@@ -113,6 +120,84 @@ with zipfile.ZipFile(wheel) as archive:
 PY
 }
 
+install_pdfium() {
+  if [ -f "$PDFIUM_DIR/libpdfium.so" ] && grep -Eq "\"build\": *$PDFIUM_BUILD\b" "$PDFIUM_DIR/version.json" 2>/dev/null; then
+    return 0
+  fi
+  log "fetching libpdfium (PyPI pypdfium2==$PYPDFIUM2_VERSION, pdfium build $PDFIUM_BUILD)"
+  # The wheel is kept outside the clone, like the model's.
+  local wheels="${XDG_CACHE_HOME:-$HOME/.cache}/glassbox/wheels"
+  local platform
+  platform="manylinux_2_17_$(uname -m)"
+  mkdir -p "$wheels"
+  local wheel
+  wheel="$(find "$wheels" -name "pypdfium2-$PYPDFIUM2_VERSION-*$(uname -m)*.whl" | head -n1)"
+  if [ -z "$wheel" ]; then
+    python3 -m pip download -q --disable-pip-version-check --no-deps --only-binary=:all: \
+      --platform "$platform" -d "$wheels" "pypdfium2==$PYPDFIUM2_VERSION"
+    wheel="$(find "$wheels" -name "pypdfium2-$PYPDFIUM2_VERSION-*$(uname -m)*.whl" | head -n1)"
+  fi
+  [ -n "$wheel" ] || die "pip download of pypdfium2==$PYPDFIUM2_VERSION produced no wheel for $platform"
+  python3 - "$wheel" "$PDFIUM_DIR" "$PDFIUM_BUILD" <<'PY'
+import json, os, sys, zipfile
+wheel, target, build = sys.argv[1], sys.argv[2], int(sys.argv[3])
+os.makedirs(target, exist_ok=True)
+with zipfile.ZipFile(wheel) as archive:
+    version = json.loads(archive.read("pypdfium2_raw/version.json"))
+    if version.get("build") != build:
+        sys.exit(f"{wheel} carries pdfium build {version.get('build')}, expected {build}")
+    for name, mode in (("libpdfium.so", 0o755), ("version.json", 0o644)):
+        destination = os.path.join(target, name)
+        with archive.open("pypdfium2_raw/" + name) as source, open(destination + ".part", "wb") as sink:
+            sink.write(source.read())
+        os.chmod(destination + ".part", mode)
+        os.replace(destination + ".part", destination)
+PY
+}
+
+# ONNX Runtime runs the local embedding model (see shared/src/embed/local/onnx.rs). Its
+# shared library comes from the PyPI wheel `onnxruntime` (the Python bindings are not
+# used) and is installed as a system library, so the dynamic loader finds
+# `libonnxruntime.so.1`, the fleet's default `GLASSBOX_EMBEDDING__ONNXRUNTIME_LIBRARY`.
+ONNXRUNTIME_VERSION=1.31.1
+install_onnxruntime() {
+  local target="/usr/local/lib/libonnxruntime.so.$ONNXRUNTIME_VERSION"
+  if [ -f "$target" ] && [ "$(readlink /usr/local/lib/libonnxruntime.so.1)" = "libonnxruntime.so.$ONNXRUNTIME_VERSION" ]; then
+    return 0
+  fi
+  local platform
+  case "$(uname -m)" in
+    x86_64) platform=manylinux_2_28_x86_64 ;;
+    aarch64) platform=manylinux_2_28_aarch64 ;;
+    *) log "no ONNX Runtime wheel for $(uname -m); the local model will run on candle"; return 0 ;;
+  esac
+  log "installing ONNX Runtime $ONNXRUNTIME_VERSION (libonnxruntime.so from the PyPI wheel onnxruntime)"
+  # Kept outside the clone, like the model's wheel, so fresh clones (CI) do not fetch it again.
+  local wheels="${XDG_CACHE_HOME:-$HOME/.cache}/glassbox/wheels"
+  mkdir -p "$wheels"
+  local wheel
+  wheel="$(find "$wheels" -name "onnxruntime-$ONNXRUNTIME_VERSION-cp311-*$platform.whl" | head -n1)"
+  if [ -z "$wheel" ]; then
+    # Any Python's wheel carries the same library; 3.11 is pinned so the file name is known.
+    python3 -m pip download -q --disable-pip-version-check --no-deps --only-binary=:all: \
+      --platform "$platform" --python-version 3.11 -d "$wheels" "onnxruntime==$ONNXRUNTIME_VERSION"
+    wheel="$(find "$wheels" -name "onnxruntime-$ONNXRUNTIME_VERSION-cp311-*$platform.whl" | head -n1)"
+  fi
+  [ -n "$wheel" ] || die "pip download onnxruntime==$ONNXRUNTIME_VERSION produced no wheel"
+  python3 - "$wheel" "$target" "$ONNXRUNTIME_VERSION" <<'PY'
+import os, sys, zipfile
+wheel, target, version = sys.argv[1:4]
+with zipfile.ZipFile(wheel) as archive:
+    data = archive.read(f"onnxruntime/capi/libonnxruntime.so.{version}")
+with open(target + ".part", "wb") as sink:
+    sink.write(data)
+os.chmod(target + ".part", 0o644)
+os.replace(target + ".part", target)
+PY
+  ln -sfn "libonnxruntime.so.$ONNXRUNTIME_VERSION" /usr/local/lib/libonnxruntime.so.1
+  ldconfig
+}
+
 deps() {
   mkdir -p "$STACK"
   apt_install postgresql-15 postgresql-server-dev-15 postgresql-client-15 build-essential dpkg-dev \
@@ -120,6 +205,8 @@ deps() {
   install_pgvector
   install_venv
   install_model
+  install_pdfium
+  install_onnxruntime
 }
 
 start_postgres() {
@@ -183,6 +270,7 @@ export GLASSBOX_AWS__REGION=us-east-1
 export AWS_ACCESS_KEY_ID=test
 export AWS_SECRET_ACCESS_KEY=test
 export GLASSBOX_EMBEDDING__MODEL_DIR=$MODEL_DIR
+export GLASSBOX_FILES_WORKER__PDFIUM_LIBRARY=$PDFIUM_DIR/libpdfium.so
 ENV
 }
 

@@ -1,14 +1,37 @@
 //! The one error type of the API and its one JSON shape:
 //! `{ "error": { "code": "...", "message": "..." } }`.
 //!
-//! Internal causes are logged with the request's span (and so its request id) and never
-//! sent to the caller.
+//! Internal causes (SDK, SQL and embedder errors) are logged with the request's span, and
+//! so its request id, and never sent to the caller: the caller gets a fixed message that
+//! names at most the dependency that failed, and the `x-request-id` to quote.
+
+use std::time::Duration;
 
 use axum::Json;
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
-use axum::http::StatusCode;
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
+
+/// A dependency a request needed, named to the caller when it is unavailable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dependency {
+    Database,
+    Storage,
+    Queue,
+    Embedding,
+}
+
+impl Dependency {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Database => "the database",
+            Self::Storage => "file storage",
+            Self::Queue => "the job queue",
+            Self::Embedding => "the embedding model",
+        }
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -24,8 +47,27 @@ pub enum ApiError {
     Conflict { code: &'static str, message: String },
     #[error("{0}")]
     TooLarge(String),
-    #[error("{0}")]
-    Unavailable(String),
+    /// A dependency failed; `cause` goes to the logs only.
+    #[error("{} is unavailable; try again shortly", .dependency.name())]
+    Unavailable {
+        dependency: Dependency,
+        cause: String,
+    },
+    /// The caller's org went past a limit (its request rate, its live streams).
+    #[error("{message}")]
+    TooManyRequests {
+        code: &'static str,
+        message: String,
+        retry_after: Duration,
+    },
+    /// This replica is at a limit of its own (requests or streams in flight, a request
+    /// that took too long).
+    #[error("{message}")]
+    Overloaded {
+        code: &'static str,
+        message: &'static str,
+        retry_after: Duration,
+    },
     #[error("internal error")]
     Internal(#[from] anyhow::Error),
 }
@@ -52,6 +94,14 @@ impl ApiError {
         }
     }
 
+    /// `dependency` failed with `cause` (logged, never returned).
+    pub fn unavailable(dependency: Dependency, cause: impl std::fmt::Display) -> Self {
+        Self::Unavailable {
+            dependency,
+            cause: cause.to_string(),
+        }
+    }
+
     fn status_and_code(&self) -> (StatusCode, &'static str) {
         match self {
             Self::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
@@ -60,8 +110,20 @@ impl ApiError {
             Self::Invalid { code, .. } => (StatusCode::UNPROCESSABLE_ENTITY, code),
             Self::Conflict { code, .. } => (StatusCode::CONFLICT, code),
             Self::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
-            Self::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            Self::Unavailable { .. } => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            Self::TooManyRequests { code, .. } => (StatusCode::TOO_MANY_REQUESTS, code),
+            Self::Overloaded { code, .. } => (StatusCode::SERVICE_UNAVAILABLE, code),
             Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        }
+    }
+
+    fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Self::TooManyRequests { retry_after, .. } | Self::Overloaded { retry_after, .. } => {
+                Some(*retry_after)
+            }
+            Self::Unavailable { .. } => Some(Duration::from_secs(1)),
+            _ => None,
         }
     }
 }
@@ -71,19 +133,30 @@ impl IntoResponse for ApiError {
         let (status, code) = self.status_and_code();
         match &self {
             Self::Internal(cause) => tracing::error!(error = ?cause, "request failed"),
-            Self::Unavailable(cause) => tracing::warn!(error = %cause, "dependency unavailable"),
+            Self::Unavailable { dependency, cause } => {
+                tracing::warn!(dependency = ?dependency, error = %cause, "dependency unavailable")
+            }
+            Self::Overloaded { code, .. } => tracing::warn!(code, "request refused: overloaded"),
             _ => {}
         }
         let body = json!({ "error": { "code": code, "message": self.to_string() } });
-        (status, Json(body)).into_response()
+        let mut response = (status, Json(body)).into_response();
+        if let Some(retry_after) = self.retry_after() {
+            // Whole seconds, rounded up: a client waiting that long finds room.
+            let seconds = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+            if let Ok(value) = HeaderValue::from_str(&seconds.max(1).to_string()) {
+                response.headers_mut().insert(header::RETRY_AFTER, value);
+            }
+        }
+        response
     }
 }
 
 impl From<sqlx::Error> for ApiError {
     fn from(error: sqlx::Error) -> Self {
         match error {
-            sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) => {
-                Self::Unavailable(format!("database: {error}"))
+            sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => {
+                Self::unavailable(Dependency::Database, error)
             }
             other => Self::Internal(other.into()),
         }
@@ -107,5 +180,57 @@ impl From<PathRejection> for ApiError {
 impl From<QueryRejection> for ApiError {
     fn from(rejection: QueryRejection) -> Self {
         Self::invalid(rejection.body_text())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn body_of(error: ApiError) -> (StatusCode, Option<String>, serde_json::Value) {
+        let response = error.into_response();
+        let status = response.status();
+        let retry_after = response
+            .headers()
+            .get(header::RETRY_AFTER)
+            .map(|value| value.to_str().unwrap().to_string());
+        let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        (status, retry_after, serde_json::from_slice(&bytes).unwrap())
+    }
+
+    #[tokio::test]
+    async fn causes_stay_in_the_logs() {
+        let (status, retry_after, body) = body_of(ApiError::unavailable(
+            Dependency::Storage,
+            "dispatch failure: io error: Connection refused (os error 111) at http://10.0.0.7:9000",
+        ))
+        .await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(retry_after.as_deref(), Some("1"));
+        assert_eq!(
+            body,
+            json!({ "error": { "code": "unavailable", "message": "file storage is unavailable; try again shortly" } })
+        );
+        let (status, _, body) = body_of(ApiError::from(sqlx::Error::Protocol(
+            "relation \"files\" does not exist".into(),
+        )))
+        .await;
+        assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(body["error"]["message"], "internal error");
+    }
+
+    #[tokio::test]
+    async fn limits_say_when_to_come_back() {
+        let (status, retry_after, body) = body_of(ApiError::TooManyRequests {
+            code: "rate_limited",
+            message: "slow down".into(),
+            retry_after: Duration::from_millis(1200),
+        })
+        .await;
+        assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(retry_after.as_deref(), Some("2"));
+        assert_eq!(body["error"]["code"], "rate_limited");
     }
 }

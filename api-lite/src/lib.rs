@@ -3,15 +3,18 @@
 //! # Layout
 //! - [`routes`]: the HTTP routes, one module per resource.
 //! - [`auth`]: bearer JWT verification and minting; the caller's org scopes every query.
+//! - [`limits`]: the per-org rate limit, and the concurrency and timeout layers.
+//! - [`live`]: LISTEN/NOTIFY wake-ups and the caps of live event streams.
 //! - [`error`]: [`error::ApiError`], the one error shape of the API.
 //! - [`extract`]: request extractors that reject in that shape.
-//! - [`state`]: what handlers can reach (pool, AWS clients, queues, embedders).
-//! - [`sweeper`]: re-enqueues accepted work that never started.
+//! - [`state`]: what handlers can reach (pool, AWS clients, queues, embedders, limits).
+//! - [`sweeper`]: re-enqueues accepted work that never started; removes abandoned uploads.
 //! - [`ops`]: the fleet-wide ops routes and the `/ops` dashboard page.
 //! - [`scheduler`]: the schedule leader (advisory lock); fires are `shared::schedules`.
 //!
 //! [`run`] wires them together: migrations (and `shared::online_migrations` in the
-//! background), queues, the outbox relay, the sweeper and the HTTP server, until the
+//! background), queues, the outbox relay, the sweeper, the live events listener,
+//! `/metrics` on its own listener and the HTTP server, until the
 //! shutdown token fires.
 
 /// Bearer JWT auth.
@@ -20,6 +23,10 @@ pub mod auth;
 pub mod error;
 /// Extractors with API-shaped rejections.
 pub mod extract;
+/// Per-org rate limits, concurrency and timeout layers.
+pub mod limits;
+/// Live event stream wake-ups (LISTEN/NOTIFY) and caps.
+pub mod live;
 /// The ops routes and the `/ops` dashboard: queues, DLQs, stuck jobs, schedules, audit.
 pub mod ops;
 /// HTTP routes.
@@ -28,7 +35,7 @@ pub mod routes;
 pub mod scheduler;
 /// Shared handler state.
 pub mod state;
-/// Re-enqueues stalled work.
+/// Re-enqueues stalled work and removes abandoned uploads.
 pub mod sweeper;
 
 use std::collections::HashMap;
@@ -47,13 +54,29 @@ use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetReques
 use tower_http::trace::TraceLayer;
 
 use crate::auth::Keys;
+use crate::limits::OrgRateLimiter;
+use crate::live::LiveEvents;
 use crate::state::{AppState, Inner};
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
-/// Starts everything and serves `listener` until `shutdown` fires.
+/// Starts everything and serves `listener` until `shutdown` fires; `/metrics` and
+/// `/health` are served on `settings.metrics.listen`.
 pub async fn run(
     listener: TcpListener,
+    settings: Settings,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let metrics_listener = TcpListener::bind(&settings.metrics.listen)
+        .await
+        .with_context(|| format!("binding the metrics listener {}", settings.metrics.listen))?;
+    run_with_metrics(listener, metrics_listener, settings, shutdown).await
+}
+
+/// [`run`] with the metrics listener already bound (tests bind port 0).
+pub async fn run_with_metrics(
+    listener: TcpListener,
+    metrics_listener: TcpListener,
     settings: Settings,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
@@ -81,8 +104,16 @@ pub async fn run(
         }
     });
     let sweeper_task = tokio::spawn(sweeper::run(
-        state.pool.clone(),
-        Duration::from_secs(state.settings.api.sweeper_requeue_after_secs),
+        sweeper::Sweeper {
+            pool: state.pool.clone(),
+            s3: state.aws.s3.clone(),
+            bucket: state.settings.storage.bucket.clone(),
+            requeue_after: Duration::from_secs(state.settings.api.sweeper_requeue_after_secs),
+            abandoned_upload_after: Duration::from_secs(
+                state.settings.storage.presign_expiry_secs
+                    + state.settings.api.abandoned_upload_grace_secs,
+            ),
+        },
         Duration::from_secs(state.settings.api.sweeper_interval_secs),
         background.clone(),
     ));
@@ -91,6 +122,12 @@ pub async fn run(
         Duration::from_secs(state.settings.api.queue_metrics_interval_secs.max(1)),
         background.clone(),
     ));
+    let live_task = tokio::spawn(
+        state
+            .live
+            .clone()
+            .listen(state.pool.clone(), background.clone()),
+    );
     let scheduler_task = state.settings.api.scheduler_enabled.then(|| {
         let scheduler = scheduler::Scheduler {
             pool: state.pool.clone(),
@@ -100,13 +137,33 @@ pub async fn run(
         };
         tokio::spawn(scheduler.run(background.clone()))
     });
-    tracing::info!(address = %listener.local_addr()?, "api-lite listening");
+    let metrics_address = metrics_listener.local_addr()?;
+    let metrics_shutdown = background.clone();
+    let metrics_task = tokio::spawn(async move {
+        axum::serve(metrics_listener, shared::metrics::router())
+            .with_graceful_shutdown(metrics_shutdown.cancelled_owned())
+            .await
+    });
+    tracing::info!(address = %listener.local_addr()?, %metrics_address, "api-lite listening");
+    let live = state.live.clone();
+    let stopping = async move {
+        shutdown.cancelled().await;
+        // Live streams would hold the graceful shutdown open until they end on their own.
+        live.close_streams();
+    };
     axum::serve(listener, app(state))
-        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .with_graceful_shutdown(stopping)
         .await
         .context("http server failed")?;
     background.cancel();
-    let _ = tokio::join!(relay_task, sweeper_task, gauges_task, online_task);
+    let _ = tokio::join!(
+        relay_task,
+        sweeper_task,
+        gauges_task,
+        live_task,
+        metrics_task,
+        online_task
+    );
     if let Some(scheduler_task) = scheduler_task {
         let _ = scheduler_task.await;
     }
@@ -129,7 +186,9 @@ fn queue_map(state: &AppState) -> HashMap<String, Queue> {
 }
 
 pub async fn build_state(settings: Settings) -> anyhow::Result<AppState> {
-    let keys = Keys::new(settings.auth.secret()?);
+    let keys = Keys::new(&settings.auth)?;
+    // The API clamps budgets and checks models with the agent workers' settings.
+    settings.agent_worker.validate()?;
     let pool = shared::db::connect(&settings.database).await?;
     shared::db::migrate(&pool).await?;
     let aws = AwsClients::new(&settings.aws).await;
@@ -154,6 +213,14 @@ pub async fn build_state(settings: Settings) -> anyhow::Result<AppState> {
             embedders.push(previous);
         }
     }
+    let rate_limiter = OrgRateLimiter::new(
+        settings.api.rate_limit_per_sec,
+        settings.api.rate_limit_burst,
+    );
+    let live = LiveEvents::new(
+        settings.api.max_event_streams,
+        settings.api.max_event_streams_per_org,
+    );
     Ok(AppState::new(Inner {
         pool,
         aws,
@@ -162,6 +229,9 @@ pub async fn build_state(settings: Settings) -> anyhow::Result<AppState> {
         agent_queue,
         keys,
         embedders,
+        rate_limiter,
+        live,
+        ready_cache: Default::default(),
     }))
 }
 
@@ -178,12 +248,17 @@ async fn ensure_bucket(aws: &AwsClients, bucket: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The router with its layers: request ids (set, propagated and in every log line),
-/// tracing, and `/metrics`.
+/// The router with its layers, innermost first: the concurrency limit and timeout
+/// ([`limits::guard`]), the per-org rate limit (which also verifies the token), request
+/// ids (set, propagated and in every log line) and tracing. `/metrics` is not here: it
+/// has its own listener.
 pub fn app(state: AppState) -> Router {
-    let metrics = shared::metrics::handle();
-    routes::router()
-        .route("/metrics", axum::routing::get(move || std::future::ready(metrics.render())))
+    let guarded = limits::guard(routes::router(), &state.settings.api);
+    guarded
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            limits::per_org,
+        ))
         .with_state(state)
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))
         .layer(TraceLayer::new_for_http().make_span_with(|request: &Request<_>| {

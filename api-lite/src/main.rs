@@ -1,4 +1,4 @@
-//! `api-lite [serve]`, `api-lite migrate`, `api-lite token --org <id>`.
+//! `api-lite [serve]`, `api-lite migrate`, `api-lite token --org <id> [--ops] [--approver]`.
 
 use std::process::ExitCode;
 
@@ -25,12 +25,17 @@ enum Command {
         org: Uuid,
         #[arg(long, default_value = "dev")]
         subject: String,
-        /// Lifetime in seconds; GLASSBOX_AUTH__TOKEN_TTL_SECS when unset.
+        /// Lifetime in seconds; GLASSBOX_AUTH__TOKEN_TTL_SECS when unset, or
+        /// GLASSBOX_AUTH__OPS_TOKEN_TTL_SECS (short) for an ops token.
         #[arg(long)]
         ttl_secs: Option<u64>,
         /// Add the ops role: fleet-wide queues, DLQs, stuck jobs, schedules, audit.
+        /// Signed with GLASSBOX_AUTH__OPS_JWT_SECRET when that is set.
         #[arg(long)]
         ops: bool,
+        /// Add the approver role: may approve or reject tool calls held for approval.
+        #[arg(long)]
+        approver: bool,
     },
 }
 
@@ -56,7 +61,8 @@ async fn main() -> ExitCode {
             subject,
             ttl_secs,
             ops,
-        } => token(&settings, org, &subject, ttl_secs, ops),
+            approver,
+        } => token(&settings, org, &subject, ttl_secs, ops, approver),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
@@ -94,21 +100,31 @@ fn token(
     subject: &str,
     ttl_secs: Option<u64>,
     ops: bool,
+    approver: bool,
 ) -> anyhow::Result<()> {
-    let secret = settings.auth.secret()?;
+    let auth = &settings.auth;
+    let default_ttl = if ops {
+        auth.ops_token_ttl_secs
+    } else {
+        auth.token_ttl_secs
+    };
+    let ttl_secs = ttl_secs.unwrap_or(default_ttl);
+    if ops && ttl_secs > auth.ops_token_max_ttl_secs {
+        anyhow::bail!(
+            "an ops token may live at most {} seconds (GLASSBOX_AUTH__OPS_TOKEN_MAX_TTL_SECS)",
+            auth.ops_token_max_ttl_secs
+        );
+    }
+    let mut roles = Vec::new();
+    if ops {
+        roles.push(api_lite::auth::OPS_ROLE);
+    }
+    if approver {
+        roles.push(api_lite::auth::APPROVER_ROLE);
+    }
     println!(
         "{}",
-        api_lite::auth::mint_token(
-            secret,
-            org,
-            subject,
-            ttl_secs.unwrap_or(settings.auth.token_ttl_secs),
-            if ops {
-                &[api_lite::auth::OPS_ROLE]
-            } else {
-                &[]
-            },
-        )
+        api_lite::auth::mint_token(auth, org, subject, ttl_secs, &roles)?
     );
     Ok(())
 }

@@ -9,6 +9,9 @@ use shared::queue::Queue;
 use sqlx::PgPool;
 
 use crate::auth::Keys;
+use crate::limits::OrgRateLimiter;
+use crate::live::LiveEvents;
+use crate::routes::health::ReadyCache;
 
 #[derive(Clone)]
 pub struct AppState(Arc<Inner>);
@@ -22,6 +25,12 @@ pub struct Inner {
     pub keys: Keys,
     /// Every model search can embed a query with; chunks of other models are skipped.
     pub embedders: Vec<Arc<dyn Embedder>>,
+    /// Each org's request budget.
+    pub rate_limiter: OrgRateLimiter,
+    /// Wake-ups and caps of live event streams.
+    pub live: Arc<LiveEvents>,
+    /// The last readiness check, reused for a second.
+    pub ready_cache: ReadyCache,
 }
 
 impl AppState {

@@ -15,8 +15,23 @@ async fn health_is_open_and_ready_checks_every_dependency() {
         body["checks"],
         json!({ "postgres": true, "sqs": true, "s3": true })
     );
-    let metrics = app.http.get(app.url("/metrics")).send().await.unwrap();
-    assert_eq!(metrics.status().as_u16(), 200);
+    // Prometheus text is on the internal listener only, never on the public one.
+    let public = app.http.get(app.url("/metrics")).send().await.unwrap();
+    assert_eq!(public.status().as_u16(), 404);
+    let internal = app
+        .http
+        .get(format!("http://{}/metrics", app.metrics_address))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(internal.status().as_u16(), 200);
+    let internal_health = app
+        .http
+        .get(format!("http://{}/health", app.metrics_address))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(internal_health.status().as_u16(), 200);
 }
 
 #[tokio::test]
@@ -188,4 +203,35 @@ async fn list_pages_with_a_cursor_and_filters_by_status() {
     assert_eq!(status, 422, "{body}");
     let (status, _) = app.get("/v1/files/not-a-uuid").await.unwrap();
     assert_eq!(status, 404);
+}
+
+#[tokio::test]
+async fn readiness_is_reused_for_a_second() {
+    let app = TestApp::spawn().await.unwrap();
+    let ready = || async {
+        let response = app.http.get(app.url("/ready")).send().await.unwrap();
+        let status = response.status().as_u16();
+        let body: serde_json::Value = response.json().await.unwrap();
+        (status, body)
+    };
+    let (status, _) = ready().await;
+    assert_eq!(status, 200);
+    // S3 goes away: the cached answer stands for the rest of the second...
+    app.aws
+        .s3
+        .delete_bucket()
+        .bucket(&app.settings.storage.bucket)
+        .send()
+        .await
+        .unwrap();
+    let (status, body) = ready().await;
+    assert_eq!(status, 200, "answered from the cache: {body}");
+    // ...and the next check sees it.
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let (status, body) = ready().await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(
+        body["checks"],
+        json!({ "postgres": true, "sqs": true, "s3": false })
+    );
 }

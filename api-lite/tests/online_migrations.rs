@@ -1,4 +1,4 @@
-//! The half of migration 0007 that runs outside it (`shared::online_migrations`): the
+//! The half of migration 0008 that runs outside it (`shared::online_migrations`): the
 //! batched backfill of chunks stored before the trigger, the indexes built concurrently
 //! (an invalid one left by a crash is rebuilt), one runner at a time; and the filters'
 //! and text search's SQL shapes can use those indexes.
@@ -47,7 +47,7 @@ async fn valid_indexes(pool: &PgPool) -> Vec<String> {
     .unwrap()
 }
 
-/// A ready file with `texts` as chunks, stored the way rows written before migration 0007
+/// A ready file with `texts` as chunks, stored the way rows written before migration 0008
 /// look: no search vector.
 async fn file_stored_before_the_trigger(app: &TestApp, texts: &[&str]) -> Uuid {
     let file_id = Uuid::now_v7();

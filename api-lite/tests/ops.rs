@@ -144,7 +144,7 @@ async fn queue_overview_shows_depths_dlq_and_the_oldest_waiting_job() -> anyhow:
     // The same numbers reach Prometheus.
     let metrics = app
         .http
-        .get(app.url("/metrics"))
+        .get(format!("http://{}/metrics", app.metrics_address))
         .send()
         .await?
         .text()
@@ -303,7 +303,7 @@ async fn dlq_browse_joins_job_rows_and_redrive_by_filter_reopens_them() -> anyho
 
     let metrics = app
         .http
-        .get(app.url("/metrics"))
+        .get(format!("http://{}/metrics", app.metrics_address))
         .send()
         .await?
         .text()
@@ -640,5 +640,37 @@ async fn failures_are_grouped_by_class_and_executions_listed_across_orgs() -> an
     assert_eq!(body["executions"].as_array().unwrap().len(), 1);
     let (status, _) = app.get("/v1/executions?status=bogus").await?;
     assert_eq!(status, 422);
+    Ok(())
+}
+
+#[tokio::test]
+async fn redrive_all_stops_at_the_count_taken_when_it_started() -> anyhow::Result<()> {
+    let app = TestApp::spawn().await?;
+    let ops = app.ops_token("frank");
+    send(&app, &app.queue.dlq_url, "not a job message").await?;
+    // What a worker does with a poison message: straight back to the DLQ, at once.
+    let bouncer_queue = app.queue.clone();
+    let bouncer = tokio::spawn(async move {
+        loop {
+            if let Ok(deliveries) = bouncer_queue.receive(10, Duration::from_secs(1)).await {
+                for delivery in deliveries {
+                    let _ = bouncer_queue.dead_letter(&delivery, "poison").await;
+                }
+            }
+        }
+    });
+
+    let (status, body) = app
+        .post_as(
+            "/v1/ops/dlq/file-jobs/redrive",
+            json!({"all": true, "rate_per_sec": 1000}),
+            &ops,
+        )
+        .await?;
+    assert_eq!(status, 202, "{body}");
+    let task = wait_for_task(&app, &ops, body["task"]["id"].as_str().unwrap()).await;
+    bouncer.abort();
+    let task = task?;
+    assert_eq!(task["moved"], 1, "{task}");
     Ok(())
 }

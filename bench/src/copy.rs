@@ -146,10 +146,7 @@ fn corpus_chunks(corpus: &Corpus, rows: usize) -> anyhow::Result<Vec<Chunk>> {
     let chunker = Chunker::new(tokenizer, chunking.max_tokens, chunking.overlap_tokens)?;
     let mut chunks = Vec::with_capacity(rows);
     for file in corpus.pdfs() {
-        let page = Page {
-            number: Some(1),
-            text: normalize_text(&corpus.text_of(&file.stem)?),
-        };
+        let page = Page::new(Some(1), normalize_text(&corpus.text_of(&file.stem)?));
         for chunk in chunker.chunk(DocumentKind::Text, &[page]) {
             if chunks.len() == rows {
                 return Ok(chunks);

@@ -4,6 +4,10 @@
 //! local model. Every corpus file is uploaded through the API (presigned PUT, confirm);
 //! the figures cover the first upload to the last file seen ready.
 //!
+//! The peer, in the same run on the same files: LlamaIndex's IngestionPipeline with
+//! HuggingFaceEmbedding on the same all-MiniLM-L6-v2 folder (`llamaindex/e2e.py`, in the
+//! venv of `bench/peers-model.sh`), storing into PGVectorStore on the same Postgres.
+//!
 //! Memory: the worker's idle RSS once its start-up settles (with the local model loaded,
 //! and once more for a worker configured with a remote embedder, so without the model),
 //! its peak (VmHWM), this process's peak (api-lite and the harness), and the peaks of the
@@ -14,13 +18,14 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use futures::StreamExt;
+use serde::Deserialize;
 use testkit::{TestApp, TestOptions, WorkerProcess};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::Paths;
 use crate::corpus::{Corpus, CorpusFile};
-use crate::database::drop_database;
+use crate::database::{FreshDatabase, drop_database};
 use crate::report::{self, Finding, Table, heading};
 use crate::rss::{self, PeakTracker};
 
@@ -245,6 +250,13 @@ pub async fn run(paths: &Paths, corpus: &Corpus, limit: usize) -> anyhow::Result
     tokio::time::sleep(Duration::from_millis(200)).await;
     drop_database(&database_name).await.ok();
 
+    let ours = Throughput {
+        files: ready,
+        chunks,
+        seconds: wall_seconds,
+    };
+    let peer_finding = compare_with_peer(&files, &ours).await;
+
     let peak_mib = worker_memory.peak_kib as f64 / 1024.0;
     let mut findings = vec![Finding {
         what: "End to end with the model (files/s, pages/s)".into(),
@@ -258,6 +270,7 @@ pub async fn run(paths: &Paths, corpus: &Corpus, limit: usize) -> anyhow::Result
         target: "all files ready".into(),
         met: Some(failed.is_empty()),
     }];
+    findings.extend(peer_finding);
     if let Some(idle) = idle_without_model {
         let idle_mib = idle as f64 / 1024.0;
         findings.push(Finding {
@@ -315,4 +328,143 @@ async fn settled_rss(worker: &mut WorkerProcess) -> Option<u64> {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     Some(last)
+}
+
+/// What one side of the end-to-end comparison did.
+struct Throughput {
+    files: usize,
+    chunks: u64,
+    seconds: f64,
+}
+
+/// The LlamaIndex peer's report (`llamaindex/e2e.py`).
+#[derive(Debug, Deserialize)]
+struct PeerOutcome {
+    files: usize,
+    nodes: u64,
+    threads: usize,
+    read_seconds: f64,
+    split_seconds: f64,
+    embed_seconds: f64,
+    store_seconds: f64,
+    total_seconds: f64,
+}
+
+/// Runs LlamaIndex + HuggingFaceEmbedding (same weights, same files, same thread count,
+/// fresh database on the same Postgres) and prints both sides; the finding compares
+/// files/s against the 1.5x target. `None` when the peer is not installed or fails.
+async fn compare_with_peer(files: &[&CorpusFile], ours: &Throughput) -> Option<Finding> {
+    let Some(python) = crate::embed::model_peer_python() else {
+        println!(
+            "the LlamaIndex + HuggingFaceEmbedding peer is not installed (BENCH_PEERS=1 bench/run.sh e2e installs it)"
+        );
+        return None;
+    };
+    match run_peer(&python, files).await {
+        Ok(peer) => {
+            let mut table = Table::new(
+                &format!(
+                    "Same files, same weights, same Postgres; the peer runs {} torch threads, batch 32 (model load excluded on both sides)",
+                    peer.threads
+                ),
+                &[
+                    "run",
+                    "files",
+                    "chunks",
+                    "seconds",
+                    "files/s",
+                    "chunks/s",
+                    "stages (s)",
+                ],
+            );
+            table.row(vec![
+                "ours: upload -> ready through api-lite and worker-files".into(),
+                ours.files.to_string(),
+                ours.chunks.to_string(),
+                report::seconds(ours.seconds),
+                report::rate(ours.files as f64, ours.seconds),
+                report::rate(ours.chunks as f64, ours.seconds),
+                "see the stage table above".into(),
+            ]);
+            table.row(vec![
+                "LlamaIndex IngestionPipeline + HuggingFaceEmbedding".into(),
+                peer.files.to_string(),
+                peer.nodes.to_string(),
+                report::seconds(peer.total_seconds),
+                report::rate(peer.files as f64, peer.total_seconds),
+                report::rate(peer.nodes as f64, peer.total_seconds),
+                format!(
+                    "read {} split {} embed {} store {}",
+                    report::seconds(peer.read_seconds),
+                    report::seconds(peer.split_seconds),
+                    report::seconds(peer.embed_seconds),
+                    report::seconds(peer.store_seconds)
+                ),
+            ]);
+            table.print();
+            let ours_rate = ours.files as f64 / ours.seconds;
+            let peer_rate = peer.files as f64 / peer.total_seconds;
+            println!(
+                "ours is {} the peer's files/s (target >= 1.50x)",
+                report::ratio(ours_rate / peer_rate)
+            );
+            Some(Finding {
+                what: "End to end with the local model vs LlamaIndex (files/s)".into(),
+                ours: report::rate(ours.files as f64, ours.seconds),
+                reference: format!(
+                    "LlamaIndex + HuggingFaceEmbedding {} (this run)",
+                    report::rate(peer.files as f64, peer.total_seconds)
+                ),
+                comparison: report::ratio(ours_rate / peer_rate),
+                target: ">= 1.50x".into(),
+                met: Some(ours_rate >= 1.5 * peer_rate),
+            })
+        }
+        Err(error) => {
+            println!("the LlamaIndex + HuggingFaceEmbedding peer could not run: {error:#}");
+            None
+        }
+    }
+}
+
+async fn run_peer(python: &std::path::Path, files: &[&CorpusFile]) -> anyhow::Result<PeerOutcome> {
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("llamaindex/e2e.py");
+    let (database_name, database_url) = FreshDatabase::create_empty("e2e_peer").await?;
+    let threads = std::thread::available_parallelism().map_or(1, usize::from);
+    println!();
+    println!(
+        "running the peer: {} {}",
+        python.display(),
+        script.display()
+    );
+    let mut command = std::process::Command::new(python);
+    command
+        .arg(&script)
+        .arg("--model-dir")
+        .arg(testkit::model_dir())
+        .arg("--threads")
+        .arg(threads.to_string())
+        .arg("--database-url")
+        .arg(&database_url)
+        .args(files.iter().map(|file| &file.path))
+        // Everything is local: never ask a hub for the model.
+        .env("HF_HUB_OFFLINE", "1")
+        .env("TRANSFORMERS_OFFLINE", "1");
+    let output = tokio::task::spawn_blocking(move || command.output()).await??;
+    drop_database(&database_name).await.ok();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let Some(last_line) = stdout.lines().rev().find(|line| line.starts_with('{')) else {
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let cause = stderr
+            .lines()
+            .rev()
+            .find(|line| !line.trim().is_empty())
+            .unwrap_or("");
+        bail!("the peer printed no result ({}): {cause}", output.status);
+    };
+    let outcome: PeerOutcome = serde_json::from_str(last_line)?;
+    if outcome.files != files.len() {
+        bail!("the peer read {} files, not {}", outcome.files, files.len());
+    }
+    Ok(outcome)
 }

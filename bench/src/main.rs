@@ -3,10 +3,13 @@
 //!
 //! # Layout
 //! - [`corpus`]: downloads the Debian package, picks the PDFs, writes the DOCX twins.
-//! - [`extract`]: our extraction (in process and sandboxed) against pdftotext: speed and text similarity.
+//! - [`extract`]: both PDF engines (in process and sandboxed) against pdftotext: speed and text similarity.
+//! - [`chunking`]: chunking alone against LlamaIndex's SentenceSplitter on the same texts.
+//! - [`longline`]: 1, 5 and 20 MB single-line texts through the child: time and peak RSS per MB.
+//! - [`retrieval`]: sentences of each PDF searched back through the API; peak RSS of worker + children.
 //! - [`similarity`]: the word-level similarity measures the extraction section reports.
 //! - [`pipeline`]: extract + chunk + store without the model, and the LlamaIndex peer on the same corpus.
-//! - [`embed`]: local all-MiniLM-L6-v2 throughput.
+//! - [`embed`]: local all-MiniLM-L6-v2 throughput against sentence-transformers.
 //! - [`e2e`]: api-lite and a real worker-files process, uploads through the API, RSS sampling.
 //! - [`copy`]: binary COPY against row-by-row INSERT for the store stage.
 //! - [`search`]: search quality (hit@1, hit@5, MRR) and latency, vector, text and hybrid,
@@ -15,6 +18,8 @@
 //! - [`rss`]: resident set sizes from `/proc`.
 //! - [`report`]: aligned tables and the findings every section hands to `all`.
 
+/// Chunking alone against SentenceSplitter.
+mod chunking;
 /// Binary COPY against row-by-row INSERT.
 mod copy;
 /// The benchmark corpus.
@@ -23,14 +28,18 @@ mod corpus;
 mod database;
 /// End to end with real processes.
 mod e2e;
-/// Local embedding throughput.
+/// Local embedding throughput, against sentence-transformers.
 mod embed;
 /// Extraction against pdftotext.
 mod extract;
+/// One long line in linear time and memory.
+mod longline;
 /// The pipeline without the model, and the LlamaIndex peer.
 mod pipeline;
 /// Tables and findings.
 mod report;
+/// Retrieval quality and peak memory through the API.
+mod retrieval;
 /// Memory figures from `/proc`.
 mod rss;
 /// Search quality and latency by mode, and the LlamaIndex retrievers.
@@ -66,8 +75,14 @@ struct Cli {
 enum Section {
     /// Build the corpus under OUT/corpus unless it is already there.
     Corpus,
-    /// Extraction speed and text similarity against pdftotext (PDFs only).
+    /// Extraction speed and text similarity against pdftotext (PDFs only), for each engine.
     Extract,
+    /// Chunking alone against LlamaIndex's SentenceSplitter, same texts.
+    Chunk,
+    /// 1, 5 and 20 MB single-line text files through the confined child: time and peak RSS per MB.
+    Longline,
+    /// Sentences of each PDF searched back through the API (local model); peak RSS of the worker and its children.
+    Retrieval,
     /// Extract + chunk + store with binary COPY, stand-in vectors; the LlamaIndex peer if installed.
     Pipeline {
         /// Files in flight at once for the second run (the worker's default is 4).
@@ -77,9 +92,9 @@ enum Section {
         #[arg(long)]
         skip_peer: bool,
     },
-    /// all-MiniLM-L6-v2 chunks/s on ~60-token chunks, batch 32.
+    /// all-MiniLM-L6-v2 chunks/s against sentence-transformers: ~55 and ~200-token chunks, batch 32 and 64.
     Embed {
-        /// How many ~60-token chunks to embed.
+        /// How many ~55-token chunks to embed (a quarter as many ~200-token ones).
         #[arg(long, default_value_t = 1024)]
         chunks: usize,
     },
@@ -114,6 +129,9 @@ impl Section {
         match self {
             Section::Corpus => "corpus",
             Section::Extract => "extract",
+            Section::Chunk => "chunk",
+            Section::Longline => "longline",
+            Section::Retrieval => "retrieval",
             Section::Pipeline { .. } => "pipeline",
             Section::Embed { .. } => "embed",
             Section::E2e { .. } => "e2e",
@@ -134,6 +152,34 @@ impl Paths {
     pub fn worker_binary(&self) -> PathBuf {
         self.bin_dir.join("worker-files")
     }
+}
+
+/// libpdfium as `scripts/stack.sh` installs it (`GLASSBOX_FILES_WORKER__PDFIUM_LIBRARY` from
+/// `.stack/env`), else `.stack/pdfium/libpdfium.so` of this checkout.
+pub fn pdfium_library() -> anyhow::Result<PathBuf> {
+    let library = std::env::var_os("GLASSBOX_FILES_WORKER__PDFIUM_LIBRARY")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| testkit::workspace_root().join(".stack/pdfium/libpdfium.so"));
+    if !library.is_file() {
+        bail!(
+            "{} is missing: run scripts/stack.sh deps",
+            library.display()
+        );
+    }
+    Ok(library)
+}
+
+/// Where the Python peers live: a venv per peer under `~/.cache/glassbox/bench-peers/`, outside the
+/// clone, installed by `bench/peers.sh` only when `BENCH_PEERS=1`.
+pub fn peer_python(peer: &str) -> PathBuf {
+    let cache = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache")))
+        .unwrap_or_else(|| PathBuf::from("/tmp"));
+    cache
+        .join("glassbox/bench-peers")
+        .join(peer)
+        .join("bin/python")
 }
 
 fn default_out_dir() -> PathBuf {
@@ -172,6 +218,9 @@ async fn run_section(paths: &Paths, section: &Section) -> anyhow::Result<Vec<Fin
             Ok(Vec::new())
         }
         Section::Extract => extract::run(paths, &corpus::load(&paths.out_dir)?).await,
+        Section::Chunk => chunking::run(paths, &corpus::load(&paths.out_dir)?).await,
+        Section::Longline => longline::run(paths).await,
+        Section::Retrieval => retrieval::run(paths, &corpus::load(&paths.out_dir)?).await,
         Section::Pipeline {
             concurrency,
             skip_peer,
@@ -179,7 +228,9 @@ async fn run_section(paths: &Paths, section: &Section) -> anyhow::Result<Vec<Fin
             let corpus = corpus::load(&paths.out_dir)?;
             pipeline::run(paths, &corpus, *concurrency, *skip_peer).await
         }
-        Section::Embed { chunks } => embed::run(&corpus::load(&paths.out_dir)?, *chunks).await,
+        Section::Embed { chunks } => {
+            embed::run(paths, &corpus::load(&paths.out_dir)?, *chunks).await
+        }
         Section::E2e { files } => e2e::run(paths, &corpus::load(&paths.out_dir)?, *files).await,
         Section::Copy { rows } => copy::run(&corpus::load(&paths.out_dir)?, *rows).await,
         Section::Search { chunks, skip_peer } => {
@@ -196,7 +247,17 @@ fn run_all(paths: &Paths) -> anyhow::Result<()> {
     corpus.print_overview();
     report::clear_findings(&paths.out_dir)?;
     let executable = std::env::current_exe()?;
-    let sections = ["extract", "pipeline", "embed", "e2e", "copy", "search"];
+    let sections = [
+        "extract",
+        "chunk",
+        "longline",
+        "pipeline",
+        "embed",
+        "e2e",
+        "copy",
+        "retrieval",
+        "search",
+    ];
     let mut failed = Vec::new();
     for section in sections {
         let status = Command::new(&executable)

@@ -1,25 +1,24 @@
-//! Section 3: the pipeline without the model: sandboxed extraction, token-aware chunking
-//! (all-MiniLM-L6-v2's tokenizer, 200 tokens, overlap 20, the fleet's defaults) and one
-//! binary-COPY transaction per file, with a trivial stand-in for the vectors so the
-//! model's cost is excluded. Run once with one file at a time (like the peer) and once
-//! with the worker's concurrency. Then the peer, LlamaIndex's IngestionPipeline (pypdf,
-//! SentenceSplitter 200/20, a mock embedding, PGVectorStore), on the same files and the
-//! same Postgres, when its venv is installed (bench/run.sh does that).
+//! Section 3: the pipeline without the model, as the worker runs it: one confined child per file
+//! that detects, extracts (pdfium for PDFs) and chunks (all-MiniLM-L6-v2's tokenizer, 200 tokens,
+//! overlap 20, the fleet's defaults), then one binary-COPY transaction per file, with a trivial
+//! stand-in for the vectors so the model's cost is excluded. Run once with one file at a time (like
+//! the peer) and once with the worker's concurrency. Then the peer, LlamaIndex's IngestionPipeline
+//! (pypdf, SentenceSplitter 200/20, a mock embedding, PGVectorStore), on the same files and the same
+//! Postgres, when its venv is installed (`BENCH_PEERS=1 bench/peers.sh`).
 
 use std::path::Path;
 use std::process::Command;
-use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Context, bail};
 use futures::StreamExt;
 use serde::Deserialize;
-use shared::config::{ChunkingSettings, EmbeddingSettings};
+use shared::config::ChunkingSettings;
 use sqlx::PgPool;
 use uuid::Uuid;
 use worker_files::EXTRACT_CHILD_ARG;
-use worker_files::chunk::Chunker;
-use worker_files::extract::{ExtractLimits, extract_isolated};
+use worker_files::extract::sandbox::{ChildRequest, ChunkingRequest};
+use worker_files::extract::{ExtractLimits, PdfEngine, Sandbox};
 use worker_files::store::{EmbeddedChunk, copy_chunks, text_sha256};
 
 use crate::Paths;
@@ -70,8 +69,9 @@ struct RunOutcome {
 
 struct Pipeline {
     pool: PgPool,
-    chunker: Arc<Chunker>,
-    worker: std::path::PathBuf,
+    sandbox: Sandbox,
+    pdf_engine: PdfEngine,
+    chunking: ChunkingRequest,
     limits: ExtractLimits,
     org_id: Uuid,
 }
@@ -93,18 +93,26 @@ pub async fn run(
         );
     }
     let database = FreshDatabase::create("pipeline", concurrency.max(1) as u32 + 1).await?;
-    let embedding = EmbeddingSettings {
-        model_dir: testkit::model_dir(),
-        ..EmbeddingSettings::default()
-    };
     let chunking = ChunkingSettings::default();
-    let tokenizer = shared::embedders::chunk_tokenizer(&embedding).map_err(anyhow::Error::msg)?;
-    let chunker = Chunker::new(tokenizer, chunking.max_tokens, chunking.overlap_tokens)?;
     let worker_defaults = shared::config::FilesWorkerSettings::default();
+    let scratch = tempfile::tempdir()?;
+    let sandbox = Sandbox::new(
+        worker,
+        vec![EXTRACT_CHILD_ARG.to_string()],
+        scratch.path().to_path_buf(),
+    )
+    .map_err(anyhow::Error::msg)?;
     let pipeline = Pipeline {
         pool: database.pool.clone(),
-        chunker: Arc::new(chunker),
-        worker,
+        sandbox,
+        pdf_engine: PdfEngine::Pdfium {
+            library: crate::pdfium_library()?,
+        },
+        chunking: ChunkingRequest {
+            tokenizer: testkit::model_dir().join("tokenizer.json"),
+            max_tokens: chunking.max_tokens,
+            overlap_tokens: chunking.overlap_tokens,
+        },
         limits: ExtractLimits {
             max_pages: worker_defaults.extract_max_pages,
             child_memory_bytes: worker_defaults.extract_memory_mb * 1024 * 1024,
@@ -179,8 +187,8 @@ pub async fn run(
         "Time per stage (seconds summed over files; with concurrency the sum exceeds the wall time)",
         &[
             "run",
-            "extract",
-            "chunk",
+            "extract (child start incl.)",
+            "chunk (in the child)",
             "stand-in embed",
             "store (COPY + commit)",
         ],
@@ -196,7 +204,7 @@ pub async fn run(
     }
     if let Some(peer) = &peer {
         stages.row(vec![
-            "LlamaIndex (read = pypdf/docx2txt)".into(),
+            "LlamaIndex (extract = pypdf/docx2txt read)".into(),
             format!("read {}", report::seconds(peer.read_seconds)),
             format!("split+embed {}", report::seconds(peer.transform_seconds)),
             "(mock, in split)".into(),
@@ -327,31 +335,30 @@ impl Pipeline {
 
     async fn process(&self, file: &CorpusFile, file_id: Uuid) -> anyhow::Result<FileOutcome> {
         let mut stages = StageSeconds::default();
+        let request = ChildRequest {
+            path: file.path.clone(),
+            kind: None,
+            content_type: Some(file.content_type().to_string()),
+            name: Some(file.name.clone()),
+            pdf_engine: self.pdf_engine.clone(),
+            limits: self.limits.clone(),
+            chunking: Some(self.chunking.clone()),
+            include_texts: false,
+        };
         let started = Instant::now();
-        let document = extract_isolated(
-            &self.worker,
-            &[EXTRACT_CHILD_ARG.to_string()],
-            &file.path,
-            file.kind,
-            &self.limits,
-        )
-        .await
-        .with_context(|| format!("extracting {}", file.name))?;
-        stages.extract = started.elapsed().as_secs_f64();
-
-        let started = Instant::now();
-        let chunker = Arc::clone(&self.chunker);
-        let kind = document.kind;
-        let (chunks, hashes) = tokio::task::spawn_blocking(move || {
-            let chunks = chunker.chunk(kind, &document.pages);
-            let hashes: Vec<[u8; 32]> = chunks
-                .iter()
-                .map(|chunk| text_sha256(&chunk.text))
-                .collect();
-            (chunks, hashes)
-        })
-        .await?;
-        stages.chunk = started.elapsed().as_secs_f64();
+        let extraction = self
+            .sandbox
+            .run(&request)
+            .await
+            .with_context(|| format!("extracting {}", file.name))?;
+        let child_seconds = started.elapsed().as_secs_f64();
+        stages.chunk = extraction.chunk_ms as f64 / 1000.0;
+        stages.extract = child_seconds - stages.chunk;
+        let chunks = extraction.chunks;
+        let hashes: Vec<[u8; 32]> = chunks
+            .iter()
+            .map(|chunk| text_sha256(&chunk.text))
+            .collect();
 
         let started = Instant::now();
         let vectors: Vec<Vec<f32>> = hashes.iter().map(stand_in_vector).collect();
@@ -412,8 +419,8 @@ struct PeerOutcome {
     total_seconds: f64,
 }
 
-fn peer_python(paths: &Paths) -> std::path::PathBuf {
-    paths.out_dir.join("llamaindex-venv/bin/python")
+fn peer_python(_paths: &Paths) -> std::path::PathBuf {
+    crate::peer_python("llamaindex")
 }
 
 /// Runs bench/llamaindex/pipeline.py in its venv against a fresh database.

@@ -285,6 +285,13 @@ pub enum SchedulesCommand {
         /// At most this many files per fire (the API's default is 1000).
         #[arg(long)]
         limit: Option<u32>,
+        /// `reextract` only: files whose text came from this engine (pdfium, pdf-extract,
+        /// docx, html, text), current extractor version included.
+        #[arg(long)]
+        engine: Option<String>,
+        /// `reextract` only: files extracted by exactly this extractor version.
+        #[arg(long)]
+        extractor_version: Option<u32>,
         /// Create it disabled.
         #[arg(long)]
         disabled: bool,

@@ -125,6 +125,8 @@ pub async fn dispatch(
             action,
             org,
             limit,
+            engine,
+            extractor_version,
             disabled,
         }) => {
             let new_schedule = NewSchedule {
@@ -133,6 +135,8 @@ pub async fn dispatch(
                 action,
                 org,
                 limit,
+                engine,
+                extractor_version,
                 enabled: !disabled,
             };
             schedules_add(session, &new_schedule, out).await
@@ -553,10 +557,18 @@ pub async fn stuck_requeue(
         .post(&["v1", "ops", "stuck", "requeue"], &body)
         .await?;
     session.respond(out, &response, |response| {
-        format!(
+        let requeued = format!(
             "requeued {}",
             render::counted_field(response, "requeued", "job")
-        )
+        );
+        // Jobs whose worker died on their last allowed receive: SQS has their message.
+        match response["dead_lettered"].as_u64() {
+            Some(dead) if dead > 0 => format!(
+                "{requeued}; {} dead-lettered (last attempt lost; redrive them from the DLQ)",
+                render::counted_field(response, "dead_lettered", "job")
+            ),
+            _ => requeued,
+        }
     })?;
     Ok(Outcome::Success)
 }
@@ -750,6 +762,10 @@ pub struct NewSchedule {
     pub action: ScheduleAction,
     pub org: Option<Uuid>,
     pub limit: Option<u32>,
+    /// `reextract` only.
+    pub engine: Option<String>,
+    /// `reextract` only.
+    pub extractor_version: Option<u32>,
     pub enabled: bool,
 }
 
@@ -759,12 +775,25 @@ pub async fn schedules_add(
     new_schedule: &NewSchedule,
     out: &mut Output<'_>,
 ) -> Result<Outcome, FleetError> {
+    let narrows_extraction =
+        new_schedule.engine.is_some() || new_schedule.extractor_version.is_some();
+    if narrows_extraction && new_schedule.action != ScheduleAction::Reextract {
+        return Err(FleetError::Usage(
+            "--engine and --extractor-version only apply to --action reextract".to_owned(),
+        ));
+    }
     let mut filter = Map::new();
     if let Some(org) = new_schedule.org {
         filter.insert("org_id".to_owned(), json!(org.to_string()));
     }
     if let Some(limit) = new_schedule.limit {
         filter.insert("limit".to_owned(), json!(limit));
+    }
+    if let Some(engine) = &new_schedule.engine {
+        filter.insert("engine".to_owned(), json!(engine));
+    }
+    if let Some(version) = new_schedule.extractor_version {
+        filter.insert("extractor_version".to_owned(), json!(version));
     }
     let body = json!({
         "name": new_schedule.name,

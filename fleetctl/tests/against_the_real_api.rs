@@ -128,6 +128,77 @@ async fn an_operator_sees_queues_redrives_a_dead_file_and_schedules_a_retry() ->
     .await?;
     assert_eq!(bad.status.code(), Some(1));
     assert!(stderr(&bad).contains("invalid_cron"), "{}", stderr(&bad));
+    let by_engine = fleetctl(
+        &app,
+        &ops,
+        &[
+            "--json",
+            "schedules",
+            "add",
+            "--name",
+            "move-off-pdf-extract",
+            "--cron",
+            "0 4 * * *",
+            "--action",
+            "reextract",
+            "--engine",
+            "pdf-extract",
+            "--extractor-version",
+            "1",
+            "--disabled",
+        ],
+    )
+    .await?;
+    assert!(by_engine.status.success(), "{}", stderr(&by_engine));
+    let by_engine: Value = serde_json::from_slice(&by_engine.stdout)?;
+    assert_eq!(by_engine["filter"]["engine"], "pdf-extract", "{by_engine}");
+    assert_eq!(by_engine["filter"]["extractor_version"], 1, "{by_engine}");
+    let unknown_engine = fleetctl(
+        &app,
+        &ops,
+        &[
+            "schedules",
+            "add",
+            "--name",
+            "poppler",
+            "--cron",
+            "0 4 * * *",
+            "--action",
+            "reextract",
+            "--engine",
+            "poppler",
+        ],
+    )
+    .await?;
+    assert_eq!(unknown_engine.status.code(), Some(1));
+    assert!(
+        stderr(&unknown_engine).contains("poppler"),
+        "{}",
+        stderr(&unknown_engine)
+    );
+    let engine_without_reextract = fleetctl(
+        &app,
+        &ops,
+        &[
+            "schedules",
+            "add",
+            "--name",
+            "wrong-action",
+            "--cron",
+            "0 4 * * *",
+            "--action",
+            "retry_transient",
+            "--engine",
+            "pdfium",
+        ],
+    )
+    .await?;
+    assert_eq!(engine_without_reextract.status.code(), Some(2));
+    assert!(
+        stderr(&engine_without_reextract).contains("--action reextract"),
+        "{}",
+        stderr(&engine_without_reextract)
+    );
     let run = fleetctl(
         &app,
         &ops,
@@ -147,8 +218,17 @@ async fn an_operator_sees_queues_redrives_a_dead_file_and_schedules_a_retry() ->
         .iter()
         .map(|entry| entry["action"].as_str().unwrap())
         .collect();
-    assert_eq!(actions, ["schedule.fire", "schedule.create", "dlq.redrive"]);
-    assert_eq!(entries["entries"][2]["actor"], "oncall");
+    // Newest first: the fire, the reextract schedule, the nightly one, the redrive.
+    assert_eq!(
+        actions,
+        [
+            "schedule.fire",
+            "schedule.create",
+            "schedule.create",
+            "dlq.redrive"
+        ]
+    );
+    assert_eq!(entries["entries"][3]["actor"], "oncall");
 
     // An org token is not enough for fleet-wide views.
     let refused = fleetctl(&app, &app.token, &["queues"]).await?;

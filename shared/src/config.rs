@@ -13,6 +13,8 @@ use figment::providers::{Env, Serialized};
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 
+use crate::embed::{DEFAULT_ONNXRUNTIME_LIBRARY, LocalEngine};
+
 /// Why the configuration cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -212,21 +214,44 @@ impl Default for RetrySettings {
     }
 }
 
+/// The shortest HMAC key accepted for tokens: HS256 keys shorter than its 32-byte
+/// output only weaken it.
+pub const MIN_JWT_SECRET_BYTES: usize = 32;
+
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthSettings {
-    /// HS256 secret for bearer tokens.
+    /// HS256 key of bearer tokens, at least [`MIN_JWT_SECRET_BYTES`] bytes.
     #[serde(serialize_with = "serialize_optional_secret")]
     pub jwt_secret: Option<SecretString>,
+    /// A separate HS256 key for tokens with the ops role. When set, an ops token signed
+    /// with `jwt_secret` is refused, so the key tenants' tokens come from cannot mint
+    /// fleet-wide powers.
+    #[serde(serialize_with = "serialize_optional_secret")]
+    pub ops_jwt_secret: Option<SecretString>,
+    /// The `iss` claim every token must carry.
+    pub issuer: String,
+    /// The `aud` claim every token must carry.
+    pub audience: String,
     /// Lifetime of tokens minted by `api-lite token`.
     pub token_ttl_secs: u64,
+    /// Lifetime of ops tokens minted by `api-lite token --ops`: short, as they reach
+    /// every org's queues.
+    pub ops_token_ttl_secs: u64,
+    /// Ops tokens that live longer than this (`exp - iat`) are refused.
+    pub ops_token_max_ttl_secs: u64,
 }
 
 impl Default for AuthSettings {
     fn default() -> Self {
         Self {
             jwt_secret: None,
+            ops_jwt_secret: None,
+            issuer: "glassbox-fleet".into(),
+            audience: "glassbox-api".into(),
             token_ttl_secs: 24 * 3600,
+            ops_token_ttl_secs: 3600,
+            ops_token_max_ttl_secs: 8 * 3600,
         }
     }
 }
@@ -234,15 +259,38 @@ impl Default for AuthSettings {
 impl AuthSettings {
     pub fn secret(&self) -> Result<&SecretString, ConfigError> {
         match &self.jwt_secret {
-            Some(secret) if secret.expose_secret().len() >= 16 => Ok(secret),
-            Some(_) => Err(ConfigError::Invalid(
-                "GLASSBOX_AUTH__JWT_SECRET must be at least 16 characters".into(),
-            )),
+            Some(secret) => check_secret_length("GLASSBOX_AUTH__JWT_SECRET", secret),
             None => Err(ConfigError::Invalid(
                 "GLASSBOX_AUTH__JWT_SECRET is not set".into(),
             )),
         }
     }
+
+    /// The ops key, when one is set; it must be long enough and differ from the main key.
+    pub fn ops_secret(&self) -> Result<Option<&SecretString>, ConfigError> {
+        let Some(ops_secret) = &self.ops_jwt_secret else {
+            return Ok(None);
+        };
+        check_secret_length("GLASSBOX_AUTH__OPS_JWT_SECRET", ops_secret)?;
+        if ops_secret.expose_secret() == self.secret()?.expose_secret() {
+            return Err(ConfigError::Invalid(
+                "GLASSBOX_AUTH__OPS_JWT_SECRET must differ from GLASSBOX_AUTH__JWT_SECRET".into(),
+            ));
+        }
+        Ok(Some(ops_secret))
+    }
+}
+
+fn check_secret_length<'a>(
+    name: &str,
+    secret: &'a SecretString,
+) -> Result<&'a SecretString, ConfigError> {
+    if secret.expose_secret().len() < MIN_JWT_SECRET_BYTES {
+        return Err(ConfigError::Invalid(format!(
+            "{name} must be at least {MIN_JWT_SECRET_BYTES} bytes"
+        )));
+    }
+    Ok(secret)
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -270,6 +318,25 @@ pub struct ApiSettings {
     pub queue_metrics_interval_secs: u64,
     /// A job queued for longer than this counts as stuck (ops views).
     pub stuck_queued_for_secs: u64,
+    /// A request that has not answered after this long gets 503 `timeout` (a live event
+    /// stream counts only until its headers are sent).
+    pub request_timeout_secs: u64,
+    /// Requests served at once by this replica; beyond it they get 503 `overloaded`.
+    pub max_concurrent_requests: usize,
+    /// Requests per second each org may make (a token bucket refilled at this rate);
+    /// beyond it they get 429 with `Retry-After`.
+    pub rate_limit_per_sec: f64,
+    /// The bucket's size: how many requests an org may make at once after a quiet spell.
+    pub rate_limit_burst: u32,
+    /// Live event streams (SSE) open at once on this replica, and per org.
+    pub max_event_streams: usize,
+    pub max_event_streams_per_org: usize,
+    /// A live event stream closes after this long (or when its token expires, if sooner);
+    /// the client reconnects with `Last-Event-ID`.
+    pub event_stream_max_secs: u64,
+    /// Uploads never confirmed are deleted (row and object) this long after their
+    /// presigned URL expired.
+    pub abandoned_upload_grace_secs: u64,
 }
 
 impl Default for ApiSettings {
@@ -297,6 +364,14 @@ impl Default for ApiSettings {
             redrive_use_move_task: true,
             queue_metrics_interval_secs: 15,
             stuck_queued_for_secs: 300,
+            request_timeout_secs: 30,
+            max_concurrent_requests: 512,
+            rate_limit_per_sec: 20.0,
+            rate_limit_burst: 40,
+            max_event_streams: 1000,
+            max_event_streams_per_org: 20,
+            event_stream_max_secs: 3600,
+            abandoned_upload_grace_secs: 600,
         }
     }
 }
@@ -317,7 +392,19 @@ pub struct EmbeddingSettings {
     /// Folder with model.safetensors, config.json and tokenizer.json (local provider,
     /// and the tokenizer used for chunking with any provider).
     pub model_dir: PathBuf,
+    /// Most texts per forward pass (local) or per request (remote, see below).
     pub batch_size: usize,
+    /// Local provider: most padded tokens per forward pass (texts times the longest),
+    /// which bounds the worker's memory for long chunks.
+    pub max_batch_tokens: usize,
+    /// Local provider: `auto` (ONNX Runtime when its library loads, else candle),
+    /// `onnxruntime` or `candle`.
+    pub engine: LocalEngine,
+    /// Local provider: `libonnxruntime.so`, a path or a name the dynamic loader finds
+    /// (`scripts/stack.sh` and the images install it as a system library).
+    pub onnxruntime_library: PathBuf,
+    /// Local provider: cores one batch is spread over; 0 means all this process may use.
+    pub threads: usize,
     pub base_url: String,
     pub model: String,
     pub dimensions: Option<usize>,
@@ -339,6 +426,10 @@ impl Default for EmbeddingSettings {
             provider: EmbeddingProvider::Local,
             model_dir: PathBuf::from(".stack/models/all-MiniLM-L6-v2"),
             batch_size: 32,
+            max_batch_tokens: 2048,
+            engine: LocalEngine::Auto,
+            onnxruntime_library: PathBuf::from(DEFAULT_ONNXRUNTIME_LIBRARY),
+            threads: 0,
             base_url: "https://api.openai.com/v1".into(),
             model: "text-embedding-3-small".into(),
             dimensions: None,
@@ -390,6 +481,12 @@ pub struct FilesWorkerSettings {
     pub extract_timeout_secs: u64,
     pub extract_memory_mb: u64,
     pub extract_max_pages: u32,
+    /// Which engine reads PDFs: `auto` (pdfium when libpdfium loads, else pdf-extract),
+    /// `pdfium` (refuse to start without it) or `pdf-extract`.
+    pub pdf_engine: PdfEngineChoice,
+    /// libpdfium.so (or the folder holding it). Unset: next to the worker binary, then
+    /// /usr/local/lib, /usr/lib and /opt/pdfium/lib.
+    pub pdfium_library: Option<PathBuf>,
     /// Test hook: the worker stops dead at this named point (see `failpoint`).
     pub failpoint: Option<String>,
 }
@@ -407,6 +504,8 @@ impl Default for FilesWorkerSettings {
             extract_timeout_secs: 120,
             extract_memory_mb: 2048,
             extract_max_pages: 5000,
+            pdf_engine: PdfEngineChoice::Auto,
+            pdfium_library: None,
             failpoint: None,
         }
     }
@@ -416,6 +515,18 @@ impl FilesWorkerSettings {
     pub fn lease(&self) -> Duration {
         Duration::from_secs(self.lease_secs)
     }
+}
+
+/// The PDF engine a files worker is configured with (`GLASSBOX_FILES_WORKER__PDF_ENGINE`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PdfEngineChoice {
+    /// pdfium when libpdfium loads, otherwise pdf-extract (logged at start).
+    Auto,
+    /// pdfium, or the worker does not start.
+    Pdfium,
+    /// pdf-extract, pure Rust.
+    PdfExtract,
 }
 
 /// The OpenAI-compatible chat endpoint agents run on.
@@ -483,9 +594,15 @@ pub struct AgentWorkerSettings {
     /// Per-tool policy overrides, e.g. `write_output = "allow"`; unlisted tools keep
     /// their built-in policy (write_output needs approval, the others are allowed).
     pub tool_policy: std::collections::BTreeMap<String, ToolPolicy>,
+    /// The highest limits a run may have, whatever its caller asks for.
+    pub budget_ceiling: BudgetCeiling,
+    /// `max_tokens` of one model call; lowered to what is left of the run's token budget.
+    pub max_output_tokens: u32,
+    /// The models a run may use. Each needs a price too: an unpriced model is refused,
+    /// by the API and by the worker, as its spend could not count against a budget.
+    pub allowed_models: Vec<String>,
     /// Prices per model (names without dots: `__` and `.` both nest in the
-    /// environment); a model missing here is traced with `price_known: false` and
-    /// costs 0 against the budget.
+    /// environment).
     pub prices: std::collections::BTreeMap<String, ModelPrice>,
     /// Checkpoints (step deltas) of executions finished longer ago than this are deleted.
     pub checkpoint_retention_days: u32,
@@ -521,6 +638,9 @@ impl Default for AgentWorkerSettings {
             default_max_cost_usd: 1.0,
             default_max_wall_secs: 1800,
             tool_policy: std::collections::BTreeMap::new(),
+            budget_ceiling: BudgetCeiling::default(),
+            max_output_tokens: 4096,
+            allowed_models: vec!["gpt-4o-mini".into(), "gpt-4o".into()],
             prices,
             checkpoint_retention_days: 30,
             failpoint: None,
@@ -532,12 +652,54 @@ impl AgentWorkerSettings {
     pub fn lease(&self) -> Duration {
         Duration::from_secs(self.lease_secs)
     }
+
+    /// Defaults within the ceiling, a positive per-call token cap.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let ceiling = &self.budget_ceiling;
+        let within = self.default_max_steps <= ceiling.max_steps
+            && self.default_max_tokens <= ceiling.max_tokens
+            && self.default_max_cost_usd <= ceiling.max_cost_usd
+            && self.default_max_wall_secs <= ceiling.max_wall_secs;
+        if !within {
+            return Err(ConfigError::Invalid(
+                "the agent worker's default budget must stay within GLASSBOX_AGENT_WORKER__BUDGET_CEILING__*".into(),
+            ));
+        }
+        if self.max_output_tokens == 0 {
+            return Err(ConfigError::Invalid(
+                "GLASSBOX_AGENT_WORKER__MAX_OUTPUT_TOKENS must be positive".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The highest budget a run may have: a caller's larger limits are lowered to these.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BudgetCeiling {
+    pub max_steps: u32,
+    pub max_tokens: u64,
+    pub max_cost_usd: f64,
+    pub max_wall_secs: u64,
+}
+
+impl Default for BudgetCeiling {
+    fn default() -> Self {
+        Self {
+            max_steps: 200,
+            max_tokens: 2_000_000,
+            max_cost_usd: 20.0,
+            max_wall_secs: 6 * 3600,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MetricsSettings {
-    /// Where workers serve `/metrics` and `/health`; api-lite serves them on its own port.
+    /// Where every binary serves `/metrics` and `/health`: api-lite too, on this listener
+    /// rather than its public one, so Prometheus text never reaches the internet.
     pub listen: String,
 }
 
@@ -615,6 +777,21 @@ mod tests {
     }
 
     #[test]
+    fn pdf_engine_is_validated_at_start() {
+        let settings = with_env(&[("GLASSBOX_FILES_WORKER__PDF_ENGINE", "pdf-extract")]).unwrap();
+        assert_eq!(
+            settings.files_worker.pdf_engine,
+            PdfEngineChoice::PdfExtract
+        );
+        assert_eq!(
+            with_env(&[]).unwrap().files_worker.pdf_engine,
+            PdfEngineChoice::Auto
+        );
+        let error = with_env(&[("GLASSBOX_FILES_WORKER__PDF_ENGINE", "poppler")]).unwrap_err();
+        assert!(error.contains("pdf-extract"), "{error}");
+    }
+
+    #[test]
     fn database_url_is_built_from_parts_with_escaping() {
         let settings = with_env(&[
             ("GLASSBOX_DATABASE__HOST", "db"),
@@ -670,8 +847,38 @@ mod tests {
     }
 
     #[test]
-    fn short_jwt_secret_is_refused() {
-        let settings = with_env(&[("GLASSBOX_AUTH__JWT_SECRET", "short")]).unwrap();
-        assert!(settings.auth.secret().is_err());
+    fn jwt_secrets_need_32_bytes_and_the_ops_key_must_differ() {
+        let short = with_env(&[(
+            "GLASSBOX_AUTH__JWT_SECRET",
+            "0123456789abcdef0123456789abcde",
+        )])
+        .unwrap();
+        let error = short.auth.secret().unwrap_err().to_string();
+        assert!(error.contains("at least 32 bytes"), "{error}");
+        let main = "0123456789abcdef0123456789abcdef";
+        let long = with_env(&[("GLASSBOX_AUTH__JWT_SECRET", main)]).unwrap();
+        assert!(long.auth.secret().is_ok());
+        assert!(long.auth.ops_secret().unwrap().is_none());
+        let same = with_env(&[
+            ("GLASSBOX_AUTH__JWT_SECRET", main),
+            ("GLASSBOX_AUTH__OPS_JWT_SECRET", main),
+        ])
+        .unwrap();
+        assert!(same.auth.ops_secret().is_err());
+        let short_ops = with_env(&[
+            ("GLASSBOX_AUTH__JWT_SECRET", main),
+            ("GLASSBOX_AUTH__OPS_JWT_SECRET", "too-short"),
+        ])
+        .unwrap();
+        assert!(short_ops.auth.ops_secret().is_err());
+        let separate = with_env(&[
+            ("GLASSBOX_AUTH__JWT_SECRET", main),
+            (
+                "GLASSBOX_AUTH__OPS_JWT_SECRET",
+                "another-key-for-ops-0123456789abcdef",
+            ),
+        ])
+        .unwrap();
+        assert!(separate.auth.ops_secret().unwrap().is_some());
     }
 }

@@ -11,7 +11,9 @@
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-use aws_sdk_sqs::types::{ChangeMessageVisibilityBatchRequestEntry, MessageSystemAttributeName};
+use aws_sdk_sqs::types::{
+    ChangeMessageVisibilityBatchRequestEntry, MessageSystemAttributeName, QueueAttributeName,
+};
 use chrono::{DateTime, Utc};
 
 use crate::queue::{Queue, QueueError, queue_arn, sqs_error};
@@ -111,6 +113,28 @@ impl Queue {
             }
         }
         Ok(letters)
+    }
+
+    /// Messages on the DLQ now, visible or held (approximate, as SQS counts).
+    pub async fn dead_letter_count(&self) -> Result<u64, QueueError> {
+        let attributes = self
+            .client
+            .get_queue_attributes()
+            .queue_url(&self.dlq_url)
+            .attribute_names(QueueAttributeName::ApproximateNumberOfMessages)
+            .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesNotVisible)
+            .send()
+            .await
+            .map_err(sqs_error("GetQueueAttributes"))?
+            .attributes
+            .unwrap_or_default();
+        Ok([
+            QueueAttributeName::ApproximateNumberOfMessages,
+            QueueAttributeName::ApproximateNumberOfMessagesNotVisible,
+        ]
+        .iter()
+        .filter_map(|name| attributes.get(name)?.parse::<u64>().ok())
+        .sum())
     }
 
     /// Makes held DLQ messages visible again at once.

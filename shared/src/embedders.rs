@@ -17,6 +17,10 @@ pub async fn from_settings(settings: &EmbeddingSettings) -> Result<Arc<dyn Embed
             let model_dir = settings.model_dir.clone();
             let options = LocalOptions {
                 batch_size: settings.batch_size,
+                max_batch_tokens: settings.max_batch_tokens,
+                engine: settings.engine,
+                onnxruntime_library: settings.onnxruntime_library.clone(),
+                threads: settings.threads,
             };
             let model = tokio::task::spawn_blocking(move || LocalMiniLm::load(&model_dir, options))
                 .await

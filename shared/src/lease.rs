@@ -3,13 +3,63 @@
 //! A worker owns a job only while the row's `lease_token` is the token it was given at
 //! claim time. Every write a worker makes is conditioned on that token, so a worker that
 //! lost its lease (crashed and came back, was paused, got a duplicate delivery) cannot
-//! write. Claiming is table-specific (which statuses may be claimed), so it lives with
-//! each handler; renewing, fencing and releasing are the same everywhere.
+//! write. Claiming is a transition of each job kind's lifecycle ([`crate::files::claim`],
+//! [`crate::executions::claim`]); renewing, fencing and reading a claim that took nothing
+//! are the same for every kind, and live here.
 
 use std::time::Duration;
 
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
+
+use crate::executions::ExecutionStatus;
+use crate::files::FileStatus;
+
+/// The message a claim comes with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Receipt<'a> {
+    /// SQS's id of the message: the same on every receive of one message, another for a
+    /// duplicate. The lease records it, so a claim can tell the holder's own message
+    /// coming back from a second message of the same job.
+    pub message_id: &'a str,
+    /// The message is on its last allowed receive: should the lease then run out with no
+    /// outcome recorded, SQS has dead-lettered it, and the row must say so rather than be
+    /// retried.
+    pub last_receive: bool,
+}
+
+/// What claiming a job found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Claim {
+    /// This worker now owns the job under `lease` (fenced: writes check it).
+    Acquired { lease: Uuid, attempt: u32 },
+    /// Another worker holds a live lease, and this is a different message of the same
+    /// job: a duplicate. The holder finishes the job or hands its own message back, so
+    /// the duplicate can go.
+    Duplicate,
+    /// The lease holder's own message came back while its lease is still live (the
+    /// holder stalled, died, or could not record its outcome): look again once the
+    /// lease has run out.
+    Busy { retry_after: Duration },
+    /// Nothing left to do (already done, failed for good, parked, deleted or unknown).
+    Finished,
+}
+
+/// What putting a stalled job back on its queue did with it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stalled {
+    /// Back on the queue with a fresh message.
+    Requeued,
+    /// Its worker died on the message's last allowed receive: SQS dead-lettered the
+    /// message, and the row now says so.
+    DeadLettered,
+    /// Not stalled (finished, parked, leased by a live worker, or gone): left alone.
+    NotStalled,
+}
+
+/// The error code of a job whose worker, on the message's last allowed receive, stopped
+/// without recording an outcome.
+pub const LAST_ATTEMPT_LOST: &str = "last_attempt_lost";
 
 /// The tables that carry leases. The name is a closed set, never user input.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,37 +79,41 @@ impl LeasedTable {
     /// The status a row has while a worker holds its lease.
     fn leased_status(self) -> &'static str {
         match self {
-            Self::Files => "processing",
-            Self::Executions => "running",
+            Self::Files => FileStatus::Processing.as_str(),
+            Self::Executions => ExecutionStatus::Running.as_str(),
         }
     }
 }
 
-/// What a claim that took no lease found: another worker's live lease (look again once
-/// it runs out), or nothing left to do (finished, parked, deleted or unknown).
+/// What a claim that took no lease found: another worker's live lease (taken with this
+/// message, or with another one), or nothing left to do (finished, parked, deleted or
+/// unknown).
 pub async fn claim_not_taken(
     pool: &PgPool,
     table: LeasedTable,
     id: Uuid,
     org_id: Uuid,
-) -> sqlx::Result<crate::worker::Claim> {
+    receipt: Receipt<'_>,
+) -> sqlx::Result<Claim> {
     let statement = format!(
-        "SELECT status, extract(epoch FROM lease_expires_at - now())::float8 FROM {} WHERE id = $1 AND org_id = $2",
+        "SELECT lease_message_id IS NOT DISTINCT FROM $4, extract(epoch FROM lease_expires_at - now())::float8 \
+         FROM {} WHERE id = $1 AND org_id = $2 AND status = $3 AND lease_expires_at > now()",
         table.name()
     );
-    let current: Option<(String, Option<f64>)> = sqlx::query_as(&statement)
+    let leased: Option<(bool, f64)> = sqlx::query_as(&statement)
         .bind(id)
         .bind(org_id)
+        .bind(table.leased_status())
+        .bind(receipt.message_id)
         .fetch_optional(pool)
         .await?;
-    Ok(match current {
-        Some((status, Some(remaining))) if status == table.leased_status() => {
-            crate::worker::Claim::Busy {
-                retry_after: Duration::from_secs_f64(remaining.max(0.0) + 1.0)
-                    .min(Duration::from_secs(900)),
-            }
-        }
-        _ => crate::worker::Claim::Finished,
+    Ok(match leased {
+        Some((true, remaining)) => Claim::Busy {
+            retry_after: Duration::from_secs_f64(remaining.max(0.0) + 1.0)
+                .min(Duration::from_secs(900)),
+        },
+        Some((false, _)) => Claim::Duplicate,
+        None => Claim::Finished,
     })
 }
 

@@ -9,11 +9,16 @@
 //! - [`queue`]: the job message envelope and SQS operations, DLQ included.
 //! - [`dlq`]: dead-letter queue operations: peek, move back (one by one or as an SQS
 //!   move task), discard.
-//! - [`jobs`]: reprocess, requeue and reopen jobs in the caller's transaction; the audit log.
+//! - [`files`]: the file lifecycle: its statuses and every transition, with event rows
+//!   and outbox entries.
+//! - [`executions`]: the execution lifecycle: statuses, transitions, the worker's step
+//!   writes, API control, budgets and the model allowlist.
+//! - [`audit`]: the audit log of ops actions.
 //! - [`schedules`]: cron schedules in Postgres and their exactly-once fires.
 //! - [`outbox`]: enqueue in the caller's transaction; the relay that sends to SQS.
 //! - [`embed`]: the [`embed::Embedder`] trait, local candle MiniLM and OpenAI-compatible.
 //! - [`embedders`]: builds the configured embedder, the chunking tokenizer, model indexes.
+//! - [`openai_http`]: the HTTP call and retry policy every OpenAI-compatible client shares.
 //! - [`search`]: vector, text and hybrid search over an org's chunks (the API and the
 //!   agent's tool).
 //! - [`file_filter`]: which files a search or a file list looks at (ids, types, name
@@ -23,15 +28,35 @@
 //!   without blocking ingestion.
 //! - [`error`]: [`error::JobError`], the retry decision handlers return.
 //! - [`worker`]: the one worker loop: receive, claim, run, ack; heartbeats; shutdown.
-//! - [`lease`]: fenced leases on job rows.
+//! - [`lease`]: fenced leases on job rows: renew, fence, what a claim found.
 //! - [`shutdown`]: SIGTERM and Ctrl-C as a cancellation token.
 
+/// The audit log of ops actions.
+pub mod audit;
 /// SQS and S3 clients.
 pub mod aws;
 
 /// The version of worker-files' text extraction. Bump it when extraction output changes;
 /// a `reextract` schedule reprocesses files extracted by an older version.
-pub const EXTRACTOR_VERSION: u32 = 1;
+/// 2: pdfium engine with layout reading order, chunking in the child, every DOCX part.
+pub const EXTRACTOR_VERSION: u32 = 2;
+
+/// The names of the extraction engines, as recorded in `files.extraction_engine` and
+/// accepted by a `reextract` schedule's `engine` filter.
+pub mod engines {
+    /// PDFs through pdfium (libpdfium loaded at run time).
+    pub const PDFIUM: &str = "pdfium";
+    /// PDFs through pdf-extract (pure Rust).
+    pub const PDF_EXTRACT: &str = "pdf-extract";
+    /// DOCX: the ZIP and XML reader of worker-files.
+    pub const DOCX: &str = "docx";
+    /// HTML: html5ever's tokenizer.
+    pub const HTML: &str = "html";
+    /// Plain text and Markdown.
+    pub const TEXT: &str = "text";
+    /// Every engine name.
+    pub const ALL: [&str; 5] = [PDFIUM, PDF_EXTRACT, DOCX, HTML, TEXT];
+}
 /// Typed settings from the environment.
 pub mod config;
 /// Postgres pool and migrations.
@@ -46,8 +71,10 @@ pub mod embedders;
 pub mod error;
 /// Filters on files for search and the file list.
 pub mod file_filter;
-/// Reprocess, requeue and reopen jobs; audit entries.
-pub mod jobs;
+/// The execution lifecycle.
+pub mod executions;
+/// The file lifecycle.
+pub mod files;
 /// Fenced leases on job rows.
 pub mod lease;
 /// User metadata on files: limits and merge patch.
@@ -56,6 +83,8 @@ pub mod metadata;
 pub mod metrics;
 /// Backfills and concurrent index builds after the migrations.
 pub mod online_migrations;
+/// The OpenAI-compatible HTTP client shared by the embedder and the agent's model.
+pub mod openai_http;
 /// Transactional outbox and its relay.
 pub mod outbox;
 /// Job messages and SQS queues.

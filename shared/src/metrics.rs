@@ -15,6 +15,7 @@ pub const STAGE_SECONDS: &str = "glassbox_stage_seconds";
 pub const QUEUE_WAIT_SECONDS: &str = "glassbox_queue_wait_seconds";
 pub const HEARTBEATS: &str = "glassbox_heartbeat_extensions_total";
 pub const POISON_MESSAGES: &str = "glassbox_poison_messages_total";
+pub const DUPLICATE_MESSAGES: &str = "glassbox_duplicate_messages_total";
 pub const OUTBOX_RELAYED: &str = "glassbox_outbox_relayed_total";
 pub const HTTP_REQUESTS: &str = "glassbox_http_requests_total";
 pub const LLM_TOKENS: &str = "glassbox_llm_tokens_total";

@@ -1,6 +1,6 @@
 //! The schema steps a migration cannot take without blocking ingestion: batched
 //! backfills and indexes built with `CREATE INDEX CONCURRENTLY` (which refuses to run in
-//! a transaction, and so in a sqlx migration file; see `migrations/0007_*.sql`).
+//! a transaction, and so in a sqlx migration file; see `migrations/0008_*.sql`).
 //!
 //! [`run`] is idempotent and safe to run on a live fleet from several replicas at once:
 //! one session-level advisory lock lets one of them work while the others return at

@@ -14,24 +14,21 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use crate::metrics as names;
-use crate::queue::{JobMessage, Queue};
+use crate::queue::{JobKind, JobMessage, Queue};
+use uuid::Uuid;
 
 /// The NOTIFY channel that wakes relays when a message is enqueued.
 const CHANNEL: &str = "glassbox_outbox";
 const BATCH: i64 = 10;
 
-/// Queues are named logically in the outbox, so a row never holds an account-specific URL.
-pub const FILE_JOBS: &str = "file-jobs";
-pub const AGENT_JOBS: &str = "agent-jobs";
+pub use crate::queue::{AGENT_JOBS, FILE_JOBS};
 
-/// Adds a message to the outbox inside the caller's transaction.
-pub async fn enqueue(
-    connection: &mut PgConnection,
-    queue: &str,
-    message: &JobMessage,
-) -> sqlx::Result<()> {
+/// Adds `message` to the outbox inside the caller's transaction, for the queue its kind
+/// travels on ([`JobKind::queue`]). This is the one way a job is enqueued: the row change
+/// and its message commit together or not at all.
+pub async fn enqueue(connection: &mut PgConnection, message: &JobMessage) -> sqlx::Result<()> {
     sqlx::query("INSERT INTO outbox (queue, body) VALUES ($1, $2)")
-        .bind(queue)
+        .bind(message.kind.queue())
         .bind(message.to_body())
         .execute(&mut *connection)
         .await?;
@@ -42,6 +39,17 @@ pub async fn enqueue(
     Ok(())
 }
 
+/// Enqueues a job of `kind` for the row `job_id` of `org_id`; see [`enqueue`].
+pub async fn enqueue_job(
+    connection: &mut PgConnection,
+    kind: JobKind,
+    job_id: Uuid,
+    org_id: Uuid,
+) -> sqlx::Result<()> {
+    enqueue(connection, &JobMessage::new(kind, job_id, org_id)).await
+}
+
+/// Relays committed outbox entries to SQS.
 pub struct OutboxRelay {
     pool: PgPool,
     queues: HashMap<String, Queue>,
@@ -77,7 +85,13 @@ impl OutboxRelay {
             let wake = async {
                 match listener.as_mut() {
                     Some(listener) => {
-                        let _ = tokio::time::timeout(self.poll, listener.recv()).await;
+                        let woken = tokio::time::timeout(self.poll, listener.recv()).await;
+                        if let Ok(Err(error)) = woken {
+                            // Postgres is away (a restart): wait a poll instead of
+                            // spinning; the listener reconnects on its next call.
+                            debug!(%error, "outbox listener lost its connection");
+                            tokio::time::sleep(self.poll).await;
+                        }
                     }
                     None => tokio::time::sleep(self.poll).await,
                 }

@@ -55,7 +55,7 @@ impl JobMessage {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum JobKind {
     /// Extract, chunk, embed and store one file.
     #[serde(rename = "file.process")]
@@ -70,12 +70,36 @@ pub enum JobKind {
     ScheduleTick,
 }
 
+/// The logical name of the queue that carries file jobs (and clock ticks). Queues are
+/// named logically in the outbox and in ops routes, so a row never holds an
+/// account-specific URL.
+pub const FILE_JOBS: &str = "file-jobs";
+/// The logical name of the queue that carries agent runs.
+pub const AGENT_JOBS: &str = "agent-jobs";
+
 impl JobKind {
+    pub const ALL: [JobKind; 3] = [Self::FileProcess, Self::AgentRun, Self::ScheduleTick];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::FileProcess => "file.process",
             Self::AgentRun => "agent.run",
             Self::ScheduleTick => "schedule.tick",
+        }
+    }
+
+    /// The kind named `name` (`file.process`, `agent.run`, `schedule.tick`).
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|kind| kind.as_str() == name)
+    }
+
+    /// The logical queue this kind of job travels on: the one place that pairs a kind
+    /// with a queue, so an outbox entry can never name the wrong one.
+    pub fn queue(self) -> &'static str {
+        match self {
+            // EventBridge Scheduler sends ticks to file-jobs, whose worker fires them.
+            Self::FileProcess | Self::ScheduleTick => FILE_JOBS,
+            Self::AgentRun => AGENT_JOBS,
         }
     }
 }

@@ -3,6 +3,9 @@
 //! (`api_lite::scheduler`) or a worker handling a `schedule.tick` message from
 //! EventBridge Scheduler.
 //!
+//! The tick is an ordinary job kind: [`ScheduleTickHandler`] is registered with the
+//! worker loop like any other handler.
+//!
 //! - **Exactly once.** Every fire is recorded under the unique key (schedule, fire time)
 //!   *in the same transaction* as its action: a second fire of the same tick, from an
 //!   overlapping leader or another trigger, inserts nothing and does nothing.
@@ -20,7 +23,14 @@ use serde_json::{Value, json};
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
-use crate::jobs;
+use async_trait::async_trait;
+use tokio_util::sync::CancellationToken;
+
+use crate::error::JobError;
+use crate::files;
+use crate::lease::{Claim, Receipt};
+use crate::queue::{JobKind, JobMessage};
+use crate::worker::{Disposition, JobHandler};
 
 /// Files one fire touches when its filter names no limit.
 pub const DEFAULT_FIRE_LIMIT: i64 = 1000;
@@ -73,16 +83,33 @@ pub struct Filter {
     pub org_id: Option<Uuid>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limit: Option<i64>,
+    /// `reextract` only: files whose text came from this engine (`pdf-extract`, ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub engine: Option<String>,
+    /// `reextract` only: files extracted by exactly this extractor version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub extractor_version: Option<i32>,
 }
 
 impl Filter {
     pub fn validate(&self) -> Result<(), String> {
-        match self.limit {
-            Some(limit) if !(1..=100_000).contains(&limit) => {
-                Err("filter.limit must be between 1 and 100000".into())
-            }
-            _ => Ok(()),
+        if let Some(limit) = self.limit
+            && !(1..=100_000).contains(&limit)
+        {
+            return Err("filter.limit must be between 1 and 100000".into());
         }
+        if let Some(engine) = &self.engine
+            && !crate::engines::ALL.contains(&engine.as_str())
+        {
+            return Err(format!(
+                "filter.engine {engine:?} is not an extraction engine; use one of {}",
+                crate::engines::ALL.join(", ")
+            ));
+        }
+        if self.extractor_version.is_some_and(|version| version < 0) {
+            return Err("filter.extractor_version must not be negative".into());
+        }
+        Ok(())
     }
 }
 
@@ -192,7 +219,7 @@ pub async fn fire(
     .bind(affected as i32)
     .fetch_one(&mut *transaction)
     .await?;
-    jobs::audit(
+    crate::audit::record(
         &mut transaction,
         fired_by,
         "schedule.fire",
@@ -221,40 +248,54 @@ async fn run_action(
     let candidates: Vec<(Uuid, Uuid)> = match action {
         Action::RetryTransient => {
             sqlx::query_as(
-                "SELECT id, org_id FROM files WHERE status IN ('failed', 'dead_lettered') AND error_class = 'transient' \
+                "SELECT id, org_id FROM files WHERE status = ANY($3) AND error_class = 'transient' \
                  AND ($1::uuid IS NULL OR org_id = $1) ORDER BY updated_at LIMIT $2 FOR UPDATE SKIP LOCKED",
             )
             .bind(filter.org_id)
             .bind(limit)
+            .bind(vec![
+                files::FileStatus::Failed.as_str(),
+                files::FileStatus::DeadLettered.as_str(),
+            ])
             .fetch_all(&mut *connection)
             .await?
         }
         Action::Reembed => {
             sqlx::query_as(
-                "SELECT id, org_id FROM files WHERE status = 'ready' AND embedding_model IS DISTINCT FROM $3 \
+                "SELECT id, org_id FROM files WHERE status = $4 AND embedding_model IS DISTINCT FROM $3 \
                  AND ($1::uuid IS NULL OR org_id = $1) ORDER BY updated_at LIMIT $2 FOR UPDATE SKIP LOCKED",
             )
             .bind(filter.org_id)
             .bind(limit)
             .bind(&context.default_model)
+            .bind(files::FileStatus::Ready.as_str())
             .fetch_all(&mut *connection)
             .await?
         }
+        // Without an engine or version filter: every file an older extractor produced.
+        // With one: exactly the files that engine or version produced, current ones included
+        // (say, every PDF pdf-extract read while libpdfium was missing).
         Action::Reextract => {
             sqlx::query_as(
-                "SELECT id, org_id FROM files WHERE status = 'ready' AND COALESCE(extractor_version, 0) < $3 \
+                "SELECT id, org_id FROM files WHERE status = $6 \
+                 AND CASE WHEN $4::text IS NULL AND $5::int IS NULL THEN COALESCE(extractor_version, 0) < $3 ELSE true END \
+                 AND ($4::text IS NULL OR extraction_engine = $4) AND ($5::int IS NULL OR extractor_version = $5) \
                  AND ($1::uuid IS NULL OR org_id = $1) ORDER BY updated_at LIMIT $2 FOR UPDATE SKIP LOCKED",
             )
             .bind(filter.org_id)
             .bind(limit)
             .bind(context.extractor_version)
+            .bind(filter.engine.as_deref())
+            .bind(filter.extractor_version)
+            .bind(files::FileStatus::Ready.as_str())
             .fetch_all(&mut *connection)
             .await?
         }
     };
     let mut enqueued = 0;
+    let by = format!("schedule:{}", action.as_str());
     for (file_id, org_id) in candidates {
-        if jobs::reprocess_file(connection, file_id, org_id).await? {
+        if files::reprocess(connection, file_id, org_id, &by).await? {
             enqueued += 1;
         }
     }
@@ -305,6 +346,61 @@ pub async fn run_now(
         .duration_trunc(TimeDelta::milliseconds(1))
         .unwrap_or_else(|_| Utc::now());
     fire(pool, schedule, now, true, actor, context).await
+}
+
+/// Handles `schedule.tick` messages (EventBridge Scheduler on AWS): fires the schedules
+/// due now. A tick has no row and takes no lease. A failure leaves the tick to SQS's
+/// retries (and its DLQ); a tick that arrives late or twice is harmless, as each
+/// (schedule, fire time) fires once.
+pub struct ScheduleTickHandler {
+    pub pool: PgPool,
+    pub context: ActionContext,
+    /// Recorded as `fired_by`.
+    pub instance: String,
+}
+
+#[async_trait]
+impl JobHandler for ScheduleTickHandler {
+    fn kind(&self) -> JobKind {
+        JobKind::ScheduleTick
+    }
+
+    async fn claim(&self, _job: &JobMessage, _receipt: Receipt<'_>) -> Result<Claim, JobError> {
+        Ok(Claim::Acquired {
+            lease: Uuid::nil(),
+            attempt: 1,
+        })
+    }
+
+    async fn run(
+        &self,
+        _job: &JobMessage,
+        _lease: Uuid,
+        _attempt: u32,
+        _cancel: CancellationToken,
+    ) -> Result<(), JobError> {
+        let fires = fire_due(&self.pool, Utc::now(), &self.instance, &self.context).await?;
+        tracing::info!(fired = fires.len(), "schedule tick handled");
+        Ok(())
+    }
+
+    async fn renew(&self, _job: &JobMessage, _lease: Uuid) -> Result<bool, JobError> {
+        Ok(true)
+    }
+
+    async fn record_failure(
+        &self,
+        _job: &JobMessage,
+        _lease: Uuid,
+        _error: &JobError,
+        _disposition: Disposition,
+    ) -> Result<(), JobError> {
+        Ok(())
+    }
+
+    async fn release(&self, _job: &JobMessage, _lease: Uuid) -> Result<(), JobError> {
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -367,11 +463,24 @@ mod tests {
         assert!(serde_json::from_value::<Filter>(json!({"status": "x"})).is_err());
         assert!(
             Filter {
-                org_id: None,
-                limit: Some(0)
+                limit: Some(0),
+                ..Filter::default()
             }
             .validate()
             .is_err()
+        );
+        let by_engine: Filter =
+            serde_json::from_value(json!({"engine": "pdf-extract", "extractor_version": 1}))
+                .unwrap();
+        assert!(by_engine.validate().is_ok());
+        assert!(
+            Filter {
+                engine: Some("poppler".into()),
+                ..Filter::default()
+            }
+            .validate()
+            .unwrap_err()
+            .contains("pdfium")
         );
     }
 }

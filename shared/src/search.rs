@@ -70,6 +70,10 @@ pub struct Hit {
     pub file_name: String,
     pub chunk_index: i32,
     pub page: Option<i32>,
+    /// Where in the document the text comes from (`table`, `text_box`, `footnote`,
+    /// `endnote`, `comment`, `header`, `footer`); absent for body text.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub part: Option<String>,
     pub byte_start: i32,
     pub byte_end: i32,
     /// What hits are ordered by: the fused score (hybrid), the cosine similarity
@@ -237,7 +241,7 @@ pub async fn search_chunks(
     let ranked = fuse(mode, &vector_list, &text_list, query.top_k);
     let ids: Vec<i64> = ranked.iter().map(|ranked| ranked.chunk_id).collect();
     let rows: Vec<ChunkRow> = sqlx::query_as(
-        "SELECT c.id, c.file_id, f.name AS file_name, c.chunk_index, c.page, c.byte_start, c.byte_end, c.text, c.model_id \
+        "SELECT c.id, c.file_id, f.name AS file_name, c.chunk_index, c.page, c.part, c.byte_start, c.byte_end, c.text, c.model_id \
          FROM chunks c JOIN files f ON f.id = c.file_id WHERE c.id = ANY($1) AND c.org_id = $2",
     )
     .bind(&ids)
@@ -257,6 +261,7 @@ pub async fn search_chunks(
                 file_name: row.file_name,
                 chunk_index: row.chunk_index,
                 page: row.page,
+                part: row.part,
                 byte_start: row.byte_start,
                 byte_end: row.byte_end,
                 score: ranked.score,
@@ -358,6 +363,7 @@ struct ChunkRow {
     file_name: String,
     chunk_index: i32,
     page: Option<i32>,
+    part: Option<String>,
     byte_start: i32,
     byte_end: i32,
     text: String,

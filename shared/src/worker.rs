@@ -1,11 +1,21 @@
 //! The one worker loop every job kind shares: `receive → claim → run → ack`.
 //!
-//! The loop knows nothing about files or agents. A [`JobHandler`] claims a job (a fenced
-//! lease in Postgres), runs it and reports a [`JobError`] when it fails; the loop alone
-//! turns that into delete, change-visibility (backoff) or dead-letter, heartbeats long
-//! jobs, and shuts down in three phases on SIGTERM: stop receiving, let in-flight jobs
-//! finish until a deadline, then cancel and release the rest (visibility 0).
+//! The loop knows nothing about files, agents or schedules. It looks up the
+//! [`JobHandler`] registered for each message's kind ([`Handlers`]); the handler claims the
+//! job (a fenced lease in Postgres, or nothing for a row-less job such as a clock tick),
+//! runs it and reports a [`JobError`] when it fails; the loop alone turns that into
+//! delete, change-visibility (backoff) or dead-letter, heartbeats long jobs, and shuts
+//! down in three phases on SIGTERM: stop receiving, let in-flight jobs finish until a
+//! deadline, then cancel and release the rest (visibility 0).
+//!
+//! A second message of a job another worker is running now (a live lease taken with
+//! another message) is a duplicate: that worker holds the job's own message and hands it
+//! back or finishes it, so the duplicate is deleted instead of delayed. Delaying it would
+//! spend its receives and push a healthy job's copy onto the DLQ. The holder's own
+//! message coming back early (its worker died, or could not record an outcome) waits for
+//! the lease to run out instead.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -20,19 +30,9 @@ use uuid::Uuid;
 
 use crate::config::RetrySettings;
 use crate::error::JobError;
+pub use crate::lease::{Claim, Receipt};
 use crate::metrics as names;
 use crate::queue::{Delivery, JobKind, JobMessage, Queue};
-
-/// What claiming a job found.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Claim {
-    /// This worker now owns the job under `lease` (fenced: writes check it).
-    Acquired { lease: Uuid, attempt: u32 },
-    /// Another worker holds a live lease; look again after `retry_after`.
-    Busy { retry_after: Duration },
-    /// Nothing left to do (already done, failed for good, deleted or unknown).
-    Finished,
-}
 
 /// How a failed attempt ends, as recorded on the job's row.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,8 +47,10 @@ pub enum Disposition {
 
 #[async_trait]
 pub trait JobHandler: Send + Sync + 'static {
+    /// The kind of job this handler runs.
     fn kind(&self) -> JobKind;
-    async fn claim(&self, job: &JobMessage) -> Result<Claim, JobError>;
+    /// Takes the job for the message `receipt` describes.
+    async fn claim(&self, job: &JobMessage, receipt: Receipt<'_>) -> Result<Claim, JobError>;
     /// Does the work. `cancel` fires when the lease is lost or the shutdown deadline
     /// passes; the handler should then stop at its next safe point.
     async fn run(
@@ -72,26 +74,41 @@ pub trait JobHandler: Send + Sync + 'static {
     async fn release(&self, job: &JobMessage, lease: Uuid) -> Result<(), JobError>;
 }
 
+/// The handlers of one worker, by the kind of job each runs. A message of a kind with no
+/// handler here does not belong on this queue: it is poison.
+#[derive(Clone, Default)]
+pub struct Handlers(HashMap<JobKind, Arc<dyn JobHandler>>);
+
+impl Handlers {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds `handler` for its kind (replacing any earlier one of that kind).
+    pub fn with(mut self, handler: Arc<dyn JobHandler>) -> Self {
+        self.0.insert(handler.kind(), handler);
+        self
+    }
+
+    fn get(&self, kind: JobKind) -> Option<&Arc<dyn JobHandler>> {
+        self.0.get(&kind)
+    }
+
+    fn kinds(&self) -> Vec<&'static str> {
+        let mut kinds: Vec<&'static str> = self.0.keys().map(|kind| kind.as_str()).collect();
+        kinds.sort_unstable();
+        kinds
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct WorkerOptions {
-    /// Set on the worker whose queue receives `schedule.tick` messages (worker-files):
-    /// it fires the due schedules. Without it a tick is a poison message.
-    pub clock: Option<ScheduleClock>,
     pub concurrency: usize,
     pub receive_wait: Duration,
     /// The lease length; heartbeats run at half of it (or of the visibility timeout).
     pub lease: Duration,
     pub shutdown_deadline: Duration,
     pub retry: RetrySettings,
-}
-
-/// What a worker needs to fire the Postgres schedules when a clock tick arrives.
-#[derive(Debug, Clone)]
-pub struct ScheduleClock {
-    pub pool: sqlx::PgPool,
-    pub context: crate::schedules::ActionContext,
-    /// Recorded as `fired_by`.
-    pub instance: String,
 }
 
 /// The delay before attempt `receive_count + 1`: exponential from the base, capped, with
@@ -111,9 +128,9 @@ pub fn backoff_delay(retry: &RetrySettings, receive_count: u32) -> Duration {
 }
 
 /// Runs the loop until `shutdown` fires, then drains as described in the module docs.
-pub async fn run_worker<H: JobHandler>(
+pub async fn run_worker(
     queue: Queue,
-    handler: Arc<H>,
+    handlers: Handlers,
     options: WorkerOptions,
     shutdown: CancellationToken,
 ) {
@@ -123,7 +140,17 @@ pub async fn run_worker<H: JobHandler>(
     let hard_stop = CancellationToken::new();
     let queue = Arc::new(queue);
     let options = Arc::new(options);
-    info!(queue = %queue.name, concurrency = options.concurrency, max_receive_count = queue.max_receive_count, "worker started");
+    let handlers = Arc::new(handlers);
+    info!(queue = %queue.name, kinds = ?handlers.kinds(), concurrency = options.concurrency, max_receive_count = queue.max_receive_count, "worker started");
+    if options.lease > queue.visibility_timeout {
+        // A dead worker's message would then come back while its lease still looks live,
+        // be taken for a duplicate and dropped; the sweeper would find the job later.
+        warn!(
+            lease_secs = options.lease.as_secs(),
+            visibility_timeout_secs = queue.visibility_timeout.as_secs(),
+            "the lease outlasts the queue's visibility timeout; keep it shorter"
+        );
+    }
 
     while !shutdown.is_cancelled() {
         // Receive only as many messages as there are free slots, so none waits unleased.
@@ -173,11 +200,11 @@ pub async fn run_worker<H: JobHandler>(
                     .expect("the semaphore is never closed"),
             };
             let queue = queue.clone();
-            let handler = handler.clone();
+            let handlers = handlers.clone();
             let options = options.clone();
             let hard_stop = hard_stop.clone();
             tracker.spawn(async move {
-                handle_delivery(&queue, handler.as_ref(), &options, delivery, hard_stop).await;
+                handle_delivery(&queue, &handlers, &options, delivery, hard_stop).await;
                 drop(permit);
             });
         }
@@ -203,69 +230,29 @@ pub async fn run_worker<H: JobHandler>(
     info!("worker stopped");
 }
 
-async fn handle_delivery<H: JobHandler>(
+async fn handle_delivery(
     queue: &Queue,
-    handler: &H,
+    handlers: &Handlers,
     options: &WorkerOptions,
     delivery: Delivery,
     hard_stop: CancellationToken,
 ) {
     let job = match JobMessage::parse(&delivery.body) {
-        Ok(job) if job.kind == handler.kind() => job,
-        Ok(job) if job.kind == JobKind::ScheduleTick && options.clock.is_some() => {
-            let clock = options.clock.as_ref().expect("checked above");
-            return handle_tick(queue, clock, options, &delivery).await;
-        }
-        Ok(job) => {
-            return dead_letter_poison(
-                queue,
-                &delivery,
-                &format!(
-                    "job kind {} does not belong on {}",
-                    job.kind.as_str(),
-                    queue.name
-                ),
-            )
-            .await;
-        }
+        Ok(job) => job,
         Err(reason) => return dead_letter_poison(queue, &delivery, &reason).await,
     };
+    let Some(handler) = handlers.get(job.kind) else {
+        let reason = format!(
+            "job kind {} does not belong on {}",
+            job.kind.as_str(),
+            queue.name
+        );
+        return dead_letter_poison(queue, &delivery, &reason).await;
+    };
     let span = info_span!("job", kind = job.kind.as_str(), job_id = %job.job_id, org_id = %job.org_id, receive_count = delivery.receive_count);
-    process_job(queue, handler, options, &delivery, &job, hard_stop)
+    process_job(queue, handler.as_ref(), options, &delivery, &job, hard_stop)
         .instrument(span)
         .await;
-}
-
-/// Fires the schedules due now. A failure leaves the tick to SQS's retries (and its DLQ);
-/// a tick that arrives late or twice is harmless, as each (schedule, fire time) fires once.
-async fn handle_tick(
-    queue: &Queue,
-    clock: &ScheduleClock,
-    options: &WorkerOptions,
-    delivery: &Delivery,
-) {
-    match crate::schedules::fire_due(
-        &clock.pool,
-        chrono::Utc::now(),
-        &clock.instance,
-        &clock.context,
-    )
-    .await
-    {
-        Ok(fires) => {
-            info!(message_id = %delivery.message_id, fired = fires.len(), "schedule tick handled");
-            ack(queue, delivery).await;
-        }
-        Err(error) => {
-            warn!(%error, receive_count = delivery.receive_count, "schedule tick failed; sqs will deliver it again");
-            set_visibility(
-                queue,
-                delivery,
-                backoff_delay(&options.retry, delivery.receive_count),
-            )
-            .await;
-        }
-    }
 }
 
 async fn dead_letter_poison(queue: &Queue, delivery: &Delivery, reason: &str) {
@@ -276,9 +263,9 @@ async fn dead_letter_poison(queue: &Queue, delivery: &Delivery, reason: &str) {
     }
 }
 
-async fn process_job<H: JobHandler>(
+async fn process_job(
     queue: &Queue,
-    handler: &H,
+    handler: &dyn JobHandler,
     options: &WorkerOptions,
     delivery: &Delivery,
     job: &JobMessage,
@@ -292,17 +279,28 @@ async fn process_job<H: JobHandler>(
         let waited = now.as_millis().saturating_sub(u128::from(sent_at)) as f64 / 1000.0;
         metrics::histogram!(names::QUEUE_WAIT_SECONDS, "kind" => kind).record(waited);
     }
-    let (lease, attempt) = match handler.claim(job).await {
+    let receipt = Receipt {
+        message_id: &delivery.message_id,
+        last_receive: delivery.receive_count >= queue.max_receive_count,
+    };
+    let (lease, attempt) = match handler.claim(job, receipt).await {
         Ok(Claim::Acquired { lease, attempt }) => (lease, attempt),
         Ok(Claim::Finished) => {
             info!("job already finished; acknowledging the message");
             ack(queue, delivery).await;
             return;
         }
+        Ok(Claim::Duplicate) => {
+            info!("another worker is running this job; dropping the duplicate message");
+            metrics::counter!(names::DUPLICATE_MESSAGES, "queue" => queue.name.clone())
+                .increment(1);
+            ack(queue, delivery).await;
+            return;
+        }
         Ok(Claim::Busy { retry_after }) => {
             info!(
                 retry_after_secs = retry_after.as_secs(),
-                "another worker holds the lease; backing off"
+                "this job's worker stopped with its lease still live; looking again when it runs out"
             );
             set_visibility(queue, delivery, retry_after).await;
             return;
@@ -403,10 +401,10 @@ async fn process_job<H: JobHandler>(
 /// Extends the job's lease and the message's visibility at half the lease length. Returns
 /// only when the lease turns out to be lost, after cancelling the job.
 #[allow(clippy::too_many_arguments)]
-async fn heartbeat<H: JobHandler>(
+async fn heartbeat(
     queue: &Queue,
     delivery: &Delivery,
-    handler: &H,
+    handler: &dyn JobHandler,
     job: &JobMessage,
     lease: Uuid,
     lease_length: Duration,

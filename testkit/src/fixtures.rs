@@ -14,6 +14,11 @@
 //! | [`looping_pdf`] | `extract_timeout` (endless loop; in-process it hangs the caller) |
 //! | [`panicking_pdf`] | `extract_crashed` (pdf-extract panics) |
 //! | [`pdf_flate_bomb`] | `extract_crashed` under a child memory limit below 128 MiB |
+//! | [`docx_image_only`] | `empty_text` |
+//!
+//! The DOCX builders [`docx_minimal`], [`docx_every_part`] and [`docx_with_entities`] write the XML by
+//! hand, so a test controls every part; [`one_long_line`] and [`deeply_nested_html`] are the inputs that
+//! used to be slower than linear.
 //!
 //! Every function is pure and deterministic, and panics only on a bug in the fixture itself.
 
@@ -278,6 +283,166 @@ pub fn zip_bomb_lying_sizes() -> Vec<u8> {
     bytes
 }
 
+/// The smallest DOCX Word opens: `[Content_Types].xml`, `_rels/.rels` and `word/document.xml` holding
+/// `body_xml` inside `<w:body>` (no styles, settings, fonts or document relationships).
+pub fn docx_minimal(body_xml: &str) -> Vec<u8> {
+    let document = wordprocessing_part("document", &format!("<w:body>{body_xml}</w:body>"));
+    docx_from_parts(&[("word/document.xml", &document)])
+}
+
+/// [`docx_minimal`] with one plain paragraph per entry.
+pub fn docx_minimal_paragraphs(paragraphs: &[&str]) -> Vec<u8> {
+    let body: String = paragraphs.iter().map(|text| paragraph_xml(text)).collect();
+    docx_minimal(&body)
+}
+
+/// A minimal DOCX whose only content is an inline picture (and the file it shows): no text at all,
+/// so `empty_text`.
+pub fn docx_image_only() -> Vec<u8> {
+    let drawing = r#"<w:p><w:r><w:drawing><wp:inline><wp:extent cx="952500" cy="952500"/><wp:docPr id="1" name="Picture 1"/><a:graphic><a:graphicData uri="http://schemas.openxmlformats.org/drawingml/2006/picture"><pic:pic><pic:nvPicPr><pic:cNvPr id="0" name="image1.png"/><pic:cNvPicPr/></pic:nvPicPr><pic:blipFill><a:blip r:embed="rId1"/></pic:blipFill><pic:spPr/></pic:pic></a:graphicData></a:graphic></wp:inline></w:drawing></w:r></w:p>"#;
+    let relationships = r#"<?xml version="1.0" encoding="UTF-8" standalone="yes"?>
+<Relationships xmlns="http://schemas.openxmlformats.org/package/2006/relationships"><Relationship Id="rId1" Type="http://schemas.openxmlformats.org/officeDocument/2006/relationships/image" Target="media/image1.png"/></Relationships>"#;
+    let document = wordprocessing_part("document", &format!("<w:body>{drawing}</w:body>"));
+    docx_from_parts(&[
+        ("word/document.xml", &document),
+        ("word/_rels/document.xml.rels", relationships),
+        ("word/media/image1.png", "not really an image"),
+    ])
+}
+
+/// A DOCX with text in every part that holds some, each marked with its label so a test can check
+/// where it was read and that nothing is read twice: body paragraph `BODY-TEXT`, table cells
+/// `TABLE-CELL-A` / `TABLE-CELL-B`, a text box `TEXT-BOX-TEXT` (drawn as Word does: once in
+/// `mc:Choice`, once again in `mc:Fallback` for old readers), a deleted tracked change `DELETED-TEXT`
+/// (must not be read), `HEADER-TEXT`, `FOOTER-TEXT`, `FOOTNOTE-TEXT`, `ENDNOTE-TEXT` and `COMMENT-TEXT`.
+pub fn docx_every_part() -> Vec<u8> {
+    let text_box = |text: &str| {
+        let content = paragraph_xml(text);
+        format!(
+            r#"<w:p><w:r><mc:AlternateContent><mc:Choice Requires="wps"><w:drawing><wp:anchor><wp:docPr id="2" name="Text Box 2"/><a:graphic><a:graphicData uri="http://schemas.microsoft.com/office/word/2010/wordprocessingShape"><wps:wsp><wps:txbx><w:txbxContent>{content}</w:txbxContent></wps:txbx></wps:wsp></a:graphicData></a:graphic></wp:anchor></w:drawing></mc:Choice><mc:Fallback><w:pict><v:shape><v:textbox><w:txbxContent>{content}</w:txbxContent></v:textbox></v:shape></w:pict></mc:Fallback></mc:AlternateContent></w:r></w:p>"#
+        )
+    };
+    let body = format!(
+        r#"{}<w:tbl><w:tr><w:tc>{}</w:tc><w:tc>{}</w:tc></w:tr></w:tbl>{}<w:p><w:r><w:t xml:space="preserve">See note </w:t></w:r><w:r><w:footnoteReference w:id="1"/></w:r><w:del w:id="9" w:author="a"><w:r><w:delText>DELETED-TEXT</w:delText></w:r></w:del><w:commentRangeStart w:id="0"/><w:r><w:t>commented</w:t></w:r><w:commentRangeEnd w:id="0"/><w:r><w:commentReference w:id="0"/></w:r></w:p>"#,
+        paragraph_xml("BODY-TEXT"),
+        paragraph_xml("TABLE-CELL-A"),
+        paragraph_xml("TABLE-CELL-B"),
+        text_box("TEXT-BOX-TEXT"),
+    );
+    let notes = |kind: &str, text: &str| {
+        let note = paragraph_xml(text);
+        wordprocessing_part(
+            &format!("{kind}s"),
+            &format!(
+                r#"<w:{kind} w:type="separator" w:id="-1"><w:p><w:r><w:separator/></w:r></w:p></w:{kind}><w:{kind} w:id="1">{note}</w:{kind}>"#
+            ),
+        )
+    };
+    let comment = format!(
+        r#"<w:comment w:id="0" w:author="a">{}</w:comment>"#,
+        paragraph_xml("COMMENT-TEXT")
+    );
+    docx_from_parts(&[
+        (
+            "word/document.xml",
+            &wordprocessing_part("document", &format!("<w:body>{body}</w:body>")),
+        ),
+        (
+            "word/header1.xml",
+            &wordprocessing_part("hdr", &paragraph_xml("HEADER-TEXT")),
+        ),
+        (
+            "word/footer1.xml",
+            &wordprocessing_part("ftr", &paragraph_xml("FOOTER-TEXT")),
+        ),
+        ("word/footnotes.xml", &notes("footnote", "FOOTNOTE-TEXT")),
+        ("word/endnotes.xml", &notes("endnote", "ENDNOTE-TEXT")),
+        (
+            "word/comments.xml",
+            &wordprocessing_part("comments", &comment),
+        ),
+    ])
+}
+
+/// A minimal DOCX whose `word/document.xml` declares a DTD with a billion-laughs entity chain and an
+/// external entity (`SYSTEM "file:///etc/passwd"`), and references both in the text. A reader that
+/// expanded them would balloon or read a local file; ours leaves `&lol9;` and `&xxe;` as literal text.
+pub fn docx_with_entities() -> Vec<u8> {
+    let mut dtd = String::from("<!DOCTYPE w:document [\n<!ENTITY lol \"lol\">\n");
+    for level in 1..=9 {
+        let previous = if level == 1 {
+            "lol".to_owned()
+        } else {
+            format!("lol{}", level - 1)
+        };
+        let expansion = format!("&{previous};").repeat(10);
+        dtd.push_str(&format!("<!ENTITY lol{level} \"{expansion}\">\n"));
+    }
+    dtd.push_str("<!ENTITY xxe SYSTEM \"file:///etc/passwd\">\n]>");
+    let document = format!(
+        r#"<?xml version="1.0" encoding="UTF-8" standalone="no"?>
+{dtd}
+<w:document xmlns:w="http://schemas.openxmlformats.org/wordprocessingml/2006/main"><w:body><w:p><w:r><w:t>Entities stay literal: &lol9; and &xxe; &amp; &#233;</w:t></w:r></w:p></w:body></w:document>"#
+    );
+    docx_from_parts(&[("word/document.xml", &document)])
+}
+
+const WORDPROCESSING_NAMESPACES: &str = r#"xmlns:w="http://schemas.openxmlformats.org/wordprocessingml/2006/main" xmlns:r="http://schemas.openxmlformats.org/officeDocument/2006/relationships" xmlns:wp="http://schemas.openxmlformats.org/drawingml/2006/wordprocessingDrawing" xmlns:a="http://schemas.openxmlformats.org/drawingml/2006/main" xmlns:pic="http://schemas.openxmlformats.org/drawingml/2006/picture" xmlns:mc="http://schemas.openxmlformats.org/markup-compatibility/2006" xmlns:wps="http://schemas.microsoft.com/office/word/2010/wordprocessingShape" xmlns:v="urn:schemas-microsoft-com:vml" mc:Ignorable="wps""#;
+
+/// A WordprocessingML part: `<w:{root} …namespaces…>{content}</w:{root}>`.
+fn wordprocessing_part(root: &str, content: &str) -> String {
+    format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\" standalone=\"yes\"?>\n<w:{root} {WORDPROCESSING_NAMESPACES}>{content}</w:{root}>"
+    )
+}
+
+fn paragraph_xml(text: &str) -> String {
+    let escaped = text
+        .replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;");
+    format!("<w:p><w:r><w:t xml:space=\"preserve\">{escaped}</w:t></w:r></w:p>")
+}
+
+/// A ZIP with `[Content_Types].xml`, `_rels/.rels` and the given parts.
+fn docx_from_parts(parts: &[(&str, &str)]) -> Vec<u8> {
+    let mut archive = DeflatedZip::new();
+    archive.add("[Content_Types].xml", CONTENT_TYPES_XML.as_bytes());
+    archive.add("_rels/.rels", ROOT_RELS_XML.as_bytes());
+    for (name, content) in parts {
+        archive.add(name, content.as_bytes());
+    }
+    archive.finish()
+}
+
+/// One line of `bytes` bytes of words separated by single spaces: no sentence end, no line break.
+pub fn one_long_line(bytes: usize) -> Vec<u8> {
+    const WORDS: [&str; 8] = [
+        "alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel",
+    ];
+    let mut line = Vec::with_capacity(bytes + 16);
+    let mut index = 0;
+    while line.len() < bytes {
+        line.extend_from_slice(WORDS[index % WORDS.len()].as_bytes());
+        line.push(b' ');
+        index += 1;
+    }
+    line.truncate(bytes);
+    line
+}
+
+/// An HTML page of about `bytes` bytes whose text sits under `<div>`s nested as deep as they fit.
+pub fn deeply_nested_html(bytes: usize) -> Vec<u8> {
+    let depth = bytes.saturating_sub(200) / ("<div>".len() + "</div>".len());
+    let mut html = String::with_capacity(bytes + 200);
+    html.push_str("<!DOCTYPE html><html><body>");
+    html.push_str(&"<div>".repeat(depth));
+    html.push_str("The text at the bottom of a very deep tree.");
+    html.push_str(&"</div>".repeat(depth));
+    html.push_str("</body></html>");
+    html.into_bytes()
+}
+
 /// A valid ZIP with no `word/document.xml`.
 pub fn zip_not_docx() -> Vec<u8> {
     let mut archive = DeflatedZip::new();
@@ -448,7 +613,8 @@ fn one_page_pdf(content: Vec<u8>, with_media_box: bool) -> Document {
 }
 
 /// A PDF whose page has no `/MediaBox` anywhere in its page tree: pdf-extract 0.9 panics
-/// (`expect("MediaBox")`), which must surface as `extract_crashed` with the panic message.
+/// (`expect("MediaBox")`), which must surface as `extract_crashed` with the panic message. pdfium, like
+/// every viewer, falls back to a letter-size page and reads it.
 pub fn panicking_pdf() -> Vec<u8> {
     let mut document = one_page_pdf(
         b"BT /F1 12 Tf 72 720 Td (No media box here.) Tj ET".to_vec(),

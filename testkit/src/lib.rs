@@ -1,6 +1,7 @@
 //! Test and benchmark helpers, in one place for every crate's integration tests.
 //!
 //! # Layout
+//! - [`fresh_database`]: a fresh, migrated database and nothing else.
 //! - [`TestApp`]: a fresh database, queue (with DLQ) and bucket on the local stack, an
 //!   in-process api-lite on port 0, and an org with a token; helpers to upload files
 //!   and wait for them.
@@ -8,11 +9,15 @@
 //!   SIGTERM or SIGKILL.
 //! - [`scripted`]: scripted OpenAI-compatible servers (embeddings, chat with tool calls).
 //! - [`fixtures`]: generated documents, good and hostile.
+//! - [`private_stack`]: a Postgres cluster and a moto server of the test's own, for tests
+//!   that restart them (fault tests); [`TestOptions::stack`] points an app at them.
 //!
 //! Set `TEST_LOG=1` to see the app's logs.
 
 /// Generated document fixtures.
 pub mod fixtures;
+/// A private Postgres cluster and moto server that a test may restart.
+pub mod private_stack;
 /// Scripted OpenAI-compatible HTTP servers.
 pub mod scripted;
 
@@ -31,7 +36,7 @@ use tokio::process::{Child, Command};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-pub const JWT_SECRET: &str = "test-secret-0123456789abcdef";
+pub const JWT_SECRET: &str = "test-secret-0123456789abcdef-0123456789";
 
 /// The workspace root (for the model folder and binaries).
 pub fn workspace_root() -> PathBuf {
@@ -52,15 +57,18 @@ pub fn admin_database_url() -> String {
 
 /// The stack's server URL with another database name.
 pub fn database_url_for(database: &str) -> String {
+    format!("{}/{database}", stack_server_url())
+}
+
+/// The shared stack's Postgres server, without a database name.
+fn stack_server_url() -> String {
     let url = env_or(
         "GLASSBOX_DATABASE__URL",
         "postgres://postgres@127.0.0.1:55432/glassbox",
     );
-    let server = url
-        .rsplit_once('/')
+    url.rsplit_once('/')
         .map(|(server, _)| server.to_string())
-        .unwrap_or(url);
-    format!("{server}/{database}")
+        .unwrap_or(url)
 }
 
 pub fn aws_endpoint() -> String {
@@ -73,8 +81,38 @@ pub fn model_dir() -> PathBuf {
         .unwrap_or_else(|| workspace_root().join(".stack/models/all-MiniLM-L6-v2"))
 }
 
+/// [`pdfium_library`] when it is installed.
+pub fn pdfium_library_if_installed() -> Option<PathBuf> {
+    let library = std::env::var_os("GLASSBOX_FILES_WORKER__PDFIUM_LIBRARY")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join(".stack/pdfium/libpdfium.so"));
+    library.is_file().then_some(library)
+}
+
+/// libpdfium as `scripts/stack.sh` installs it (`GLASSBOX_FILES_WORKER__PDFIUM_LIBRARY` from
+/// `.stack/env`, else `.stack/pdfium/libpdfium.so`). Panics when it is missing: `make test` installs it.
+pub fn pdfium_library() -> PathBuf {
+    let library = std::env::var_os("GLASSBOX_FILES_WORKER__PDFIUM_LIBRARY")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join(".stack/pdfium/libpdfium.so"));
+    assert!(
+        library.is_file(),
+        "{} is missing: run scripts/stack.sh deps (make test does)",
+        library.display()
+    );
+    library
+}
+
 /// Changes a test makes to the app's settings before it starts.
 pub type Configure = std::sync::Arc<dyn Fn(&mut Settings) + Send + Sync>;
+
+/// Where an app's Postgres server and AWS endpoint are, when not the shared stack's.
+#[derive(Debug, Clone)]
+pub struct StackEndpoints {
+    /// A Postgres server URL without a database name, e.g. `postgres://postgres@127.0.0.1:5999`.
+    pub postgres_server_url: String,
+    pub aws_endpoint: String,
+}
 
 /// Knobs a test may turn before the app starts.
 #[derive(Clone)]
@@ -83,6 +121,8 @@ pub struct TestOptions {
     pub visibility_timeout_secs: u32,
     /// Runs last on the settings api-lite (and `worker_env`) will use.
     pub configure: Option<Configure>,
+    /// A private stack (see [`private_stack`]); the shared one when unset.
+    pub stack: Option<StackEndpoints>,
 }
 
 impl Default for TestOptions {
@@ -91,12 +131,15 @@ impl Default for TestOptions {
             max_receive_count: 3,
             visibility_timeout_secs: 6,
             configure: None,
+            stack: None,
         }
     }
 }
 
 pub struct TestApp {
     pub address: SocketAddr,
+    /// Where this app serves `/metrics` and `/health` (not on its public listener).
+    pub metrics_address: SocketAddr,
     pub base_url: String,
     pub settings: Settings,
     pub database_url: String,
@@ -109,6 +152,40 @@ pub struct TestApp {
     shutdown: CancellationToken,
 }
 
+/// A fresh database on the local stack with every migration applied, for tests that
+/// need Postgres and nothing else (the lifecycle modules' unit tests).
+pub async fn fresh_database() -> anyhow::Result<PgPool> {
+    shared::telemetry::init_for_tests();
+    let database_name = unique_database_name();
+    let admin = PgPoolOptions::new()
+        .max_connections(1)
+        .connect(&admin_database_url())
+        .await
+        .context("connecting to the stack's postgres (is `make stack` up?)")?;
+    sqlx::query(&format!("CREATE DATABASE {database_name}"))
+        .execute(&admin)
+        .await?;
+    admin.close().await;
+    let pool = PgPoolOptions::new()
+        .max_connections(4)
+        .connect(&database_url_for(&database_name))
+        .await?;
+    shared::db::migrate(&pool).await?;
+    Ok(pool)
+}
+
+/// `t_<unix time>_<random>`: the creation time in the name lets `make clean-test-dbs`
+/// drop only databases old enough that no run still uses them, so test runs in other
+/// checkouts on the same stack are never pulled from under their feet.
+fn unique_database_name() -> String {
+    let unique = Uuid::new_v4().simple().to_string()[..12].to_string();
+    let created_unix = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|elapsed| elapsed.as_secs())
+        .unwrap_or_default();
+    format!("t_{created_unix}_{unique}")
+}
+
 impl TestApp {
     pub async fn spawn() -> anyhow::Result<Self> {
         Self::spawn_with(TestOptions::default()).await
@@ -117,29 +194,29 @@ impl TestApp {
     pub async fn spawn_with(options: TestOptions) -> anyhow::Result<Self> {
         shared::telemetry::init_for_tests();
         let unique = Uuid::new_v4().simple().to_string()[..12].to_string();
-        // The creation time in the name lets `make clean-test-dbs` drop only databases
-        // old enough that no run still uses them, so test runs in other checkouts on the
-        // same stack are never pulled from under their feet.
-        let created_unix = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|elapsed| elapsed.as_secs())
-            .unwrap_or_default();
-        let database_name = format!("t_{created_unix}_{unique}");
+        let database_name = unique_database_name();
+        let (server_url, endpoint_url) = match &options.stack {
+            Some(stack) => (
+                stack.postgres_server_url.clone(),
+                stack.aws_endpoint.clone(),
+            ),
+            None => (stack_server_url(), aws_endpoint()),
+        };
         let admin = PgPoolOptions::new()
             .max_connections(1)
-            .connect(&admin_database_url())
+            .connect(&format!("{server_url}/postgres"))
             .await
             .context("connecting to the stack's postgres (is `make stack` up?)")?;
         sqlx::query(&format!("CREATE DATABASE {database_name}"))
             .execute(&admin)
             .await?;
         admin.close().await;
-        let database_url = database_url_for(&database_name);
+        let database_url = format!("{server_url}/{database_name}");
 
         let mut settings = Settings::default();
         settings.database.url = Some(database_url.clone().into());
         settings.database.max_connections = 8;
-        settings.aws.endpoint_url = Some(aws_endpoint());
+        settings.aws.endpoint_url = Some(endpoint_url);
         settings.storage.bucket = format!("t-{unique}");
         settings.storage.create_bucket = true;
         settings.queues.file_jobs = format!("t-{unique}-file-jobs");
@@ -154,6 +231,8 @@ impl TestApp {
         settings.api.outbox_poll_ms = 200;
         settings.api.max_file_bytes = 64 * 1024 * 1024;
         settings.embedding.model_dir = model_dir();
+        // Workers read PDFs with pdfium, as in production, whenever the stack installed it.
+        settings.files_worker.pdfium_library = pdfium_library_if_installed();
         settings.metrics.listen = "127.0.0.1:0".into();
         settings.files_worker.lease_secs = 4;
         settings.files_worker.receive_wait_secs = 1;
@@ -173,11 +252,14 @@ impl TestApp {
 
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let address = listener.local_addr()?;
+        let metrics_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let metrics_address = metrics_listener.local_addr()?;
         let shutdown = CancellationToken::new();
         let app_settings = settings.clone();
         let app_shutdown = shutdown.clone();
-        let server =
-            tokio::spawn(async move { api_lite::run(listener, app_settings, app_shutdown).await });
+        let server = tokio::spawn(async move {
+            api_lite::run_with_metrics(listener, metrics_listener, app_settings, app_shutdown).await
+        });
         let base_url = format!("http://{address}");
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(30))
@@ -205,9 +287,10 @@ impl TestApp {
         let aws = shared::aws::AwsClients::new(&settings.aws).await;
         let queue = Queue::open(&aws.sqs, &settings.queues.file_jobs).await?;
         let org_id = Uuid::now_v7();
-        let token = api_lite::auth::mint_token(&JWT_SECRET.into(), org_id, "test", 3600, &[]);
+        let token = api_lite::auth::mint_token(&settings.auth, org_id, "test", 3600, &[])?;
         Ok(Self {
             address,
+            metrics_address,
             base_url,
             settings,
             database_url,
@@ -222,18 +305,23 @@ impl TestApp {
     }
 
     pub fn token_for(&self, org_id: Uuid) -> String {
-        api_lite::auth::mint_token(&JWT_SECRET.into(), org_id, "test", 3600, &[])
+        self.mint(org_id, "test", 3600, &[])
     }
 
     /// A token with the ops role (fleet-wide `/v1/ops` routes), acting as `subject`.
     pub fn ops_token(&self, subject: &str) -> String {
-        api_lite::auth::mint_token(
-            &JWT_SECRET.into(),
-            self.org_id,
-            subject,
-            3600,
-            &[api_lite::auth::OPS_ROLE],
-        )
+        self.mint(self.org_id, subject, 3600, &[api_lite::auth::OPS_ROLE])
+    }
+
+    /// A token of this app's org with the approver role (may decide held tool calls).
+    pub fn approver_token(&self, subject: &str) -> String {
+        self.mint(self.org_id, subject, 3600, &[api_lite::auth::APPROVER_ROLE])
+    }
+
+    /// A token signed with this app's keys.
+    pub fn mint(&self, org_id: Uuid, subject: &str, ttl_secs: u64, roles: &[&str]) -> String {
+        api_lite::auth::mint_token(&self.settings.auth, org_id, subject, ttl_secs, roles)
+            .expect("the test app's auth settings are valid")
     }
 
     /// `GLASSBOX_*` variables that point a worker process at this app's stack.
@@ -245,7 +333,7 @@ impl TestApp {
             &mut variables,
         );
         variables.retain(|(name, _)| {
-            !name.starts_with("GLASSBOX_API__") && name != "GLASSBOX_AUTH__JWT_SECRET"
+            !name.starts_with("GLASSBOX_API__") && !name.starts_with("GLASSBOX_AUTH__")
         });
         for (name, value) in &mut variables {
             if name == "GLASSBOX_DATABASE__URL" {
@@ -591,22 +679,35 @@ impl SseReader {
         path: &str,
         last_event_id: Option<&str>,
     ) -> anyhow::Result<Self> {
+        match Self::open_as(app, path, last_event_id, &app.token).await? {
+            Ok(reader) => Ok(reader),
+            Err((status, body)) => bail!("event stream answered {status}: {body}"),
+        }
+    }
+
+    /// Opens `path` with `token`; a refusal comes back as its status and JSON body.
+    pub async fn open_as(
+        app: &TestApp,
+        path: &str,
+        last_event_id: Option<&str>,
+        token: &str,
+    ) -> anyhow::Result<Result<Self, (u16, Value)>> {
         let mut request = app
             .http
             .get(app.url(path))
-            .bearer_auth(&app.token)
+            .bearer_auth(token)
             .timeout(Duration::from_secs(120));
         if let Some(id) = last_event_id {
             request = request.header("Last-Event-ID", id);
         }
         let response = request.send().await?;
         if !response.status().is_success() {
-            bail!("event stream answered {}", response.status());
+            return Ok(Err(read_json(response).await?));
         }
-        Ok(Self {
+        Ok(Ok(Self {
             response,
             buffer: String::new(),
-        })
+        }))
     }
 
     /// The next event (keep-alive comments skipped); `None` once the server closed.

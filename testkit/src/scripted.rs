@@ -4,7 +4,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use axum::Json;
 use axum::Router;
@@ -13,6 +13,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Clone, Copy)]
 pub enum EmbeddingReply {
@@ -25,12 +26,16 @@ pub enum EmbeddingReply {
 struct ScriptState {
     script: Vec<EmbeddingReply>,
     requests: AtomicUsize,
+    /// Added before every answer, in milliseconds.
+    latency_ms: AtomicU64,
 }
 
-/// A running scripted `/embeddings` endpoint.
+/// A running scripted `/embeddings` endpoint, which a test may take down (nothing
+/// listens on its port: connections are refused) and bring back on the same port.
 pub struct ScriptedEmbeddings {
     pub address: SocketAddr,
     state: Arc<ScriptState>,
+    server: std::sync::Mutex<Option<(CancellationToken, tokio::task::JoinHandle<()>)>>,
 }
 
 impl ScriptedEmbeddings {
@@ -39,16 +44,31 @@ impl ScriptedEmbeddings {
         let state = Arc::new(ScriptState {
             script,
             requests: AtomicUsize::new(0),
+            latency_ms: AtomicU64::new(0),
         });
-        let router = Router::new()
-            .route("/v1/embeddings", post(embeddings))
-            .with_state(state.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let address = listener.local_addr()?;
-        tokio::spawn(async move {
-            let _ = axum::serve(listener, router).await;
+        let endpoint = Self {
+            address,
+            state,
+            server: std::sync::Mutex::new(None),
+        };
+        endpoint.serve(listener);
+        Ok(endpoint)
+    }
+
+    fn serve(&self, listener: tokio::net::TcpListener) {
+        let router = Router::new()
+            .route("/v1/embeddings", post(embeddings))
+            .with_state(self.state.clone());
+        let stop = CancellationToken::new();
+        let stopped = stop.clone();
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, router)
+                .with_graceful_shutdown(stopped.cancelled_owned())
+                .await;
         });
-        Ok(Self { address, state })
+        *self.server.lock().expect("not poisoned") = Some((stop, task));
     }
 
     /// The base URL to configure (`GLASSBOX_EMBEDDING__BASE_URL`).
@@ -59,10 +79,50 @@ impl ScriptedEmbeddings {
     pub fn requests(&self) -> usize {
         self.state.requests.load(Ordering::SeqCst)
     }
+
+    /// Every answer waits this long first.
+    pub fn set_latency(&self, latency: std::time::Duration) {
+        self.state
+            .latency_ms
+            .store(latency.as_millis() as u64, Ordering::SeqCst);
+    }
+
+    /// Stops listening and closes every idle connection: requests are refused until
+    /// [`Self::come_back`]. Answers in progress at that moment still finish.
+    pub async fn go_down(&self) {
+        let server = self.server.lock().expect("not poisoned").take();
+        if let Some((stop, task)) = server {
+            // Connections close once idle; the accept loop (and its listener) goes at once.
+            stop.cancel();
+            task.abort();
+            let _ = task.await;
+        }
+    }
+
+    /// Listens on the same port again.
+    pub async fn come_back(&self) -> anyhow::Result<()> {
+        let started = std::time::Instant::now();
+        let listener = loop {
+            match tokio::net::TcpListener::bind(self.address).await {
+                Ok(listener) => break listener,
+                Err(error) if started.elapsed() < std::time::Duration::from_secs(10) => {
+                    tracing::debug!(%error, "port not free yet");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+                Err(error) => return Err(error.into()),
+            }
+        };
+        self.serve(listener);
+        Ok(())
+    }
 }
 
 async fn embeddings(State(state): State<Arc<ScriptState>>, Json(request): Json<Value>) -> Response {
     let position = state.requests.fetch_add(1, Ordering::SeqCst);
+    let latency = state.latency_ms.load(Ordering::SeqCst);
+    if latency > 0 {
+        tokio::time::sleep(std::time::Duration::from_millis(latency)).await;
+    }
     let reply = state.script[position.min(state.script.len() - 1)];
     match reply {
         EmbeddingReply::Status(code) => {

@@ -1,10 +1,15 @@
 //! worker-agent: runs LLM agent executions one durable step at a time.
 //!
 //! # Layout
-//! - [`handler`]: the agent job: claim the lease, load the checkpoint, run steps (control
-//!   check, model call, tool calls, one fenced commit per step), park, cancel, fail.
-//! - [`llm`]: the [`llm::ChatModel`] trait and the OpenAI-compatible chat client, with
-//!   retries and the cost of a call.
+//! - [`handler`]: the agent job as the worker loop sees it: claim, run, renew, record a
+//!   failure, release; every status change is a transition of `shared::executions`.
+//! - [`step`]: the step loop: control check, model call (or the answer recorded before a
+//!   crash), tool calls, one fenced commit per step; parking and cancels.
+//! - [`ledger`]: the tool ledger that keeps tool effects exactly-once, `write_output`'s
+//!   effect included.
+//! - [`checkpoint`]: loads the run (its row, node and conversation from step deltas).
+//! - [`llm`]: the [`llm::ChatModel`] trait and the OpenAI-compatible chat client, and the
+//!   cost of a call.
 //! - [`tools`]: the tool registry: schemas, policies, argument checks, tool bodies.
 //! - [`retention`]: deletes the checkpoints of long-finished executions.
 //! - [`failpoint`]: named stopping points for crash tests.
@@ -12,14 +17,20 @@
 //! The worker loop itself (receive, claim, heartbeat, retry, shutdown) is the shared one
 //! in `shared::worker`; this crate only supplies the [`handler::AgentHandler`].
 
+/// Loading a run and its conversation.
+pub mod checkpoint;
 /// Named failure points for tests.
 pub mod failpoint;
-/// The agent job handler and its step loop.
+/// The agent job handler.
 pub mod handler;
+/// The tool ledger.
+pub mod ledger;
 /// The model client.
 pub mod llm;
 /// Checkpoint retention.
 pub mod retention;
+/// The step loop.
+pub mod step;
 /// The tool registry.
 pub mod tools;
 
@@ -30,12 +41,13 @@ use anyhow::Context;
 use secrecy::ExposeSecret;
 use shared::aws::AwsClients;
 use shared::config::Settings;
+use shared::openai_http::HttpOptions;
 use shared::queue::Queue;
-use shared::worker::{WorkerOptions, run_worker};
+use shared::worker::{Handlers, WorkerOptions, run_worker};
 use tokio_util::sync::CancellationToken;
 
 use crate::handler::AgentHandler;
-use crate::llm::{OpenAiChat, OpenAiChatOptions};
+use crate::llm::OpenAiChat;
 use crate::tools::{Registry, ToolContext};
 
 /// Runs the worker until `shutdown` fires and in-flight steps are done or released.
@@ -45,7 +57,10 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     let queue =
         Queue::from_settings(&aws.sqs, &settings.queues.agent_jobs, &settings.queues).await?;
     let worker_settings = settings.agent_worker.clone();
-    let model = OpenAiChat::new(OpenAiChatOptions {
+    worker_settings
+        .validate()
+        .context("invalid agent worker settings")?;
+    let model = OpenAiChat::new(HttpOptions {
         base_url: settings
             .llm
             .base_url
@@ -74,9 +89,9 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         settings: worker_settings.clone(),
         shutdown: shutdown.clone(),
     };
+    // Only agent runs: a clock tick here is misrouted (poison).
+    let handlers = Handlers::new().with(Arc::new(handler));
     let options = WorkerOptions {
-        // Clock ticks go to file-jobs; one here is misrouted (poison).
-        clock: None,
         concurrency: worker_settings.concurrency,
         receive_wait: Duration::from_secs(u64::from(worker_settings.receive_wait_secs)),
         lease: worker_settings.lease(),
@@ -95,7 +110,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         background.clone(),
     ));
     tracing::info!(%metrics_address, queue = %queue.name, "worker-agent ready");
-    run_worker(queue, Arc::new(handler), options, shutdown).await;
+    run_worker(queue, handlers, options, shutdown).await;
     background.cancel();
     let _ = retention.await;
     Ok(())

@@ -2,22 +2,17 @@
 //! it) and [`OpenAiChat`], any OpenAI-compatible `POST {base_url}/chat/completions`
 //! endpoint with tool calling, plus the cost of a call from the price table.
 //!
-//! This talks to the endpoint with reqwest and the OpenAI JSON shape rather than through
-//! async-openai, for the reasons `shared::embed::openai` gives: async-openai 0.28 hides
-//! the HTTP status and `Retry-After`, and retries 429 and 5xx itself for minutes with the
-//! unmaintained `backoff` crate; we need the status to tell permanent from transient
-//! failures, one retry policy (backon) that we control, and a request future we can drop
-//! the instant a cancel arrives. Messages stay in the OpenAI JSON shape end to end: that
+//! The HTTP call and its retries are `shared::openai_http`, shared with the embedder (it
+//! says why not async-openai). Every call carries `max_tokens`, so one answer cannot
+//! spend past the run's budget. Messages stay in the OpenAI JSON shape end to end: that
 //! is also what the checkpoint stores.
 
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use backon::{ExponentialBuilder, Retryable};
-use reqwest::StatusCode;
-use reqwest::header::RETRY_AFTER;
 use serde_json::{Value, json};
 use shared::config::ModelPrice;
+use shared::openai_http::{CallError, HttpOptions, OpenAiHttp};
 
 /// One tool call the model asked for.
 #[derive(Debug, Clone, PartialEq)]
@@ -57,123 +52,29 @@ pub enum LlmError {
 
 #[async_trait]
 pub trait ChatModel: Send + Sync + 'static {
+    /// One completion of `messages` by `model`, offering `tools`, writing at most
+    /// `max_tokens` tokens.
     async fn complete(
         &self,
         model: &str,
         messages: &[Value],
         tools: &[Value],
+        max_tokens: u32,
     ) -> Result<Completion, LlmError>;
 }
 
-#[derive(Clone)]
-pub struct OpenAiChatOptions {
-    /// API root without `/chat/completions`.
-    pub base_url: String,
-    pub api_key: Option<String>,
-    pub request_timeout: Duration,
-    pub max_retries: usize,
-    pub initial_backoff: Duration,
-    /// A `Retry-After` longer than this ends the retries; the queue waits instead.
-    pub max_backoff: Duration,
-}
-
+/// An OpenAI-compatible chat endpoint.
 pub struct OpenAiChat {
-    http: reqwest::Client,
-    endpoint: String,
-    options: OpenAiChatOptions,
+    http: OpenAiHttp,
 }
 
 impl OpenAiChat {
-    pub fn new(options: OpenAiChatOptions) -> Result<Self, LlmError> {
-        let http = reqwest::Client::builder()
-            .timeout(options.request_timeout)
-            .build()
-            .map_err(|error| LlmError::Permanent {
-                code: "model_config_invalid",
-                message: format!("cannot build the http client: {error}"),
-            })?;
-        let endpoint = format!(
-            "{}/chat/completions",
-            options.base_url.trim_end_matches('/')
-        );
-        Ok(Self {
-            http,
-            endpoint,
-            options,
-        })
-    }
-
-    async fn send_once(&self, body: &Value) -> Result<Value, AttemptError> {
-        let mut request = self.http.post(&self.endpoint).json(body);
-        if let Some(api_key) = &self.options.api_key {
-            request = request.bearer_auth(api_key);
-        }
-        let response = request.send().await.map_err(|error| {
-            if error.is_timeout() || error.is_connect() || error.is_request() {
-                AttemptError::Retryable {
-                    message: format!("request failed: {error}"),
-                    retry_after: None,
-                }
-            } else {
-                AttemptError::Fatal(LlmError::Permanent {
-                    code: "model_request_failed",
-                    message: error.to_string(),
-                })
-            }
+    pub fn new(options: HttpOptions) -> Result<Self, LlmError> {
+        let http = OpenAiHttp::new(options).map_err(|message| LlmError::Permanent {
+            code: "model_config_invalid",
+            message,
         })?;
-        let status = response.status();
-        let retry_after = response
-            .headers()
-            .get(RETRY_AFTER)
-            .and_then(|value| value.to_str().ok())
-            .and_then(|value| value.trim().parse::<f64>().ok())
-            .filter(|seconds| seconds.is_finite() && *seconds >= 0.0)
-            .map(Duration::from_secs_f64);
-        if status == StatusCode::TOO_MANY_REQUESTS
-            || status == StatusCode::REQUEST_TIMEOUT
-            || status.is_server_error()
-        {
-            let text = response.text().await.unwrap_or_default();
-            return Err(AttemptError::Retryable {
-                message: format!("status {status}: {}", truncate(&text, 300)),
-                retry_after,
-            });
-        }
-        if !status.is_success() {
-            let text = response.text().await.unwrap_or_default();
-            return Err(AttemptError::Fatal(LlmError::Permanent {
-                code: "model_request_rejected",
-                message: format!("status {status}: {}", truncate(&text, 300)),
-            }));
-        }
-        response.json::<Value>().await.map_err(|error| {
-            if error.is_timeout() {
-                AttemptError::Retryable {
-                    message: format!("reading the answer timed out: {error}"),
-                    retry_after: None,
-                }
-            } else {
-                AttemptError::Fatal(LlmError::Permanent {
-                    code: "model_answer_unreadable",
-                    message: error.to_string(),
-                })
-            }
-        })
-    }
-}
-
-enum AttemptError {
-    Retryable {
-        message: String,
-        retry_after: Option<Duration>,
-    },
-    Fatal(LlmError),
-}
-
-fn truncate(text: &str, limit: usize) -> &str {
-    match text.char_indices().nth(limit) {
-        Some((end, _)) => &text[..end],
-        None => text,
+        Ok(Self { http })
     }
 }
 
@@ -184,57 +85,38 @@ impl ChatModel for OpenAiChat {
         model: &str,
         messages: &[Value],
         tools: &[Value],
+        max_tokens: u32,
     ) -> Result<Completion, LlmError> {
-        let mut body = json!({ "model": model, "messages": messages });
+        let mut body = json!({ "model": model, "messages": messages, "max_tokens": max_tokens });
         if !tools.is_empty() {
             body["tools"] = Value::Array(tools.to_vec());
             body["tool_choice"] = json!("auto");
         }
-        let backoff = ExponentialBuilder::default()
-            .with_min_delay(self.options.initial_backoff)
-            .with_max_delay(self.options.max_backoff)
-            .with_max_times(self.options.max_retries)
-            .with_jitter();
-        let max_backoff = self.options.max_backoff;
         let started = Instant::now();
-        let mut attempts = 0u32;
-        let answer = (|| {
-            attempts += 1;
-            self.send_once(&body)
-        })
-        .retry(backoff)
-        .when(|error: &AttemptError| matches!(error, AttemptError::Retryable { .. }))
-        .adjust(|error, next_delay| {
-            let next_delay = next_delay?;
-            match error {
-                AttemptError::Retryable {
-                    retry_after: Some(retry_after),
-                    ..
-                } if *retry_after > max_backoff => None,
-                AttemptError::Retryable {
-                    retry_after: Some(retry_after),
-                    ..
-                } => Some((*retry_after).max(next_delay)),
-                _ => Some(next_delay),
-            }
-        })
-        .notify(|error, delay| {
-            if let AttemptError::Retryable { message, .. } = error {
-                tracing::warn!(delay_ms = delay.as_millis() as u64, error = %message, "model request failed, retrying");
-            }
-        })
-        .await
-        .map_err(|error| match error {
-            AttemptError::Fatal(error) => error,
-            AttemptError::Retryable {
-                message,
-                retry_after,
-            } => LlmError::Transient {
-                message: format!("after {attempts} attempts: {message}"),
-                retry_after,
-            },
-        })?;
-        parse_completion(&answer, attempts, started.elapsed())
+        let answer = self
+            .http
+            .post_json("chat/completions", &body, model)
+            .await
+            .map_err(|error| match error {
+                CallError::Unavailable {
+                    message,
+                    retry_after,
+                    attempts,
+                } => LlmError::Transient {
+                    message: format!("after {attempts} attempts: {message}"),
+                    retry_after,
+                },
+                CallError::Rejected { message, .. } => LlmError::Permanent {
+                    code: "model_request_rejected",
+                    message,
+                },
+            })?;
+        let parsed: Value =
+            serde_json::from_slice(&answer.body).map_err(|error| LlmError::Permanent {
+                code: "model_answer_unreadable",
+                message: error.to_string(),
+            })?;
+        parse_completion(&parsed, answer.attempts, started.elapsed())
     }
 }
 
@@ -244,56 +126,72 @@ pub fn parse_completion(
     attempts: u32,
     latency: Duration,
 ) -> Result<Completion, LlmError> {
-    let unreadable = |what: &str| LlmError::Permanent {
-        code: "model_answer_unreadable",
-        message: format!("the model's answer has no {what}"),
-    };
     let message = answer["choices"]
         .get(0)
         .map(|choice| &choice["message"])
         .filter(|message| message.is_object())
         .ok_or_else(|| unreadable("choices[0].message"))?;
-    let text = message["content"].as_str().map(str::to_string);
-    let mut tool_calls = Vec::new();
-    if let Some(calls) = message["tool_calls"].as_array() {
-        for call in calls {
-            let id = call["id"]
-                .as_str()
-                .ok_or_else(|| unreadable("tool call id"))?;
-            let name = call["function"]["name"]
-                .as_str()
-                .ok_or_else(|| unreadable("tool call name"))?;
-            let arguments = match &call["function"]["arguments"] {
-                Value::String(text) => text.clone(),
-                Value::Null => String::new(),
-                other => other.to_string(),
-            };
-            tool_calls.push(ToolCall {
-                id: id.to_string(),
-                name: name.to_string(),
-                arguments,
-            });
+    let mut completion = Completion::from_message(message)?;
+    completion.tokens_in = answer["usage"]["prompt_tokens"].as_u64().unwrap_or(0);
+    completion.tokens_out = answer["usage"]["completion_tokens"].as_u64().unwrap_or(0);
+    completion.attempts = attempts;
+    completion.latency = latency;
+    Ok(completion)
+}
+
+fn unreadable(what: &str) -> LlmError {
+    LlmError::Permanent {
+        code: "model_answer_unreadable",
+        message: format!("the model's answer has no {what}"),
+    }
+}
+
+impl Completion {
+    /// The completion an assistant message holds (tokens, attempts and latency zero):
+    /// also how a step redone after a crash reads back its recorded answer.
+    pub fn from_message(message: &Value) -> Result<Self, LlmError> {
+        let text = message["content"].as_str().map(str::to_string);
+        let mut tool_calls = Vec::new();
+        if let Some(calls) = message["tool_calls"].as_array() {
+            for call in calls {
+                let id = call["id"]
+                    .as_str()
+                    .ok_or_else(|| unreadable("tool call id"))?;
+                let name = call["function"]["name"]
+                    .as_str()
+                    .ok_or_else(|| unreadable("tool call name"))?;
+                let arguments = match &call["function"]["arguments"] {
+                    Value::String(text) => text.clone(),
+                    Value::Null => String::new(),
+                    other => other.to_string(),
+                };
+                tool_calls.push(ToolCall {
+                    id: id.to_string(),
+                    name: name.to_string(),
+                    arguments,
+                });
+            }
         }
+        // Only the fields the conversation needs, in a stable shape.
+        let mut assistant = json!({ "role": "assistant", "content": text });
+        if !tool_calls.is_empty() {
+            assistant["tool_calls"] = Value::Array(
+                tool_calls
+                    .iter()
+                    .map(|call| json!({ "id": call.id, "type": "function", "function": { "name": call.name, "arguments": call.arguments } }))
+                    .collect(),
+            );
+        }
+        Ok(Self {
+            message: assistant,
+            tool_calls,
+            text,
+            tokens_in: 0,
+            tokens_out: 0,
+            attempts: 0,
+            latency: Duration::ZERO,
+        })
     }
-    // Only the fields the conversation needs, in a stable shape.
-    let mut assistant = json!({ "role": "assistant", "content": text });
-    if !tool_calls.is_empty() {
-        assistant["tool_calls"] = Value::Array(
-            tool_calls
-                .iter()
-                .map(|call| json!({ "id": call.id, "type": "function", "function": { "name": call.name, "arguments": call.arguments } }))
-                .collect(),
-        );
-    }
-    Ok(Completion {
-        message: assistant,
-        tool_calls,
-        text,
-        tokens_in: answer["usage"]["prompt_tokens"].as_u64().unwrap_or(0),
-        tokens_out: answer["usage"]["completion_tokens"].as_u64().unwrap_or(0),
-        attempts,
-        latency,
-    })
 }
 
 /// The cost of a call in US dollars; `None` when the model has no price.
@@ -323,6 +221,9 @@ mod tests {
         assert_eq!(completion.tokens_in, 12);
         assert_eq!(completion.message["tool_calls"][0]["id"], "c1");
         assert!(parse_completion(&json!({ "choices": [] }), 1, Duration::ZERO).is_err());
+        let replayed = Completion::from_message(&completion.message).unwrap();
+        assert_eq!(replayed.tool_calls, completion.tool_calls);
+        assert_eq!(replayed.message, completion.message);
     }
 
     #[test]

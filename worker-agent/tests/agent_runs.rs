@@ -98,6 +98,18 @@ async fn full_run_searches_asks_a_person_waits_for_approval_and_completes() {
     let search_result =
         tool_result_seen(&chat, "call_0_0").expect("the search result reached the model");
     assert!(search_result.contains("30 days"), "{search_result}");
+    let search_result: Value = serde_json::from_str(&search_result).unwrap();
+    assert_eq!(
+        search_result["untrusted_data"], true,
+        "file passages reach the model marked as untrusted: {search_result}"
+    );
+    assert!(
+        search_result["hits"][0]["untrusted_text"]
+            .as_str()
+            .unwrap()
+            .contains("refund window"),
+        "{search_result}"
+    );
 
     let input_id = question["id"].as_str().unwrap();
     let (status, answered) = app
@@ -142,18 +154,35 @@ async fn full_run_searches_asks_a_person_waits_for_approval_and_completes() {
         "nothing is written before approval"
     );
     let approval_id = approval["id"].as_str().unwrap();
+    // The org's ordinary token may see the approval but not decide it.
+    for decision in ["approve", "reject"] {
+        let (status, refused) = app
+            .post(
+                &format!("/v1/executions/{id}/approvals/{approval_id}/{decision}"),
+                json!({}),
+            )
+            .await
+            .unwrap();
+        assert_eq!(status, 403, "{refused}");
+        assert_eq!(refused["error"]["code"], "forbidden");
+    }
+    let (_, still_held) = app.get(&format!("/v1/executions/{id}")).await.unwrap();
+    assert_eq!(still_held["pending_inputs"][0]["id"], approval["id"]);
+    let approver = app.approver_token("carol");
     let (status, approved) = app
-        .post(
+        .post_as(
             &format!("/v1/executions/{id}/approvals/{approval_id}/approve"),
             json!({}),
+            &approver,
         )
         .await
         .unwrap();
     assert_eq!(status, 202, "{approved}");
     let (status, _) = app
-        .post(
+        .post_as(
             &format!("/v1/executions/{id}/approvals/{approval_id}/reject"),
             json!({}),
+            &approver,
         )
         .await
         .unwrap();
@@ -184,6 +213,7 @@ async fn full_run_searches_asks_a_person_waits_for_approval_and_completes() {
         kinds(&events),
         [
             "queued",
+            "claimed",
             "model_call",
             "tool_call",
             "tool_result",
@@ -192,12 +222,14 @@ async fn full_run_searches_asks_a_person_waits_for_approval_and_completes() {
             "question",
             "awaiting_input",
             "human_input",
+            "claimed",
             "tool_result",
             "model_call",
             "tool_call",
             "approval_requested",
             "awaiting_input",
             "approved",
+            "claimed",
             "tool_result",
             "model_call",
             "completed",

@@ -50,6 +50,27 @@ async fn outputs(app: &TestApp, node: Uuid) -> Value {
     app.get(&format!("/v1/nodes/{node}")).await.unwrap().1["outputs"].clone()
 }
 
+/// Starts a run on a worker that stops after step 0's tools ran, before the commit, and
+/// SIGKILLs it there. Returns the execution and its node.
+async fn start_and_kill_after_the_tool_ran(app: &TestApp, chat: &ScriptedChat) -> (Uuid, Uuid) {
+    let mut doomed = spawn_agent(
+        app,
+        chat,
+        &[("GLASSBOX_AGENT_WORKER__FAILPOINT", "after_tool_calls")],
+    );
+    let (id, node) = start(app).await;
+    wait_until(RUN, || async {
+        ledger(app, id)
+            .await
+            .first()
+            .is_some_and(|row| row.2 == "succeeded")
+    })
+    .await
+    .unwrap();
+    doomed.kill().await.unwrap();
+    (id, node)
+}
+
 #[tokio::test]
 async fn sigkill_between_a_tool_call_and_its_commit_does_not_repeat_the_tool() {
     let app = TestApp::spawn().await.unwrap();
@@ -59,21 +80,7 @@ async fn sigkill_between_a_tool_call_and_its_commit_does_not_repeat_the_tool() {
     ])
     .await
     .unwrap();
-    let mut doomed = spawn_agent(
-        &app,
-        &chat,
-        &[("GLASSBOX_AGENT_WORKER__FAILPOINT", "after_tool_calls")],
-    );
-    let (id, node) = start(&app).await;
-    wait_until(RUN, || async {
-        ledger(&app, id)
-            .await
-            .first()
-            .is_some_and(|row| row.2 == "succeeded")
-    })
-    .await
-    .unwrap();
-    doomed.kill().await.unwrap();
+    let (id, node) = start_and_kill_after_the_tool_ran(&app, &chat).await;
     assert_eq!(
         committed_steps(&app, id).await,
         0,
@@ -88,8 +95,8 @@ async fn sigkill_between_a_tool_call_and_its_commit_does_not_repeat_the_tool() {
     assert_eq!(done["status"], "completed", "{done}");
     assert_eq!(
         chat.requests_for_step(0),
-        2,
-        "the uncommitted step was redone"
+        1,
+        "the uncommitted step was redone with the model's recorded answer"
     );
     assert_eq!(chat.requests_for_step(1), 1);
     assert_eq!(
@@ -101,7 +108,7 @@ async fn sigkill_between_a_tool_call_and_its_commit_does_not_repeat_the_tool() {
     assert_eq!(
         done["tokens_in"],
         2 * CHAT_TOKENS_IN,
-        "two committed steps, the lost call not counted twice"
+        "two model calls, each counted once"
     );
     assert_eq!(done["tokens_out"], 2 * CHAT_TOKENS_OUT);
     assert_eq!(committed_steps(&app, id).await, 2);
@@ -110,7 +117,10 @@ async fn sigkill_between_a_tool_call_and_its_commit_does_not_repeat_the_tool() {
         .iter()
         .filter(|event| event["kind"] == "model_call")
         .count();
-    assert_eq!(model_calls, 2, "trace events commit with their step");
+    assert_eq!(
+        model_calls, 2,
+        "one model call per step, recorded as it answered"
+    );
     let replayed = events
         .iter()
         .find(|event| event["kind"] == "tool_result")
@@ -305,4 +315,58 @@ async fn sigterm_finishes_the_step_in_flight_and_hands_the_run_back() {
         .map(|event| event["kind"].as_str().unwrap().to_string())
         .collect();
     assert!(kinds.contains(&"released".to_string()), "{kinds:?}");
+}
+
+#[tokio::test]
+async fn a_step_redone_after_a_crash_keeps_each_tool_result_with_its_own_call() {
+    // Asked again, the model would make a different call at the same position.
+    let app = TestApp::spawn().await.unwrap();
+    let chat = ScriptedChat::start_with_attempts(vec![
+        vec![
+            ChatReply::tool("write_output", json!({ "key": "a", "value": 1 })),
+            ChatReply::tool("write_output", json!({ "key": "b", "value": 2 })),
+        ],
+        vec![ChatReply::text("done")],
+    ])
+    .await
+    .unwrap();
+    let (id, node) = start_and_kill_after_the_tool_ran(&app, &chat).await;
+    let spent: i64 = sqlx::query_scalar("SELECT tokens_in FROM executions WHERE id = $1")
+        .bind(id)
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        spent, CHAT_TOKENS_IN as i64,
+        "the model call is paid for although its step never committed"
+    );
+
+    let _survivor = spawn_agent(&app, &chat, &[]);
+    let done = app
+        .wait_for_execution(id, &["completed", "failed"], RUN)
+        .await
+        .unwrap();
+    assert_eq!(done["status"], "completed", "{done}");
+    let step_zero: Value = sqlx::query_scalar(
+        "SELECT messages FROM execution_steps WHERE execution_id = $1 AND step = 0",
+    )
+    .bind(id)
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    let messages = step_zero.as_array().unwrap();
+    let call = &messages[0]["tool_calls"][0];
+    let called_key = serde_json::from_str::<Value>(call["function"]["arguments"].as_str().unwrap())
+        .unwrap()["key"]
+        .clone();
+    let result: Value = serde_json::from_str(messages[1]["content"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        result["written"], called_key,
+        "the committed result belongs to the committed call: {step_zero}"
+    );
+    assert_eq!(
+        outputs(&app, node).await[called_key.as_str().unwrap()],
+        json!(if called_key == "a" { 1 } else { 2 }),
+        "the call the conversation shows took effect"
+    );
 }

@@ -60,7 +60,15 @@ async fn a_model_that_stays_down_is_retried_then_dead_lettered() {
     let events = kinds(&app.trace(id).await.unwrap());
     assert_eq!(
         events,
-        ["queued", "retrying", "retrying", "dead_lettered"],
+        [
+            "queued",
+            "claimed",
+            "retrying",
+            "claimed",
+            "retrying",
+            "claimed",
+            "dead_lettered"
+        ],
         "nothing else was committed"
     );
     assert_eq!(failed["tokens_in"], 0);
@@ -190,4 +198,129 @@ async fn the_sweeper_re_enqueues_a_run_whose_message_was_lost() {
         .await
         .unwrap();
     assert_eq!(done["result"], "done");
+}
+
+#[tokio::test]
+async fn a_run_backing_off_after_a_transient_failure_is_not_swept_again() {
+    // Long backoffs, so the retry is still waiting when the sweeper looks.
+    let app = TestApp::spawn_with(TestOptions {
+        configure: Some(std::sync::Arc::new(|settings| {
+            settings.retry.base_delay_secs = 30.0;
+            settings.retry.max_delay_secs = 60.0;
+        })),
+        ..TestOptions::default()
+    })
+    .await
+    .unwrap();
+    let chat = ScriptedChat::start(vec![ChatReply::Status(500)])
+        .await
+        .unwrap();
+    let _worker = spawn_agent(&app, &chat, &[("GLASSBOX_AGENT_WORKER__MAX_RETRIES", "0")]);
+    let id = start(&app, json!({})).await;
+    testkit::wait_until(RUN, || async {
+        app.trace(id)
+            .await
+            .unwrap()
+            .iter()
+            .any(|event| event["kind"] == "retrying")
+    })
+    .await
+    .unwrap();
+    // Even a sweeper that re-enqueues anything queued at all leaves a run alone while
+    // its message waits out the backoff: a second message would only race it.
+    let requeued = api_lite::sweeper::sweep_executions_once(&app.pool, Duration::ZERO)
+        .await
+        .unwrap();
+    assert_eq!(requeued, 0, "the backing-off run was re-enqueued");
+    let outbox: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(outbox, 0);
+}
+
+#[tokio::test]
+async fn a_dead_lettered_run_moved_back_by_plain_sqs_runs_again() {
+    // One allowed receive, no retries inside it: the first failure dead-letters the run.
+    let app = TestApp::spawn_with(TestOptions {
+        max_receive_count: 1,
+        ..TestOptions::default()
+    })
+    .await
+    .unwrap();
+    let chat = ScriptedChat::start_with_attempts(vec![vec![
+        ChatReply::Status(503),
+        ChatReply::text("done"),
+    ]])
+    .await
+    .unwrap();
+    let _worker = spawn_agent(&app, &chat, &[("GLASSBOX_AGENT_WORKER__MAX_RETRIES", "0")]);
+    let id = start(&app, json!({})).await;
+    let failed = app
+        .wait_for_execution(id, &["failed", "completed"], RUN)
+        .await
+        .unwrap();
+    assert_eq!(failed["error_class"], "transient", "{failed}");
+
+    // The SQS console or StartMessageMoveTask moves the message back; api-lite never
+    // hears of it.
+    let queue = app.agent_queue().await.unwrap();
+    let mut moved = false;
+    for _ in 0..30 {
+        let letters = queue
+            .receive_dead_letters(1, Duration::from_secs(30))
+            .await
+            .unwrap();
+        if let Some(letter) = letters.first() {
+            queue.move_dead_letter(letter).await.unwrap();
+            moved = true;
+            break;
+        }
+    }
+    assert!(moved, "the message reached the DLQ");
+    let done = app
+        .wait_for_execution(id, &["completed"], Duration::from_secs(20))
+        .await
+        .unwrap();
+    assert_eq!(done["result"], "done");
+    let events = kinds(&app.trace(id).await.unwrap());
+    assert!(events.contains(&"redriven".to_string()), "{events:?}");
+}
+
+#[tokio::test]
+async fn a_duplicate_message_of_a_busy_run_is_dropped_not_dead_lettered() {
+    let app = TestApp::spawn_with(TestOptions {
+        max_receive_count: 2,
+        ..TestOptions::default()
+    })
+    .await
+    .unwrap();
+    // A long, healthy model call: the duplicate keeps finding the run busy.
+    let chat = ScriptedChat::start(vec![ChatReply::slow(
+        Duration::from_secs(10),
+        ChatReply::text("done"),
+    )])
+    .await
+    .unwrap();
+    let _worker = spawn_agent(&app, &chat, &[]);
+    let id = start(&app, json!({})).await;
+    app.wait_for_execution(id, &["running"], RUN).await.unwrap();
+    let queue = app.agent_queue().await.unwrap();
+    let body =
+        shared::queue::JobMessage::new(shared::queue::JobKind::AgentRun, id, app.org_id).to_body();
+    queue.send(&body).await.unwrap();
+
+    let done = app
+        .wait_for_execution(id, &["completed", "failed"], RUN)
+        .await
+        .unwrap();
+    assert_eq!(done["status"], "completed", "{done}");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let depth = queue.depth().await.unwrap();
+    assert_eq!(
+        depth.dead_letter_visible + depth.dead_letter_in_flight,
+        0,
+        "the duplicate of a healthy run reached the DLQ: {depth:?}"
+    );
+    assert_eq!(chat.requests_for_step(0), 1);
 }

@@ -10,15 +10,16 @@ use async_trait::async_trait;
 use shared::config::FilesWorkerSettings;
 use shared::embed::{EmbedError, Embedder};
 use shared::error::JobError;
+use shared::files::{self, Stored};
 use shared::lease::{self, LeasedTable};
 use shared::queue::{JobKind, JobMessage};
-use shared::worker::{Claim, Disposition, JobHandler};
+use shared::worker::{Claim, Disposition, JobHandler, Receipt};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::chunk::Chunker;
-use crate::extract::{self, ExtractLimits};
+use crate::ExtractionSetup;
+use crate::extract::{self, sandbox::ChildRequest};
 use crate::store::{self, EmbeddedChunk};
 use crate::{download, failpoint};
 
@@ -27,12 +28,10 @@ pub struct FileHandler {
     pub s3: aws_sdk_s3::Client,
     pub bucket: String,
     pub embedder: Arc<dyn Embedder>,
-    pub chunker: Arc<Chunker>,
     pub settings: FilesWorkerSettings,
-    pub extract_limits: ExtractLimits,
-    /// The program and leading arguments that run the sandboxed extractor.
-    pub extractor_program: PathBuf,
-    pub extractor_args: Vec<String>,
+    /// The confined child that detects, extracts and chunks, and what it is told.
+    pub extraction: Arc<ExtractionSetup>,
+    /// The worker's private spool folder (see [`crate::scratch`]).
     pub spool_dir: PathBuf,
 }
 
@@ -50,7 +49,10 @@ struct StageTimings(BTreeMap<&'static str, u64>);
 
 impl StageTimings {
     fn record(&mut self, stage: &'static str, started: Instant) {
-        let elapsed = started.elapsed();
+        self.record_duration(stage, started.elapsed());
+    }
+
+    fn record_duration(&mut self, stage: &'static str, elapsed: std::time::Duration) {
         metrics::histogram!(shared::metrics::STAGE_SECONDS, "kind" => "file.process", "stage" => stage).record(elapsed.as_secs_f64());
         self.0.insert(stage, elapsed.as_millis() as u64);
     }
@@ -105,14 +107,7 @@ impl FileHandler {
         stage: &str,
         timings: &StageTimings,
     ) -> Result<(), JobError> {
-        let updated = sqlx::query("UPDATE files SET stage = $3, stage_durations_ms = $4, updated_at = now() WHERE id = $1 AND lease_token = $2")
-            .bind(file_id)
-            .bind(lease)
-            .bind(stage)
-            .bind(timings.to_json())
-            .execute(&self.pool)
-            .await?;
-        if updated.rows_affected() == 0 {
+        if !files::enter_stage(&self.pool, file_id, lease, stage, &timings.to_json()).await? {
             return Err(lease_lost());
         }
         Ok(())
@@ -162,42 +157,39 @@ impl FileHandler {
 
         self.enter_stage(file_id, lease, "extract", &timings)
             .await?;
+        // Detection, extraction and chunking all run in the confined child: this process
+        // never parses, tokenizes or splits the file's bytes.
         let started = Instant::now();
-        let path = downloaded.file.path().to_path_buf();
-        let kind = extract::detect_kind(&path, Some(&row.content_type), Some(&row.name))
-            .map_err(extract_error)?;
-        let document = until_cancelled(cancel, async {
-            extract::extract_isolated(
-                &self.extractor_program,
-                &self.extractor_args,
-                &path,
-                kind,
-                &self.extract_limits,
-            )
-            .await
-            .map_err(extract_error)
+        let setup = &self.extraction;
+        let request = ChildRequest {
+            path: downloaded.file.path().to_path_buf(),
+            kind: None,
+            content_type: Some(row.content_type.clone()),
+            name: Some(row.name.clone()),
+            pdf_engine: setup.pdf_engine.clone(),
+            limits: setup.limits.clone(),
+            chunking: Some(setup.chunking.clone()),
+            include_texts: false,
+        };
+        let extraction = until_cancelled(cancel, async {
+            setup.sandbox.run(&request).await.map_err(extract_error)
         })
         .await?;
         drop(downloaded);
-        timings.record("extract", started);
-
-        self.enter_stage(file_id, lease, "chunk", &timings).await?;
-        let started = Instant::now();
-        let chunker = self.chunker.clone();
-        let pages = document.pages;
-        let (chunks, pages) =
-            tokio::task::spawn_blocking(move || (chunker.chunk(kind, &pages), pages))
-                .await
-                .map_err(|error| {
-                    JobError::permanent("chunk_failed", format!("chunking panicked: {error}"))
-                })?;
+        // The child's own split between the two; the rest (start, transfer) counts as extraction.
+        let child_chunk = std::time::Duration::from_millis(extraction.chunk_ms);
+        let child_peak_rss_kib = extraction.peak_rss_kib;
+        timings.record_duration("extract", started.elapsed().saturating_sub(child_chunk));
+        timings.record_duration("chunk", child_chunk);
+        let document = extraction.document;
+        let kind = document.kind;
+        let chunks = extraction.chunks;
         if chunks.is_empty() {
             return Err(JobError::permanent(
                 "empty_text",
                 "the file has no text to index",
             ));
         }
-        timings.record("chunk", started);
 
         self.enter_stage(file_id, lease, "embed", &timings).await?;
         let started = Instant::now();
@@ -230,7 +222,7 @@ impl FileHandler {
             })
             .collect();
         let mut transaction = self.pool.begin().await?;
-        if !lease::fence(&mut transaction, LeasedTable::Files, file_id, lease).await? {
+        if !files::fence(&mut transaction, file_id, lease).await? {
             return Err(lease_lost());
         }
         sqlx::query("DELETE FROM chunks WHERE file_id = $1")
@@ -246,31 +238,27 @@ impl FileHandler {
         )
         .await?;
         timings.record("store", started);
-        let page_count = pages
-            .iter()
-            .filter(|page| page.number.is_some())
-            .count()
-            .max(1) as i32;
-        sqlx::query(
-            "UPDATE files SET status = 'ready', stage = NULL, error_class = NULL, error_code = NULL, error_message = NULL, \
-             detected_type = $2, pages = $3, chunk_count = $4, embedding_model = $5, extractor_version = $6, content_sha256 = $7, \
-             stage_durations_ms = $8, lease_token = NULL, lease_expires_at = NULL, finished_at = now(), updated_at = now() WHERE id = $1",
-        )
-        .bind(file_id)
-        .bind(kind.as_str())
-        .bind(page_count)
-        .bind(chunks.len() as i32)
-        .bind(self.embedder.model_id())
-        .bind(document.extractor_version as i32)
-        .bind(&content_sha256)
-        .bind(timings.to_json())
-        .execute(&mut *transaction)
-        .await?;
+        let page_count = document.page_count() as i32;
+        let stored = Stored {
+            detected_type: kind.as_str(),
+            pages: page_count,
+            chunk_count: chunks.len() as i32,
+            embedding_model: self.embedder.model_id(),
+            extractor_version: document.extractor_version as i32,
+            content_sha256: &content_sha256,
+            stage_durations_ms: timings.to_json(),
+            extraction_engine: &document.engine,
+        };
+        if !files::mark_ready(&mut transaction, file_id, lease, &stored).await? {
+            return Err(lease_lost());
+        }
         transaction.commit().await?;
         tracing::info!(
             chunks = chunks.len(),
             pages = page_count,
             kind = kind.as_str(),
+            engine = %document.engine,
+            child_peak_rss_kib,
             "file stored"
         );
         Ok(())
@@ -354,30 +342,15 @@ impl JobHandler for FileHandler {
         JobKind::FileProcess
     }
 
-    async fn claim(&self, job: &JobMessage) -> Result<Claim, JobError> {
-        let lease = Uuid::new_v4();
-        let claimed: Option<(i32,)> = sqlx::query_as(
-            "UPDATE files SET status = 'processing', stage = 'download', lease_token = $3, \
-                 lease_expires_at = now() + make_interval(secs => $4), attempts = attempts + 1, \
-                 started_at = now(), finished_at = NULL, stage_durations_ms = '{}'::jsonb, updated_at = now() \
-             WHERE id = $1 AND org_id = $2 \
-               AND (status IN ('queued', 'retrying', 'dead_lettered') \
-                    OR (status = 'processing' AND (lease_expires_at IS NULL OR lease_expires_at < now()))) \
-             RETURNING attempts",
+    async fn claim(&self, job: &JobMessage, receipt: Receipt<'_>) -> Result<Claim, JobError> {
+        Ok(files::claim(
+            &self.pool,
+            job.job_id,
+            job.org_id,
+            self.settings.lease(),
+            receipt,
         )
-        .bind(job.job_id)
-        .bind(job.org_id)
-        .bind(lease)
-        .bind(self.settings.lease().as_secs_f64())
-        .fetch_optional(&self.pool)
-        .await?;
-        if let Some((attempt,)) = claimed {
-            return Ok(Claim::Acquired {
-                lease,
-                attempt: attempt as u32,
-            });
-        }
-        Ok(lease::claim_not_taken(&self.pool, LeasedTable::Files, job.job_id, job.org_id).await?)
+        .await?)
     }
 
     async fn run(
@@ -409,33 +382,12 @@ impl JobHandler for FileHandler {
         error: &JobError,
         disposition: Disposition,
     ) -> Result<(), JobError> {
-        let status = match disposition {
-            Disposition::Failed => "failed",
-            Disposition::Retrying { .. } => "retrying",
-            Disposition::DeadLettered => "dead_lettered",
-        };
-        sqlx::query(
-            "UPDATE files SET status = $3, error_class = $4, error_code = $5, error_message = $6, lease_token = NULL, lease_expires_at = NULL, \
-             finished_at = CASE WHEN $3 = 'retrying' THEN NULL ELSE now() END, updated_at = now() \
-             WHERE id = $1 AND lease_token = $2",
-        )
-        .bind(job.job_id)
-        .bind(lease)
-        .bind(status)
-        .bind(error.class())
-        .bind(error.code())
-        .bind(error.message())
-        .execute(&self.pool)
-        .await?;
+        files::record_failure(&self.pool, job.job_id, lease, error, disposition).await?;
         Ok(())
     }
 
     async fn release(&self, job: &JobMessage, lease: Uuid) -> Result<(), JobError> {
-        sqlx::query("UPDATE files SET status = 'queued', stage = NULL, lease_token = NULL, lease_expires_at = NULL, updated_at = now() WHERE id = $1 AND lease_token = $2")
-            .bind(job.job_id)
-            .bind(lease)
-            .execute(&self.pool)
-            .await?;
+        files::release(&self.pool, job.job_id, lease).await?;
         Ok(())
     }
 }

@@ -1,5 +1,9 @@
-//! `worker-files`: consumes file jobs until SIGTERM. `worker-files extract-child ...` is
-//! the sandboxed extractor the worker starts for each file; it is not for people.
+//! `worker-files`: consumes file jobs until SIGTERM.
+//!
+//! - `worker-files extract FILE [--engine E] [--json]` runs one file through the sandbox and prints
+//!   what came out (see `command`).
+//! - `worker-files extract-child ...` is the confined child the worker starts for each file; it is not
+//!   for people.
 
 use std::process::ExitCode;
 
@@ -7,8 +11,12 @@ use shared::config::Settings;
 
 fn main() -> ExitCode {
     let arguments: Vec<String> = std::env::args().collect();
-    if arguments.get(1).map(String::as_str) == Some(worker_files::EXTRACT_CHILD_ARG) {
-        return worker_files::extract::child_main(arguments[2..].to_vec());
+    match arguments.get(1).map(String::as_str) {
+        Some(worker_files::EXTRACT_CHILD_ARG) => {
+            return worker_files::extract::child_main(arguments[2..].to_vec());
+        }
+        Some("extract") => return worker_files::command::main(arguments[1..].to_vec()),
+        _ => {}
     }
     let settings = match Settings::from_env() {
         Ok(settings) => settings,

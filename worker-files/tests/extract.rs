@@ -1,19 +1,53 @@
+//! Extraction through the real confined child (and in process where a test compares the two), with
+//! both PDF engines, every document format and every hostile fixture.
+
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 use std::time::Instant;
 
 use testkit::fixtures;
+use worker_files::extract::sandbox::{ChildRequest, ChunkingRequest, Extraction, ProbeReport};
 use worker_files::extract::{
-    DocumentKind, ExtractError, ExtractLimits, ExtractedDocument, detect_kind, extract_isolated,
-    extract_path, normalize_text,
+    DocumentKind, ExtractError, ExtractLimits, ExtractedDocument, PdfEngine, Sandbox, TextPart,
+    detect_kind, extract_path, normalize_text,
 };
 
 fn child_program() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_worker-files"))
 }
 
-/// The worker binary acts as the extractor when its first argument says so.
-fn child_args() -> Vec<String> {
-    vec![worker_files::EXTRACT_CHILD_ARG.to_string()]
+fn pdfium() -> PdfEngine {
+    PdfEngine::Pdfium {
+        library: testkit::pdfium_library(),
+    }
+}
+
+/// One scratch root for the whole test binary (each child gets its own folder under it).
+fn scratch_root() -> PathBuf {
+    static ROOT: OnceLock<tempfile::TempDir> = OnceLock::new();
+    ROOT.get_or_init(|| tempfile::tempdir().expect("scratch root"))
+        .path()
+        .to_path_buf()
+}
+
+/// The worker binary as the confined extractor, as the worker starts it.
+fn sandbox() -> Sandbox {
+    Sandbox::new(
+        child_program(),
+        vec![worker_files::EXTRACT_CHILD_ARG.to_string()],
+        scratch_root(),
+    )
+    .expect("some network confinement works here")
+}
+
+/// Any program through the same confinement (shell scripts standing in for misbehaving extractors).
+fn script_sandbox(script: &Path) -> Sandbox {
+    Sandbox {
+        program: PathBuf::from("/bin/sh"),
+        program_args: vec![script.display().to_string()],
+        network: sandbox().network,
+        scratch_root: scratch_root(),
+    }
 }
 
 fn write_temp(bytes: &[u8], suffix: &str) -> tempfile::NamedTempFile {
@@ -25,13 +59,62 @@ fn write_temp(bytes: &[u8], suffix: &str) -> tempfile::NamedTempFile {
     file
 }
 
+fn request(
+    path: &Path,
+    kind: Option<DocumentKind>,
+    engine: PdfEngine,
+    limits: &ExtractLimits,
+) -> ChildRequest {
+    ChildRequest {
+        path: path.to_path_buf(),
+        kind,
+        content_type: None,
+        name: None,
+        pdf_engine: engine,
+        limits: limits.clone(),
+        chunking: None,
+        include_texts: true,
+    }
+}
+
+async fn isolated_with(
+    bytes: &[u8],
+    kind: DocumentKind,
+    engine: PdfEngine,
+    limits: &ExtractLimits,
+) -> Result<ExtractedDocument, ExtractError> {
+    let file = write_temp(bytes, ".bin");
+    sandbox()
+        .run(&request(file.path(), Some(kind), engine, limits))
+        .await
+        .map(|extraction| extraction.document)
+}
+
+/// Through the child with pdfium, the default engine.
 async fn isolated(
     bytes: &[u8],
     kind: DocumentKind,
     limits: &ExtractLimits,
 ) -> Result<ExtractedDocument, ExtractError> {
-    let file = write_temp(bytes, ".bin");
-    extract_isolated(&child_program(), &child_args(), file.path(), kind, limits).await
+    isolated_with(bytes, kind, pdfium(), limits).await
+}
+
+/// Through the child with detection, as the worker does, and chunking with the model's tokenizer.
+async fn detected_and_chunked(
+    bytes: &[u8],
+    content_type: Option<&str>,
+    name: Option<&str>,
+) -> Result<Extraction, ExtractError> {
+    let file = write_temp(bytes, ".upload");
+    let mut child_request = request(file.path(), None, pdfium(), &ExtractLimits::default());
+    child_request.content_type = content_type.map(str::to_owned);
+    child_request.name = name.map(str::to_owned);
+    child_request.chunking = Some(ChunkingRequest {
+        tokenizer: testkit::model_dir().join("tokenizer.json"),
+        max_tokens: 200,
+        overlap_tokens: 20,
+    });
+    sandbox().run(&child_request).await
 }
 
 fn detect(
@@ -63,7 +146,7 @@ const LONG_PARAGRAPH: &str = "GlassBox Fleet turns uploaded files into searchabl
 extracts the text, splits it into chunks, embeds them in batches and stores chunks and vectors in Postgres.";
 
 #[tokio::test]
-async fn pdf_round_trips_pages_in_process_isolated_and_pdftotext() {
+async fn pdf_round_trips_pages_with_both_engines_in_process_isolated_and_pdftotext() {
     let pages = [
         "First page title\n\nHello from page one. Café, naïve – “quoted”.",
         LONG_PARAGRAPH,
@@ -77,28 +160,37 @@ async fn pdf_round_trips_pages_in_process_isolated_and_pdftotext() {
     );
 
     let limits = ExtractLimits::default();
-    let in_process = extract_path(file.path(), DocumentKind::Pdf, &limits).unwrap();
-    let isolated = extract_isolated(
-        &child_program(),
-        &child_args(),
-        file.path(),
-        DocumentKind::Pdf,
-        &limits,
-    )
-    .await
-    .unwrap();
-    assert_eq!(in_process, isolated);
-    assert_eq!(isolated.kind, DocumentKind::Pdf);
-    assert_eq!(isolated.pages.len(), 3);
-    for (index, (page, expected)) in isolated.pages.iter().zip(pages).enumerate() {
-        assert_eq!(page.number, Some(index as u32 + 1));
-        assert_eq!(squash(&page.text), squash(expected), "page {}", index + 1);
+    for (engine, name) in [(pdfium(), "pdfium"), (PdfEngine::PdfExtract, "pdf-extract")] {
+        let in_process = extract_path(file.path(), DocumentKind::Pdf, &engine, &limits).unwrap();
+        let isolated = sandbox()
+            .run(&request(
+                file.path(),
+                Some(DocumentKind::Pdf),
+                engine.clone(),
+                &limits,
+            ))
+            .await
+            .unwrap()
+            .document;
+        assert_eq!(in_process, isolated, "{name}");
+        assert_eq!(isolated.kind, DocumentKind::Pdf);
+        assert_eq!(isolated.engine, name);
+        assert_eq!(isolated.pages.len(), 3);
+        for (index, (page, expected)) in isolated.pages.iter().zip(pages).enumerate() {
+            assert_eq!(page.number, Some(index as u32 + 1));
+            assert_eq!(
+                squash(&page.text),
+                squash(expected),
+                "{name} page {}",
+                index + 1
+            );
+        }
+        assert!(
+            isolated.pages[0].text.contains("First page title\n\nHello"),
+            "{name}: {:?}",
+            isolated.pages[0].text
+        );
     }
-    assert!(
-        isolated.pages[0].text.contains("First page title\n\nHello"),
-        "{:?}",
-        isolated.pages[0].text
-    );
 
     if let Some(poppler_text) = pdftotext(file.path()) {
         let poppler_pages: Vec<&str> = poppler_text.split('\u{c}').collect();
@@ -114,33 +206,37 @@ async fn pdf_round_trips_pages_in_process_isolated_and_pdftotext() {
 }
 
 #[tokio::test]
-async fn pdf_page_limit_is_too_large() {
+async fn pdf_page_limit_is_too_large_with_both_engines() {
     let bytes = fixtures::pdf_from_pages(&["one", "two", "three"]);
     let limits = ExtractLimits {
         max_pages: 2,
         ..ExtractLimits::default()
     };
-    let error = isolated(&bytes, DocumentKind::Pdf, &limits)
-        .await
-        .unwrap_err();
-    assert_eq!(error.code(), "too_large");
-    assert_eq!(
-        error.to_string(),
-        "document too large: PDF has 3 pages, limit 2"
-    );
+    for engine in [pdfium(), PdfEngine::PdfExtract] {
+        let error = isolated_with(&bytes, DocumentKind::Pdf, engine, &limits)
+            .await
+            .unwrap_err();
+        assert_eq!(error.code(), "too_large");
+        assert_eq!(
+            error.to_string(),
+            "document too large: PDF has 3 pages, limit 2"
+        );
+    }
 }
 
 #[tokio::test]
 async fn pdf_without_text_is_empty_text() {
     let bytes = fixtures::pdf_from_pages(&["", ""]);
-    let error = isolated(&bytes, DocumentKind::Pdf, &ExtractLimits::default())
-        .await
-        .unwrap_err();
-    assert_eq!(error.code(), "empty_text");
-    assert!(
-        error.to_string().contains("scanned PDF? no text layer"),
-        "{error}"
-    );
+    for engine in [pdfium(), PdfEngine::PdfExtract] {
+        let error = isolated_with(&bytes, DocumentKind::Pdf, engine, &ExtractLimits::default())
+            .await
+            .unwrap_err();
+        assert_eq!(error.code(), "empty_text");
+        assert!(
+            error.to_string().contains("scanned PDF? no text layer"),
+            "{error}"
+        );
+    }
 }
 
 #[tokio::test]
@@ -267,7 +363,13 @@ fn zip_entry_count_limit() {
         docx_max_entries: 3,
         ..ExtractLimits::default()
     };
-    let error = extract_path(file.path(), DocumentKind::Docx, &limits).unwrap_err();
+    let error = extract_path(
+        file.path(),
+        DocumentKind::Docx,
+        &PdfEngine::PdfExtract,
+        &limits,
+    )
+    .unwrap_err();
     assert_eq!(error.code(), "zip_bomb");
     assert!(error.to_string().contains("limit 3"), "{error}");
 }
@@ -291,8 +393,10 @@ async fn docx_round_trips_paragraphs() {
     let document = isolated(&bytes, DocumentKind::Docx, &ExtractLimits::default())
         .await
         .unwrap();
+    assert_eq!(document.engine, "docx");
     assert_eq!(document.pages.len(), 1);
     assert_eq!(document.pages[0].number, None);
+    assert_eq!(document.pages[0].part, Some(TextPart::Body));
     assert_eq!(
         document.pages[0].text,
         format!("Quarterly report\n\n{LONG_PARAGRAPH}\n\nÜnïcödé and the final line")
@@ -304,12 +408,23 @@ async fn hostile_pdf_overflows_the_child_stack_not_ours() {
     let bytes = fixtures::hostile_pdf();
     println!("hostile_pdf: {} bytes", bytes.len());
     let started = Instant::now();
-    let error = isolated(&bytes, DocumentKind::Pdf, &ExtractLimits::default())
-        .await
-        .unwrap_err();
+    let error = isolated_with(
+        &bytes,
+        DocumentKind::Pdf,
+        PdfEngine::PdfExtract,
+        &ExtractLimits::default(),
+    )
+    .await
+    .unwrap_err();
     println!("hostile_pdf: {error} after {:?}", started.elapsed());
     assert_eq!(error.code(), "extract_crashed", "{error}");
     assert!(error.to_string().contains("stack overflow"), "{error}");
+    // pdfium bounds its parser's recursion: a typed outcome, never a crash.
+    let pdfium_outcome = isolated(&bytes, DocumentKind::Pdf, &ExtractLimits::default()).await;
+    println!("hostile_pdf with pdfium: {pdfium_outcome:?}");
+    if let Err(error) = &pdfium_outcome {
+        assert!(["empty_text", "corrupt"].contains(&error.code()), "{error}");
+    }
     // The parent is still fine and extracts the next document.
     let document = isolated(
         &fixtures::pdf_from_pages(&["still alive"]),
@@ -330,12 +445,22 @@ async fn looping_pdf_hits_the_cpu_limit() {
         ..ExtractLimits::default()
     };
     let started = Instant::now();
-    let error = isolated(&bytes, DocumentKind::Pdf, &limits)
+    let error = isolated_with(&bytes, DocumentKind::Pdf, PdfEngine::PdfExtract, &limits)
         .await
         .unwrap_err();
     println!("looping_pdf: {error} after {:?}", started.elapsed());
     assert_eq!(error.code(), "extract_timeout", "{error}");
     assert!(error.to_string().contains("CPU limit of 2 s"), "{error}");
+    // pdfium detects the cycle in the page tree and answers within the limit.
+    let started = Instant::now();
+    let pdfium_outcome = isolated(&bytes, DocumentKind::Pdf, &limits).await;
+    println!(
+        "looping_pdf with pdfium: {pdfium_outcome:?} after {:?}",
+        started.elapsed()
+    );
+    if let Err(error) = &pdfium_outcome {
+        assert_ne!(error.code(), "extract_timeout", "{error}");
+    }
 }
 
 #[tokio::test]
@@ -344,15 +469,15 @@ async fn signals_map_to_extract_crashed() {
         b"#!/bin/sh\necho 'something went wrong' >&2\nkill -SEGV $$\n",
         ".sh",
     );
-    let error = extract_isolated(
-        Path::new("/bin/sh"),
-        &[script.path().display().to_string()],
-        script.path(),
-        DocumentKind::Text,
-        &ExtractLimits::default(),
-    )
-    .await
-    .unwrap_err();
+    let error = script_sandbox(script.path())
+        .run(&request(
+            script.path(),
+            Some(DocumentKind::Text),
+            pdfium(),
+            &ExtractLimits::default(),
+        ))
+        .await
+        .unwrap_err();
     assert_eq!(error.code(), "extract_crashed", "{error}");
     assert_eq!(
         error.to_string(),
@@ -363,16 +488,39 @@ async fn signals_map_to_extract_crashed() {
 #[tokio::test]
 async fn panicking_pdf_is_extract_crashed_with_message() {
     let bytes = fixtures::panicking_pdf();
-    let error = isolated(&bytes, DocumentKind::Pdf, &ExtractLimits::default())
-        .await
-        .unwrap_err();
+    let error = isolated_with(
+        &bytes,
+        DocumentKind::Pdf,
+        PdfEngine::PdfExtract,
+        &ExtractLimits::default(),
+    )
+    .await
+    .unwrap_err();
     assert_eq!(error.code(), "extract_crashed", "{error}");
     assert!(error.to_string().contains("MediaBox"), "{error}");
     // In-process the panic is caught too.
     let file = write_temp(&bytes, ".pdf");
-    let error =
-        extract_path(file.path(), DocumentKind::Pdf, &ExtractLimits::default()).unwrap_err();
+    let error = extract_path(
+        file.path(),
+        DocumentKind::Pdf,
+        &PdfEngine::PdfExtract,
+        &ExtractLimits::default(),
+    )
+    .unwrap_err();
     assert_eq!(error.code(), "extract_crashed", "{error}");
+}
+
+#[tokio::test]
+async fn the_pdf_pdf_extract_panics_on_is_read_by_pdfium() {
+    let document = isolated(
+        &fixtures::panicking_pdf(),
+        DocumentKind::Pdf,
+        &ExtractLimits::default(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(document.engine, "pdfium");
+    assert_eq!(squash(&document.pages[0].text), "No media box here.");
 }
 
 #[tokio::test]
@@ -384,36 +532,37 @@ async fn wall_timeout_kills_the_child() {
         ..ExtractLimits::default()
     };
     let started = Instant::now();
-    let error = extract_isolated(
-        Path::new("/bin/sh"),
-        &[script.path().display().to_string()],
-        script.path(),
-        DocumentKind::Text,
-        &limits,
-    )
-    .await
-    .unwrap_err();
+    let error = script_sandbox(script.path())
+        .run(&request(
+            script.path(),
+            Some(DocumentKind::Text),
+            pdfium(),
+            &limits,
+        ))
+        .await
+        .unwrap_err();
     assert_eq!(error.code(), "extract_timeout", "{error}");
     assert!(started.elapsed().as_secs() < 5);
 }
 
 #[tokio::test]
 async fn cpu_limit_is_extract_timeout() {
-    let script = write_temp(b"#!/bin/sh\nulimit -t 1\nwhile :; do :; done\n", ".sh");
+    // No `ulimit` in the script: the sandbox sets the CPU limit before exec.
+    let script = write_temp(b"#!/bin/sh\nwhile :; do :; done\n", ".sh");
     let limits = ExtractLimits {
         child_cpu_seconds: 1,
         wall_timeout_secs: 20,
         ..ExtractLimits::default()
     };
-    let error = extract_isolated(
-        Path::new("/bin/sh"),
-        &[script.path().display().to_string()],
-        script.path(),
-        DocumentKind::Text,
-        &limits,
-    )
-    .await
-    .unwrap_err();
+    let error = script_sandbox(script.path())
+        .run(&request(
+            script.path(),
+            Some(DocumentKind::Text),
+            pdfium(),
+            &limits,
+        ))
+        .await
+        .unwrap_err();
     assert_eq!(error.code(), "extract_timeout", "{error}");
 }
 
@@ -431,12 +580,15 @@ async fn memory_limit_is_extract_crashed() {
         child_memory_bytes: 100 * 1024 * 1024,
         ..ExtractLimits::default()
     };
-    let error = isolated(&bytes, DocumentKind::Pdf, &limits)
+    let error = isolated_with(&bytes, DocumentKind::Pdf, PdfEngine::PdfExtract, &limits)
         .await
         .unwrap_err();
     println!("pdf_flate_bomb: {error}");
     assert_eq!(error.code(), "extract_crashed", "{error}");
     assert!(error.to_string().contains("out of memory"), "{error}");
+    // pdfium under the same limit: it fails (typed), and never takes more than the limit.
+    let pdfium_outcome = isolated(&bytes, DocumentKind::Pdf, &limits).await;
+    println!("pdf_flate_bomb with pdfium: {pdfium_outcome:?}");
     // 8 MiB of address space is not even enough to start the extraction thread.
     let limits = ExtractLimits {
         child_memory_bytes: 8 * 1024 * 1024,
@@ -530,8 +682,13 @@ fn text_kinds_use_hints_then_content() {
 #[test]
 fn latin1_text_is_decoded() {
     let file = write_temp(b"Caf\xe9 cr\xe8me br\xfbl\xe9e \x80 5", ".txt");
-    let document =
-        extract_path(file.path(), DocumentKind::Text, &ExtractLimits::default()).unwrap();
+    let document = extract_path(
+        file.path(),
+        DocumentKind::Text,
+        &PdfEngine::PdfExtract,
+        &ExtractLimits::default(),
+    )
+    .unwrap();
     assert_eq!(document.pages[0].text, "Café crème brûlée € 5");
 }
 
@@ -593,10 +750,326 @@ fn docx_tables_hyperlinks_and_breaks_are_walked() {
     let mut cursor = std::io::Cursor::new(Vec::new());
     docx.build().pack(&mut cursor).unwrap();
     let file = write_temp(&cursor.into_inner(), ".docx");
-    let document =
-        extract_path(file.path(), DocumentKind::Docx, &ExtractLimits::default()).unwrap();
+    let document = extract_path(
+        file.path(),
+        DocumentKind::Docx,
+        &PdfEngine::PdfExtract,
+        &ExtractLimits::default(),
+    )
+    .unwrap();
+    let labelled: Vec<(Option<TextPart>, &str)> = document
+        .pages
+        .iter()
+        .map(|page| (page.part, page.text.as_str()))
+        .collect();
+    assert_eq!(
+        labelled,
+        [
+            (Some(TextPart::Body), "See the docs now.\nNext line"),
+            (Some(TextPart::Table), "Name | Value\nalpha | 1"),
+            (Some(TextPart::Body), "After the table"),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn minimal_docx_is_read_and_one_without_text_is_empty_text() {
+    let bytes = fixtures::docx_minimal_paragraphs(&["Only three parts.", "Word opens it."]);
+    assert_eq!(detect(&bytes, None, None).unwrap(), DocumentKind::Docx);
+    let document = isolated(&bytes, DocumentKind::Docx, &ExtractLimits::default())
+        .await
+        .unwrap();
     assert_eq!(
         document.pages[0].text,
-        "See the docs now.\nNext line\n\nName | Value\nalpha | 1\n\nAfter the table"
+        "Only three parts.\n\nWord opens it."
+    );
+
+    let error = isolated(
+        &fixtures::docx_image_only(),
+        DocumentKind::Docx,
+        &ExtractLimits::default(),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(error.code(), "empty_text", "{error}");
+    assert_eq!(error.to_string(), "no text: docx document contains no text");
+}
+
+#[tokio::test]
+async fn every_docx_part_is_read_once_and_labelled() {
+    let extraction = detected_and_chunked(&fixtures::docx_every_part(), None, Some("parts.docx"))
+        .await
+        .unwrap();
+    let labelled: Vec<(TextPart, String)> = extraction
+        .document
+        .pages
+        .iter()
+        .map(|page| (page.part.unwrap_or(TextPart::Body), squash(&page.text)))
+        .collect();
+    assert_eq!(
+        labelled,
+        [
+            (TextPart::Body, "BODY-TEXT".to_owned()),
+            (TextPart::Table, "TABLE-CELL-A | TABLE-CELL-B".to_owned()),
+            (TextPart::TextBox, "TEXT-BOX-TEXT".to_owned()),
+            (TextPart::Body, "See note commented".to_owned()),
+            (TextPart::Header, "HEADER-TEXT".to_owned()),
+            (TextPart::Footer, "FOOTER-TEXT".to_owned()),
+            (TextPart::Footnote, "FOOTNOTE-TEXT".to_owned()),
+            (TextPart::Endnote, "ENDNOTE-TEXT".to_owned()),
+            (TextPart::Comment, "COMMENT-TEXT".to_owned()),
+        ]
+    );
+    // The chunks keep the label (body text has none), and the deleted text is nowhere.
+    let text_box_chunk = extraction
+        .chunks
+        .iter()
+        .find(|chunk| chunk.text.contains("TEXT-BOX-TEXT"))
+        .unwrap();
+    assert_eq!(text_box_chunk.part, Some(TextPart::TextBox));
+    let footnote_chunk = extraction
+        .chunks
+        .iter()
+        .find(|chunk| chunk.text.contains("FOOTNOTE-TEXT"))
+        .unwrap();
+    assert_eq!(footnote_chunk.part, Some(TextPart::Footnote));
+    assert!(
+        extraction
+            .chunks
+            .iter()
+            .all(|chunk| !chunk.text.contains("DELETED-TEXT"))
+    );
+    assert_eq!(
+        extraction
+            .chunks
+            .iter()
+            .filter(|chunk| chunk.text.contains("TEXT-BOX-TEXT"))
+            .count(),
+        1,
+        "the mc:Fallback copy of the text box is not read again"
+    );
+}
+
+#[tokio::test]
+async fn docx_entities_and_dtds_are_never_expanded() {
+    let started = Instant::now();
+    let document = isolated(
+        &fixtures::docx_with_entities(),
+        DocumentKind::Docx,
+        &ExtractLimits::default(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        document.pages[0].text,
+        "Entities stay literal: &lol9; and &xxe; & é"
+    );
+    assert!(
+        !document.pages[0].text.contains("root:"),
+        "no local file was read"
+    );
+    assert!(started.elapsed().as_secs() < 10);
+}
+
+#[tokio::test]
+async fn text_with_utf16_and_utf32_boms_is_decoded_and_invalid_utf8_replaced() {
+    let text = "Grüße aus Köln: 世界.\nSecond line.";
+    let mut utf16 = vec![0xFF, 0xFE];
+    for unit in text.encode_utf16() {
+        utf16.extend_from_slice(&unit.to_le_bytes());
+    }
+    let mut utf16_big_endian = vec![0xFE, 0xFF];
+    for unit in text.encode_utf16() {
+        utf16_big_endian.extend_from_slice(&unit.to_be_bytes());
+    }
+    let mut utf32 = vec![0xFF, 0xFE, 0x00, 0x00];
+    for character in text.chars() {
+        utf32.extend_from_slice(&u32::from(character).to_le_bytes());
+    }
+    for (name, bytes) in [
+        ("utf16le", utf16),
+        ("utf16be", utf16_big_endian),
+        ("utf32le", utf32),
+    ] {
+        let extraction = detected_and_chunked(&bytes, Some("text/plain"), Some("notes.txt"))
+            .await
+            .unwrap_or_else(|error| panic!("{name}: {error}"));
+        assert_eq!(extraction.document.kind, DocumentKind::Text, "{name}");
+        assert_eq!(extraction.chunks[0].text, text, "{name}");
+    }
+    // Mostly UTF-8 with one broken sequence: replaced, not refused (and not read as Latin-1).
+    let mut broken = "Valid text, then a broken byte: ".repeat(40).into_bytes();
+    broken.extend_from_slice(b"\xC3(end)");
+    let extraction = detected_and_chunked(&broken, None, Some("broken.txt"))
+        .await
+        .unwrap();
+    let joined: String = extraction
+        .chunks
+        .iter()
+        .map(|chunk| chunk.text.as_str())
+        .collect();
+    assert!(joined.contains("\u{FFFD}(end)"), "{joined}");
+}
+
+#[tokio::test]
+async fn a_deeply_nested_html_file_is_read_in_linear_time() {
+    let html = fixtures::deeply_nested_html(2 * 1024 * 1024);
+    let started = Instant::now();
+    let extraction = detected_and_chunked(&html, Some("text/html"), Some("deep.html"))
+        .await
+        .unwrap();
+    println!("2 MB of nested divs: {:?}", started.elapsed());
+    assert_eq!(extraction.document.kind, DocumentKind::Html);
+    assert_eq!(
+        extraction.chunks[0].text,
+        "The text at the bottom of a very deep tree."
+    );
+    assert!(started.elapsed().as_secs() < 20, "{:?}", started.elapsed());
+}
+
+#[tokio::test]
+async fn a_long_line_is_chunked_in_the_child_with_offsets_into_the_text() {
+    let line = fixtures::one_long_line(2 * 1024 * 1024);
+    let started = Instant::now();
+    let extraction = detected_and_chunked(&line, Some("text/plain"), Some("line.txt"))
+        .await
+        .unwrap();
+    println!(
+        "2 MB line: {} chunks in {:?} (child: extract {} ms, chunk {} ms)",
+        extraction.chunks.len(),
+        started.elapsed(),
+        extraction.extract_ms,
+        extraction.chunk_ms
+    );
+    let text = std::str::from_utf8(&line).unwrap().trim_end();
+    assert_eq!(extraction.text_bytes, text.len() as u64);
+    assert!(extraction.chunks.len() > 1000);
+    for chunk in &extraction.chunks {
+        assert!(chunk.token_count <= 200, "{}", chunk.token_count);
+        assert_eq!(&text[chunk.byte_start..chunk.byte_end], chunk.text);
+    }
+    assert_eq!(extraction.chunks.last().unwrap().byte_end, text.len());
+    // Without include_texts the page text stays in the child.
+    let file = write_temp(&line, ".txt");
+    let mut without_texts = request(file.path(), None, pdfium(), &ExtractLimits::default());
+    without_texts.include_texts = false;
+    let extraction = sandbox().run(&without_texts).await.unwrap();
+    assert!(
+        extraction
+            .document
+            .pages
+            .iter()
+            .all(|page| page.text.is_empty())
+    );
+    assert_eq!(extraction.text_bytes, text.len() as u64);
+}
+
+#[tokio::test]
+async fn the_child_sees_no_secrets_no_network_and_its_limits_from_the_start() {
+    // Secrets the worker holds: they are in this process's environment, and must not reach the child.
+    let secrets = [
+        (
+            "GLASSBOX_DATABASE__URL",
+            "postgres://postgres@127.0.0.1:55432/secret-db",
+        ),
+        ("GLASSBOX_AUTH__JWT_SECRET", "jwt-secret-never-in-a-child"),
+        ("AWS_ACCESS_KEY_ID", "AKIA-NEVER-IN-A-CHILD"),
+        ("AWS_SECRET_ACCESS_KEY", "aws-secret-never-in-a-child"),
+        ("AWS_SESSION_TOKEN", "aws-session-never-in-a-child"),
+    ];
+    // The stack's Postgres, reachable from here (so a refusal in the child means something).
+    let database_url = testkit::admin_database_url();
+    let postgres_address = database_url
+        .split('@')
+        .nth(1)
+        .and_then(|rest| rest.split('/').next())
+        .unwrap()
+        .to_owned();
+    std::net::TcpStream::connect(&postgres_address).expect("Postgres answers this process");
+
+    // A worker-side process holding the secrets (`worker-files extract --probe`, which builds the
+    // sandbox exactly as the worker does) starts a confined child that reports what it sees.
+    let output = std::process::Command::new(child_program())
+        .args(["extract", "--probe", &postgres_address])
+        .envs(secrets)
+        .env("GLASSBOX_EMBEDDING__MODEL_DIR", testkit::model_dir())
+        .env(
+            "GLASSBOX_FILES_WORKER__PDFIUM_LIBRARY",
+            testkit::pdfium_library(),
+        )
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: ProbeReport = serde_json::from_slice(&output.stdout).unwrap();
+    let names: Vec<&str> = report
+        .environment
+        .iter()
+        .map(|(name, _)| name.as_str())
+        .collect();
+    for (name, _) in &report.environment {
+        assert!(
+            [
+                "MALLOC_ARENA_MAX",
+                "TOKENIZERS_PARALLELISM",
+                "RUST_BACKTRACE",
+                "TMPDIR",
+                "HOME"
+            ]
+            .contains(&name.as_str()),
+            "unexpected variable {name} in the child: {names:?}"
+        );
+    }
+    for (name, _) in secrets {
+        assert!(!names.contains(&name), "{name} reached the child");
+    }
+    let connect_error = report
+        .connect
+        .expect_err("the child must not reach Postgres");
+    println!("child connect to {postgres_address}: {connect_error}");
+    for (_, value) in secrets {
+        assert!(
+            report
+                .environment
+                .iter()
+                .all(|(_, seen)| !seen.contains(value)),
+            "a secret value reached the child"
+        );
+    }
+
+    let limit = |label: &str| {
+        report
+            .limits
+            .lines()
+            .find(|line| line.starts_with(label))
+            .unwrap_or_else(|| panic!("{label} in {}", report.limits))
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let defaults = ExtractLimits::default();
+    assert!(
+        limit("Max address space").contains(&format!("{0} {0} bytes", defaults.child_memory_bytes)),
+        "{}",
+        limit("Max address space")
+    );
+    assert!(
+        limit("Max cpu time").contains(&format!(
+            "{} {} seconds",
+            defaults.child_cpu_seconds,
+            defaults.child_cpu_seconds + 1
+        )),
+        "{}",
+        limit("Max cpu time")
+    );
+    assert!(limit("Max file size").contains(&format!("{0} {0} bytes", defaults.child_file_bytes)));
+    assert!(limit("Max open files").contains(&format!("{0} {0} files", defaults.child_open_files)));
+    assert!(
+        !limit("Max processes").contains("unlimited"),
+        "{}",
+        limit("Max processes")
     );
 }

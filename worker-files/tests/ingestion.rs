@@ -62,7 +62,24 @@ async fn three_documents_are_ingested_and_the_right_one_is_found_first() {
     assert_eq!(pdf_file["pages"], 2);
     assert_eq!(docx_file["detected_type"], "docx");
     assert_eq!(markdown_file["detected_type"], "markdown");
+    // The file view says what read the text and which extractor version.
+    let pdf_engine = if testkit::pdfium_library_if_installed().is_some() {
+        "pdfium"
+    } else {
+        "pdf-extract"
+    };
+    assert_eq!(pdf_file["extraction_engine"], pdf_engine, "{pdf_file}");
+    assert_eq!(docx_file["extraction_engine"], "docx", "{docx_file}");
+    assert_eq!(
+        markdown_file["extraction_engine"], "text",
+        "{markdown_file}"
+    );
     for file in [&pdf_file, &docx_file, &markdown_file] {
+        assert_eq!(
+            file["extractor_version"],
+            shared::EXTRACTOR_VERSION,
+            "{file}"
+        );
         assert_eq!(file["embedding_model"], "all-minilm-l6-v2", "{file}");
         assert!(file["chunk_count"].as_i64().unwrap() >= 1, "{file}");
         assert_eq!(file["attempts"], 1, "{file}");

@@ -11,7 +11,7 @@ use crate::error::ApiError;
 use crate::extract::{ApiJson, ApiQuery};
 use crate::state::AppState;
 
-pub use shared::jobs::audit as record;
+pub use shared::audit::record;
 
 #[derive(Debug, Serialize, sqlx::FromRow)]
 pub struct AuditEntry {

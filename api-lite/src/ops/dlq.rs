@@ -14,11 +14,11 @@ use shared::queue::{JobKind, JobMessage, Queue};
 use uuid::Uuid;
 
 use crate::auth::Operator;
-use crate::error::ApiError;
+use crate::error::{ApiError, Dependency};
 use crate::extract::{ApiJson, ApiPath, ApiQuery};
 use crate::ops::{audit, queue_named};
 use crate::state::AppState;
-use shared::jobs;
+use shared::{executions, files};
 
 /// How long a browse hides the messages it looks at (they are given back at once after).
 const PEEK_HOLD: Duration = Duration::from_secs(10);
@@ -140,7 +140,7 @@ async fn describe(
 }
 
 fn unavailable(error: shared::queue::QueueError) -> ApiError {
-    ApiError::Unavailable(error.to_string())
+    ApiError::unavailable(Dependency::Queue, error)
 }
 
 #[derive(Debug, Deserialize)]
@@ -501,6 +501,10 @@ impl Redrive {
 
     /// Moves matching messages one at a time, at most `rate` a second: reopen the job's
     /// row, send the message to the source queue, then delete it from the DLQ.
+    ///
+    /// It looks at no more messages than the DLQ held when it started: a message that
+    /// fails again at once (poison) comes straight back to the DLQ as a new message, and
+    /// would otherwise keep the redrive going for ever.
     async fn move_one_by_one(self, selector: Selector, rate: u32) {
         let pause = Duration::from_secs_f64(1.0 / f64::from(rate));
         let mut moved = 0;
@@ -508,11 +512,23 @@ impl Redrive {
         let mut left_alone = Vec::new();
         let mut error = None;
         let wanted = selector.expected();
-        'receiving: loop {
-            let batch = match self.queue.receive_dead_letters(10, WORK_HOLD).await {
+        let on_the_dlq = match self.queue.dead_letter_count().await {
+            Ok(count) => count as usize,
+            Err(depth_error) => {
+                let message = format!("cannot count the DLQ before moving: {depth_error}");
+                self.finish(0, 0, Some(message), RECEIVE_SEND_DELETE).await;
+                return;
+            }
+        };
+        let mut looked_at = 0usize;
+        'receiving: while looked_at < on_the_dlq {
+            let batch_size = (on_the_dlq - looked_at).min(10);
+            let batch = match self.queue.receive_dead_letters(batch_size, WORK_HOLD).await {
                 Ok(batch) => batch,
                 Err(receive_error) => {
-                    error = Some(receive_error.to_string());
+                    // The task row is shown to ops: the SDK's words go to the log only.
+                    tracing::warn!(error = %receive_error, task_id = %self.task_id, "redrive: receiving from the dlq failed");
+                    error = Some("receiving from the DLQ failed; see the api-lite log".into());
                     break;
                 }
             };
@@ -523,11 +539,15 @@ impl Redrive {
                 Ok(views) => views,
                 Err(database_error) => {
                     left_alone.extend(batch);
-                    error = Some(format!("database: {database_error}"));
+                    tracing::warn!(error = %database_error, task_id = %self.task_id, "redrive: reading the jobs failed");
+                    error = Some(
+                        "reading the jobs from the database failed; see the api-lite log".into(),
+                    );
                     break;
                 }
             };
             for (letter, view) in batch.into_iter().zip(views) {
+                looked_at += 1;
                 if !selector.matches(&view) {
                     left_alone.push(letter);
                     continue;
@@ -566,7 +586,16 @@ impl Redrive {
     async fn move_letter(&self, letter: &DeadLetter, view: &DeadMessageView) -> anyhow::Result<()> {
         if let (Some(kind), Some(job_id)) = (view.job_kind, view.job_id) {
             let mut connection = self.state.pool.acquire().await?;
-            jobs::reopen_dead_lettered(&mut connection, kind, job_id, &self.actor).await?;
+            match kind {
+                JobKind::FileProcess => {
+                    files::reopen_dead_lettered(&mut connection, job_id, &self.actor).await?;
+                }
+                JobKind::AgentRun => {
+                    executions::reopen_dead_lettered(&mut connection, job_id, &self.actor).await?;
+                }
+                // A clock tick has no row to reopen.
+                JobKind::ScheduleTick => {}
+            }
         }
         self.queue.move_dead_letter(letter).await?;
         Ok(())

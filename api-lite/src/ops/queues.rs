@@ -10,7 +10,7 @@ use shared::queue::JobKind;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::Operator;
-use crate::error::ApiError;
+use crate::error::{ApiError, Dependency};
 use crate::extract::ApiJson;
 use crate::ops::{QUEUE_NAMES, queue_named};
 use crate::state::AppState;
@@ -45,18 +45,14 @@ pub async fn snapshot(state: &AppState) -> Result<Vec<QueueView>, ApiError> {
         let depth = queue
             .depth()
             .await
-            .map_err(|error| ApiError::Unavailable(error.to_string()))?;
-        let statement = match kind {
+            .map_err(|error| ApiError::unavailable(Dependency::Queue, error))?;
+        let oldest_age_secs = match kind {
             // Clock ticks ride on file-jobs and have no rows.
             JobKind::FileProcess | JobKind::ScheduleTick => {
-                "SELECT EXTRACT(EPOCH FROM now() - min(queued_at))::float8 FROM files WHERE status IN ('queued', 'retrying')"
+                shared::files::oldest_waiting_secs(&state.pool).await?
             }
-            JobKind::AgentRun => {
-                "SELECT EXTRACT(EPOCH FROM now() - min(queued_at))::float8 FROM executions WHERE status = 'queued'"
-            }
+            JobKind::AgentRun => shared::executions::oldest_waiting_secs(&state.pool).await?,
         };
-        let oldest_age_secs: Option<f64> =
-            sqlx::query_scalar(statement).fetch_one(&state.pool).await?;
         let gauge = |state_label: &'static str, value: u64| {
             metrics::gauge!(shared::metrics::QUEUE_MESSAGES, "queue" => name, "state" => state_label)
                 .set(value as f64);

@@ -1,11 +1,15 @@
 //! Stuck jobs: running with an expired lease, or queued for too long. Ops can put them
 //! back on their queue (the sweeper does the same on its own, later).
 
+use std::time::Duration;
+
 use axum::extract::State;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
+use shared::lease::Stalled;
 use shared::queue::JobKind;
+use shared::{executions, files};
 use uuid::Uuid;
 
 use crate::auth::Operator;
@@ -13,7 +17,6 @@ use crate::error::ApiError;
 use crate::extract::{ApiJson, ApiQuery};
 use crate::ops::audit;
 use crate::state::AppState;
-use shared::jobs;
 
 #[derive(Debug, Serialize, sqlx::FromRow)]
 pub struct StuckJob {
@@ -29,25 +32,41 @@ pub struct StuckJob {
 
 const STUCK_LIMIT: i64 = 500;
 
+/// Files and executions waiting on their queue for more than `queued_for_secs`, and
+/// those whose lease ran out, longest-stuck first.
 async fn find(pool: &sqlx::PgPool, queued_for_secs: u64) -> sqlx::Result<Vec<StuckJob>> {
-    sqlx::query_as(
-        "SELECT 'file.process' AS kind, id, org_id, status, \
-                CASE WHEN status = 'queued' THEN 'queued_too_long' ELSE 'lease_expired' END AS reason, \
-                CASE WHEN status = 'queued' THEN queued_at ELSE lease_expires_at END AS since, attempts \
-         FROM files WHERE (status = 'queued' AND queued_at < now() - make_interval(secs => $1)) \
-                       OR (status = 'processing' AND lease_expires_at < now()) \
-         UNION ALL \
-         SELECT 'agent.run', id, org_id, status, \
-                CASE WHEN status = 'queued' THEN 'queued_too_long' ELSE 'lease_expired' END, \
-                CASE WHEN status = 'queued' THEN queued_at ELSE lease_expires_at END, attempts \
-         FROM executions WHERE (status = 'queued' AND queued_at < now() - make_interval(secs => $1)) \
-                            OR (status = 'running' AND lease_expires_at < now()) \
-         ORDER BY since NULLS FIRST LIMIT $2",
-    )
-    .bind(queued_for_secs as f64)
-    .bind(STUCK_LIMIT)
-    .fetch_all(pool)
-    .await
+    let waited = Duration::from_secs(queued_for_secs);
+    let mut jobs: Vec<StuckJob> = files::stuck(pool, waited, STUCK_LIMIT)
+        .await?
+        .into_iter()
+        .map(|file| StuckJob {
+            kind: JobKind::FileProcess.as_str().to_string(),
+            id: file.id,
+            org_id: file.org_id,
+            status: file.status,
+            reason: file.reason,
+            since: file.since,
+            attempts: file.attempts,
+        })
+        .collect();
+    jobs.extend(
+        executions::stuck(pool, waited, STUCK_LIMIT)
+            .await?
+            .into_iter()
+            .map(|execution| StuckJob {
+                kind: JobKind::AgentRun.as_str().to_string(),
+                id: execution.id,
+                org_id: execution.org_id,
+                status: execution.status,
+                reason: execution.reason,
+                since: execution.since,
+                attempts: execution.attempts,
+            }),
+    );
+    // Oldest first, unknown times first (as Postgres sorts NULLS FIRST).
+    jobs.sort_by_key(|job| job.since);
+    jobs.truncate(STUCK_LIMIT as usize);
+    Ok(jobs)
 }
 
 #[derive(Debug, Deserialize)]
@@ -87,11 +106,10 @@ pub struct RequeueBody {
 }
 
 fn kind_named(name: &str) -> Result<JobKind, ApiError> {
-    match name {
-        "file.process" => Ok(JobKind::FileProcess),
-        "agent.run" => Ok(JobKind::AgentRun),
-        other => Err(ApiError::invalid(format!(
-            "unknown job kind {other:?}; use file.process or agent.run"
+    match JobKind::from_name(name) {
+        Some(kind @ (JobKind::FileProcess | JobKind::AgentRun)) => Ok(kind),
+        _ => Err(ApiError::invalid(format!(
+            "unknown job kind {name:?}; use file.process or agent.run"
         ))),
     }
 }
@@ -122,24 +140,19 @@ pub async fn requeue(
     }
     let mut transaction = state.pool.begin().await?;
     let mut requeued = 0i64;
+    let mut dead_lettered = 0i64;
+    let by = format!("ops:{}", operator.subject);
     for (kind, id) in &targets {
-        // Only unfinished work: a finished job has nothing to resume.
-        let statement = match kind {
-            JobKind::FileProcess => {
-                "SELECT org_id FROM files WHERE id = $1 AND status IN ('queued', 'processing', 'retrying') FOR UPDATE"
-            }
-            JobKind::AgentRun => {
-                "SELECT org_id FROM executions WHERE id = $1 AND status IN ('queued', 'running') FOR UPDATE"
-            }
+        // Only stalled work: a finished, parked or healthy job is left alone.
+        let stalled = match kind {
+            JobKind::FileProcess => files::requeue_stalled(&mut transaction, *id, &by).await?,
+            JobKind::AgentRun => executions::requeue_stalled(&mut transaction, *id, &by).await?,
             JobKind::ScheduleTick => continue,
         };
-        let org_id: Option<Uuid> = sqlx::query_scalar(statement)
-            .bind(id)
-            .fetch_optional(&mut *transaction)
-            .await?;
-        if let Some(org_id) = org_id {
-            jobs::requeue_stalled(&mut transaction, *kind, *id, org_id).await?;
-            requeued += 1;
+        match stalled {
+            Stalled::Requeued => requeued += 1,
+            Stalled::DeadLettered => dead_lettered += 1,
+            Stalled::NotStalled => {}
         }
     }
     audit::record(
@@ -148,10 +161,12 @@ pub async fn requeue(
         "stuck.requeue",
         "jobs",
         requeued,
-        json!({ "all": body.all, "jobs": body.jobs }),
+        json!({ "all": body.all, "jobs": body.jobs, "dead_lettered": dead_lettered }),
     )
     .await?;
     transaction.commit().await?;
     metrics::counter!(shared::metrics::STUCK_REQUEUED).increment(requeued as u64);
-    Ok(ApiJson(json!({ "requeued": requeued })))
+    Ok(ApiJson(
+        json!({ "requeued": requeued, "dead_lettered": dead_lettered }),
+    ))
 }

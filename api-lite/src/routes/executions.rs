@@ -1,29 +1,21 @@
 //! Executions: status, the paged trace, pause/resume/cancel, answers to questions and
 //! decisions on tool calls held for approval. Every query is scoped by the caller's org.
 //!
-//! The worker parks a run (awaiting_input) in the same transaction that records the
-//! question, and an answer re-enqueues the run only once nothing else is pending, in the
-//! transaction that records it; so an answer can never arrive "too early" and be lost.
-//! A running execution is paused or cancelled by setting `control`, which the worker
-//! polls while the model answers (cancel) and checks between steps (pause).
-
-use std::collections::VecDeque;
-use std::convert::Infallible;
-use std::time::Duration;
+//! The control routes call `shared::executions::control`, which owns what each request
+//! does to a run (see there); this module only maps its outcomes to HTTP. Only a token
+//! with the approver role may approve or reject a tool call held for approval. The live
+//! event stream is [`super::events`].
 
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
-use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
-use futures::Stream;
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
-use shared::outbox;
-use shared::queue::{JobKind, JobMessage};
-use sqlx::PgConnection;
+use serde_json::Value;
+use shared::executions::ExecutionStatus;
+use shared::executions::control::{self, ControlError};
 use uuid::Uuid;
 
-use crate::auth::Caller;
+use crate::auth::{APPROVER_ROLE, Caller};
 use crate::error::ApiError;
 use crate::extract::{ApiJson, ApiPath, ApiQuery};
 use crate::state::AppState;
@@ -71,16 +63,6 @@ pub struct PendingInput {
 const EXECUTION_COLUMNS: &str = "id, node_id, model, status, control, step, tokens_in, tokens_out, cost_usd, budget, attempts, result, \
      error_class, error_code, error_message, created_at, updated_at, queued_at, started_at, finished_at";
 
-const EXECUTION_STATUSES: [&str; 7] = [
-    "queued",
-    "running",
-    "awaiting_input",
-    "paused",
-    "completed",
-    "failed",
-    "cancelled",
-];
-
 #[derive(Debug, Serialize)]
 pub struct ExecutionPage {
     pub executions: Vec<ExecutionView>,
@@ -93,7 +75,11 @@ pub async fn list(
     caller: Caller,
     ApiQuery(query): ApiQuery<super::ListQuery>,
 ) -> Result<ApiJson<ExecutionPage>, ApiError> {
-    let limit = super::list_limit(query.limit, query.status.as_deref(), &EXECUTION_STATUSES)?;
+    let limit = super::list_limit(
+        query.limit,
+        query.status.as_deref(),
+        &ExecutionStatus::names(),
+    )?;
     // Ids are UUIDv7: id order is creation order, a stable keyset cursor.
     let statement = format!(
         "SELECT {EXECUTION_COLUMNS} FROM executions WHERE org_id = $1 AND ($2::text IS NULL OR status = $2) \
@@ -200,207 +186,39 @@ pub async fn trace(
     }))
 }
 
-/// How often a live event stream looks for new events.
-const EVENTS_POLL: Duration = Duration::from_millis(200);
-
-/// Where a live event stream is.
-struct EventCursor {
-    pool: sqlx::PgPool,
-    org_id: Uuid,
-    execution_id: Uuid,
-    after: i64,
-    buffer: VecDeque<TraceEvent>,
-    /// The run ended and every event up to its end is buffered: close after the buffer.
-    finished: bool,
+/// 404 unless the caller's org owns the execution.
+async fn owned_status(pool: &sqlx::PgPool, caller: &Caller, id: Uuid) -> Result<(), ApiError> {
+    let owned: Option<i32> =
+        sqlx::query_scalar("SELECT 1 FROM executions WHERE id = $1 AND org_id = $2")
+            .bind(id)
+            .bind(caller.org_id)
+            .fetch_optional(pool)
+            .await?;
+    owned.map(|_| ()).ok_or(ApiError::NotFound("execution"))
 }
 
-impl EventCursor {
-    async fn fetch(&mut self) -> sqlx::Result<()> {
-        let events: Vec<TraceEvent> = sqlx::query_as(
-            "SELECT id, step, kind, data, created_at FROM execution_events \
-             WHERE execution_id = $1 AND org_id = $2 AND id > $3 ORDER BY id LIMIT 200",
-        )
-        .bind(self.execution_id)
-        .bind(self.org_id)
-        .bind(self.after)
-        .fetch_all(&self.pool)
-        .await?;
-        if let Some(last) = events.last() {
-            self.after = last.id;
-        }
-        self.buffer.extend(events);
-        Ok(())
-    }
-
-    async fn next_event(&mut self) -> Option<TraceEvent> {
-        loop {
-            if let Some(event) = self.buffer.pop_front() {
-                return Some(event);
-            }
-            if self.finished {
-                return None;
-            }
-            if let Err(error) = self.fetch().await {
-                tracing::warn!(%error, "event stream query failed; retrying");
-            }
-            if !self.buffer.is_empty() {
-                continue;
-            }
-            let status: Option<String> =
-                sqlx::query_scalar("SELECT status FROM executions WHERE id = $1 AND org_id = $2")
-                    .bind(self.execution_id)
-                    .bind(self.org_id)
-                    .fetch_optional(&self.pool)
-                    .await
-                    .unwrap_or(Some(String::new()));
-            match status {
-                None => return None,
-                // The final status commits with the run's last events: one more read
-                // catches any that landed since the previous one.
-                Some(status) if is_terminal(&status) => {
-                    let _ = self.fetch().await;
-                    self.finished = true;
-                }
-                Some(_) => tokio::time::sleep(EVENTS_POLL).await,
-            }
+impl From<ControlError> for ApiError {
+    fn from(error: ControlError) -> Self {
+        match error {
+            ControlError::NotFound => ApiError::NotFound("execution"),
+            ControlError::InputNotFound => ApiError::NotFound("input"),
+            ControlError::Conflict { code, message } => ApiError::Conflict { code, message },
+            ControlError::Invalid(message) => ApiError::invalid(message),
+            ControlError::Database(error) => error.into(),
         }
     }
 }
 
-/// `GET /v1/executions/{id}/events`: the trace as Server-Sent Events, live. Each event's
-/// id is the trace event id, so a client that reconnects with `Last-Event-ID` (or
-/// `?after=`) resumes right after the last event it saw. The stream closes once the
-/// run has ended and every event was sent.
-pub async fn events(
-    State(state): State<AppState>,
-    caller: Caller,
-    ApiPath(id): ApiPath<Uuid>,
-    ApiQuery(query): ApiQuery<TraceQuery>,
-    headers: HeaderMap,
-) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
-    owned_status(&state.pool, &caller, id).await?;
-    let last_event_id = match headers.get("last-event-id") {
-        Some(value) => Some(
-            value
-                .to_str()
-                .ok()
-                .and_then(|text| text.trim().parse::<i64>().ok())
-                .ok_or_else(|| ApiError::invalid("Last-Event-ID must be an event id"))?,
-        ),
-        None => None,
-    };
-    let cursor = EventCursor {
-        pool: state.pool.clone(),
-        org_id: caller.org_id,
-        execution_id: id,
-        after: last_event_id.or(query.after).unwrap_or(0),
-        buffer: VecDeque::new(),
-        finished: false,
-    };
-    let stream = futures::stream::unfold(cursor, |mut cursor| async move {
-        let event = cursor.next_event().await?;
-        let payload = serde_json::to_string(&event).unwrap_or_default();
-        let sse = Event::default()
-            .id(event.id.to_string())
-            .event(event.kind.clone())
-            .data(payload);
-        Some((Ok(sse), cursor))
-    });
-    Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
-}
-
-/// The execution's status, locked for the rest of the transaction; 404 when the caller's
-/// org does not own it.
-async fn lock_status(
-    connection: &mut PgConnection,
+/// Answers `202 Accepted` with the execution as it is now.
+async fn accepted(
+    state: &AppState,
     caller: &Caller,
     id: Uuid,
-) -> Result<ExecutionState, ApiError> {
-    sqlx::query_as(
-        "SELECT status, control, (lease_expires_at IS NULL OR lease_expires_at < now()) AS lease_expired \
-         FROM executions WHERE id = $1 AND org_id = $2 FOR UPDATE",
-    )
-    .bind(id)
-    .bind(caller.org_id)
-    .fetch_optional(connection)
-    .await?
-    .ok_or(ApiError::NotFound("execution"))
-}
-
-async fn owned_status(
-    pool: &sqlx::PgPool,
-    caller: &Caller,
-    id: Uuid,
-) -> Result<ExecutionState, ApiError> {
-    sqlx::query_as(
-        "SELECT status, control, (lease_expires_at IS NULL OR lease_expires_at < now()) AS lease_expired \
-         FROM executions WHERE id = $1 AND org_id = $2",
-    )
-    .bind(id)
-    .bind(caller.org_id)
-    .fetch_optional(pool)
-    .await?
-    .ok_or(ApiError::NotFound("execution"))
-}
-
-#[derive(Debug, sqlx::FromRow)]
-struct ExecutionState {
-    status: String,
-    control: Option<String>,
-    lease_expired: bool,
-}
-
-fn is_terminal(status: &str) -> bool {
-    matches!(status, "completed" | "failed" | "cancelled")
-}
-
-async fn record_event(
-    connection: &mut PgConnection,
-    caller: &Caller,
-    id: Uuid,
-    kind: &str,
-    data: Value,
-) -> Result<(), ApiError> {
-    let mut payload = serde_json::Map::new();
-    payload.insert("by".into(), Value::String(caller.subject.clone()));
-    if let Value::Object(extra) = data {
-        payload.extend(extra);
-    }
-    sqlx::query("INSERT INTO execution_events (execution_id, org_id, step, kind, data) SELECT id, org_id, step, $2, $3 FROM executions WHERE id = $1")
-        .bind(id)
-        .bind(kind)
-        .bind(Value::Object(payload))
-        .execute(connection)
-        .await?;
-    Ok(())
-}
-
-/// Puts a parked execution back on the queue (status queued, message via the outbox).
-async fn requeue(
-    connection: &mut PgConnection,
-    caller: &Caller,
-    id: Uuid,
-    from_status: &str,
-) -> Result<bool, ApiError> {
-    let requeued = sqlx::query(
-        "UPDATE executions SET status = 'queued', queued_at = now(), updated_at = now() \
-         WHERE id = $1 AND status = $2 \
-           AND NOT EXISTS (SELECT 1 FROM execution_inputs WHERE execution_id = $1 AND status = 'pending')",
-    )
-    .bind(id)
-    .bind(from_status)
-    .execute(&mut *connection)
-    .await?;
-    if requeued.rows_affected() == 0 {
-        return Ok(false);
-    }
-    outbox::enqueue(
-        connection,
-        outbox::AGENT_JOBS,
-        &JobMessage::new(JobKind::AgentRun, id, caller.org_id),
-    )
-    .await?;
-    Ok(true)
+) -> Result<(StatusCode, ApiJson<ExecutionView>), ApiError> {
+    Ok((
+        StatusCode::ACCEPTED,
+        ApiJson(load_execution(state, caller, id).await?),
+    ))
 }
 
 pub async fn pause(
@@ -409,44 +227,9 @@ pub async fn pause(
     ApiPath(id): ApiPath<Uuid>,
 ) -> Result<(StatusCode, ApiJson<ExecutionView>), ApiError> {
     let mut transaction = state.pool.begin().await?;
-    let current = lock_status(&mut transaction, &caller, id).await?;
-    match current.status.as_str() {
-        "paused" => {}
-        // Not started yet: park it now; the message that arrives finds nothing to do.
-        "queued" => {
-            sqlx::query("UPDATE executions SET status = 'paused', control = NULL, updated_at = now() WHERE id = $1")
-                .bind(id)
-                .execute(&mut *transaction)
-                .await?;
-            record_event(&mut transaction, &caller, id, "paused", json!({})).await?;
-        }
-        // The worker pauses at its next step boundary (after the answer, when waiting).
-        "running" | "awaiting_input" => {
-            sqlx::query("UPDATE executions SET control = 'pause', updated_at = now() WHERE id = $1 AND control IS NULL")
-                .bind(id)
-                .execute(&mut *transaction)
-                .await?;
-            record_event(
-                &mut transaction,
-                &caller,
-                id,
-                "control_requested",
-                json!({ "action": "pause" }),
-            )
-            .await?;
-        }
-        status => {
-            return Err(ApiError::conflict(
-                "not_pausable",
-                format!("an execution in status {status} cannot be paused"),
-            ));
-        }
-    }
+    control::pause(&mut transaction, id, caller.org_id, &caller.subject).await?;
     transaction.commit().await?;
-    Ok((
-        StatusCode::ACCEPTED,
-        ApiJson(load_execution(&state, &caller, id).await?),
-    ))
+    accepted(&state, &caller, id).await
 }
 
 pub async fn resume(
@@ -455,32 +238,9 @@ pub async fn resume(
     ApiPath(id): ApiPath<Uuid>,
 ) -> Result<(StatusCode, ApiJson<ExecutionView>), ApiError> {
     let mut transaction = state.pool.begin().await?;
-    let current = lock_status(&mut transaction, &caller, id).await?;
-    match (current.status.as_str(), current.control.as_deref()) {
-        ("paused", _) => {
-            requeue(&mut transaction, &caller, id, "paused").await?;
-            record_event(&mut transaction, &caller, id, "resumed", json!({})).await?;
-        }
-        // A pause not yet honoured is simply withdrawn.
-        ("running" | "awaiting_input", Some("pause")) => {
-            sqlx::query("UPDATE executions SET control = NULL, updated_at = now() WHERE id = $1")
-                .bind(id)
-                .execute(&mut *transaction)
-                .await?;
-            record_event(&mut transaction, &caller, id, "resumed", json!({})).await?;
-        }
-        (status, _) => {
-            return Err(ApiError::conflict(
-                "not_paused",
-                format!("the execution is {status}, not paused"),
-            ));
-        }
-    }
+    control::resume(&mut transaction, id, caller.org_id, &caller.subject).await?;
     transaction.commit().await?;
-    Ok((
-        StatusCode::ACCEPTED,
-        ApiJson(load_execution(&state, &caller, id).await?),
-    ))
+    accepted(&state, &caller, id).await
 }
 
 pub async fn cancel(
@@ -489,56 +249,15 @@ pub async fn cancel(
     ApiPath(id): ApiPath<Uuid>,
 ) -> Result<(StatusCode, ApiJson<ExecutionView>), ApiError> {
     let mut transaction = state.pool.begin().await?;
-    let current = lock_status(&mut transaction, &caller, id).await?;
-    let status = current.status.as_str();
-    if status == "cancelled" {
-        transaction.rollback().await?;
+    let outcome = control::cancel(&mut transaction, id, caller.org_id, &caller.subject).await?;
+    transaction.commit().await?;
+    if outcome == control::Outcome::Unchanged {
         return Ok((
             StatusCode::OK,
             ApiJson(load_execution(&state, &caller, id).await?),
         ));
     }
-    if is_terminal(status) {
-        return Err(ApiError::conflict(
-            "not_cancellable",
-            format!("the execution already ended as {status}"),
-        ));
-    }
-    let no_live_worker = status != "running" || current.lease_expired;
-    if no_live_worker {
-        // Nobody runs it: cancel it here and now.
-        sqlx::query(
-            "UPDATE executions SET status = 'cancelled', control = NULL, error_code = 'cancelled', error_message = 'cancelled by request', \
-             lease_token = NULL, lease_expires_at = NULL, finished_at = now(), updated_at = now() WHERE id = $1",
-        )
-        .bind(id)
-        .execute(&mut *transaction)
-        .await?;
-        sqlx::query("UPDATE execution_inputs SET status = 'cancelled' WHERE execution_id = $1 AND status = 'pending'")
-            .bind(id)
-            .execute(&mut *transaction)
-            .await?;
-        record_event(&mut transaction, &caller, id, "cancelled", json!({})).await?;
-    } else {
-        // The worker notices within `control_poll_ms`, even mid model call.
-        sqlx::query("UPDATE executions SET control = 'cancel', updated_at = now() WHERE id = $1")
-            .bind(id)
-            .execute(&mut *transaction)
-            .await?;
-        record_event(
-            &mut transaction,
-            &caller,
-            id,
-            "control_requested",
-            json!({ "action": "cancel" }),
-        )
-        .await?;
-    }
-    transaction.commit().await?;
-    Ok((
-        StatusCode::ACCEPTED,
-        ApiJson(load_execution(&state, &caller, id).await?),
-    ))
+    accepted(&state, &caller, id).await
 }
 
 #[derive(Debug, Deserialize)]
@@ -547,51 +266,6 @@ pub struct InputRequest {
     pub answer: String,
     /// Which question; may be left out while exactly one question is pending.
     pub input_id: Option<Uuid>,
-}
-
-#[derive(Debug, sqlx::FromRow)]
-struct InputRow {
-    id: Uuid,
-    kind: String,
-    status: String,
-}
-
-/// Locks the input the caller means, or the only pending one of `kind`.
-async fn lock_input(
-    connection: &mut PgConnection,
-    execution_id: Uuid,
-    input_id: Option<Uuid>,
-    kind: &str,
-) -> Result<InputRow, ApiError> {
-    let rows: Vec<InputRow> = sqlx::query_as(
-        "SELECT id, kind, status FROM execution_inputs \
-         WHERE execution_id = $1 AND kind = $2 AND (($3::uuid IS NULL AND status = 'pending') OR id = $3) \
-         ORDER BY created_at, id FOR UPDATE",
-    )
-    .bind(execution_id)
-    .bind(kind)
-    .bind(input_id)
-    .fetch_all(connection)
-    .await?;
-    let mut rows = rows.into_iter();
-    let Some(row) = rows.next() else {
-        return Err(match input_id {
-            Some(_) => ApiError::NotFound("input"),
-            None => ApiError::conflict("nothing_pending", format!("no {kind} is pending")),
-        });
-    };
-    if input_id.is_none() && rows.next().is_some() {
-        return Err(ApiError::invalid(format!(
-            "several {kind}s are pending; name one with input_id"
-        )));
-    }
-    if row.status != "pending" {
-        return Err(ApiError::conflict(
-            "already_answered",
-            format!("this {} was already {}", row.kind, row.status),
-        ));
-    }
-    Ok(row)
 }
 
 pub async fn input(
@@ -604,35 +278,18 @@ pub async fn input(
         return Err(ApiError::invalid("answer must be 1 byte to 64 KiB"));
     }
     let mut transaction = state.pool.begin().await?;
-    let current = lock_status(&mut transaction, &caller, id).await?;
-    if is_terminal(&current.status) {
-        return Err(ApiError::conflict(
-            "nothing_pending",
-            format!("the execution already ended as {}", current.status),
-        ));
-    }
-    let row = lock_input(&mut transaction, id, request.input_id, "question").await?;
-    sqlx::query("UPDATE execution_inputs SET status = 'answered', answer = $2, answered_by = $3, answered_at = now() WHERE id = $1")
-        .bind(row.id)
-        .bind(&request.answer)
-        .bind(&caller.subject)
-        .execute(&mut *transaction)
-        .await?;
-    record_event(
+    let input_id = control::answer(
         &mut transaction,
-        &caller,
         id,
-        "human_input",
-        json!({ "input_id": row.id, "answer": request.answer }),
+        caller.org_id,
+        request.input_id,
+        &request.answer,
+        &caller.subject,
     )
     .await?;
-    requeue(&mut transaction, &caller, id, "awaiting_input").await?;
     transaction.commit().await?;
-    tracing::info!(execution_id = %id, input_id = %row.id, "question answered");
-    Ok((
-        StatusCode::ACCEPTED,
-        ApiJson(load_execution(&state, &caller, id).await?),
-    ))
+    tracing::info!(execution_id = %id, %input_id, "question answered");
+    accepted(&state, &caller, id).await
 }
 
 pub async fn decide(
@@ -640,39 +297,27 @@ pub async fn decide(
     caller: Caller,
     ApiPath((id, input_id, decision)): ApiPath<(Uuid, Uuid, String)>,
 ) -> Result<(StatusCode, ApiJson<ExecutionView>), ApiError> {
-    let new_status = match decision.as_str() {
-        "approve" => "approved",
-        "reject" => "rejected",
+    let approve = match decision.as_str() {
+        "approve" => true,
+        "reject" => false,
         _ => return Err(ApiError::NotFound("route")),
     };
-    let mut transaction = state.pool.begin().await?;
-    let current = lock_status(&mut transaction, &caller, id).await?;
-    if is_terminal(&current.status) {
-        return Err(ApiError::conflict(
-            "nothing_pending",
-            format!("the execution already ended as {}", current.status),
+    if !caller.has_role(APPROVER_ROLE) {
+        return Err(ApiError::Forbidden(
+            "deciding a held tool call needs a token with the approver role",
         ));
     }
-    let row = lock_input(&mut transaction, id, Some(input_id), "approval").await?;
-    sqlx::query("UPDATE execution_inputs SET status = $2, answered_by = $3, answered_at = now() WHERE id = $1")
-        .bind(row.id)
-        .bind(new_status)
-        .bind(&caller.subject)
-        .execute(&mut *transaction)
-        .await?;
-    record_event(
+    let mut transaction = state.pool.begin().await?;
+    control::decide(
         &mut transaction,
-        &caller,
         id,
-        new_status,
-        json!({ "input_id": row.id }),
+        caller.org_id,
+        input_id,
+        approve,
+        &caller.subject,
     )
     .await?;
-    requeue(&mut transaction, &caller, id, "awaiting_input").await?;
     transaction.commit().await?;
-    tracing::info!(execution_id = %id, input_id = %row.id, decision = new_status, "approval decided");
-    Ok((
-        StatusCode::ACCEPTED,
-        ApiJson(load_execution(&state, &caller, id).await?),
-    ))
+    tracing::info!(execution_id = %id, %input_id, approve, "approval decided");
+    accepted(&state, &caller, id).await
 }

@@ -1,6 +1,10 @@
 //! Files: create (presigned upload), confirm (enqueue via the outbox), show, list (with
 //! the same filters as search), update metadata, delete and reprocess. Every query is
 //! scoped by the caller's org.
+//!
+//! The presigned PUT signs the declared content type and length, so S3 takes no other
+//! object; confirm checks the size again. An upload not confirmed within the presign
+//! expiry (plus a grace) is removed by the sweeper.
 
 use std::time::Duration;
 
@@ -10,20 +14,19 @@ use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use shared::aws::describe_sdk_error;
 use shared::file_filter::{FileFilter, FilterInput};
-use shared::outbox;
-use shared::queue::{JobKind, JobMessage};
+use shared::files::{self, FileStatus, NewFile};
 use uuid::Uuid;
 
 use crate::auth::Caller;
-use crate::error::ApiError;
+use crate::error::{ApiError, Dependency};
 use crate::extract::{ApiJson, ApiPath, ApiQuery};
 use crate::state::AppState;
-use shared::jobs;
 
 /// Every column a file view shows, in one place for all queries.
 const FILE_COLUMNS: &str = "id, name, content_type, size_bytes, status, stage, attempts, error_class, error_code, error_message, \
-     detected_type, pages, chunk_count, embedding_model, extractor_version, stage_durations_ms, \
+     detected_type, pages, chunk_count, embedding_model, extraction_engine, extractor_version, stage_durations_ms, \
      metadata, created_at, updated_at, queued_at, started_at, finished_at";
 
 #[derive(Debug, Serialize, sqlx::FromRow)]
@@ -42,6 +45,8 @@ pub struct FileView {
     pub pages: Option<i32>,
     pub chunk_count: Option<i32>,
     pub embedding_model: Option<String>,
+    /// What read the text: `pdfium`, `pdf-extract`, `docx`, `html` or `text`.
+    pub extraction_engine: Option<String>,
     pub extractor_version: Option<i32>,
     pub stage_durations_ms: Value,
     /// The user's metadata (an object; `{}` when none was given).
@@ -140,16 +145,21 @@ pub async fn create(
     )?;
     let id = Uuid::now_v7();
     let object_key = format!("orgs/{}/files/{id}", caller.org_id);
-    sqlx::query("INSERT INTO files (id, org_id, name, content_type, size_bytes, object_key, metadata) VALUES ($1, $2, $3, $4, $5, $6, $7)")
-        .bind(id)
-        .bind(caller.org_id)
-        .bind(name)
-        .bind(&base_type)
-        .bind(request.size as i64)
-        .bind(&object_key)
-        .bind(&metadata)
-        .execute(&state.pool)
-        .await?;
+    let mut transaction = state.pool.begin().await?;
+    files::create(
+        &mut transaction,
+        &NewFile {
+            id,
+            org_id: caller.org_id,
+            name,
+            content_type: &base_type,
+            size_bytes: request.size as i64,
+            object_key: &object_key,
+            metadata: &metadata,
+        },
+    )
+    .await?;
+    transaction.commit().await?;
     let expiry = Duration::from_secs(state.settings.storage.presign_expiry_secs);
     let presigning =
         PresigningConfig::expires_in(expiry).map_err(|error| ApiError::Internal(error.into()))?;
@@ -160,18 +170,24 @@ pub async fn create(
         .bucket(&state.settings.storage.bucket)
         .key(&object_key)
         .content_type(&base_type)
+        // Signed, so S3 refuses a PUT of any other length than the one declared.
+        .content_length(request.size as i64)
         .presigned(presigning)
         .await
         .map_err(|error| ApiError::Internal(anyhow::anyhow!("presign failed: {error}")))?;
     let mut headers = serde_json::Map::new();
     headers.insert("content-type".into(), Value::String(base_type));
+    headers.insert(
+        "content-length".into(),
+        Value::String(request.size.to_string()),
+    );
     let expires_at = Utc::now() + chrono::Duration::from_std(expiry).unwrap_or_default();
     tracing::info!(file_id = %id, "file created, awaiting upload");
     Ok((
         StatusCode::CREATED,
         ApiJson(CreatedFile {
             id,
-            status: "awaiting_upload".into(),
+            status: FileStatus::AwaitingUpload.as_str().into(),
             upload: Upload {
                 method: "PUT",
                 url: presigned.uri().to_string(),
@@ -188,7 +204,7 @@ pub async fn confirm(
     ApiPath(id): ApiPath<Uuid>,
 ) -> Result<(StatusCode, ApiJson<FileView>), ApiError> {
     let file = load_file(&state, &caller, id).await?;
-    if file.status != "awaiting_upload" {
+    if file.status != FileStatus::AwaitingUpload.as_str() {
         // Confirming twice is harmless: the file is already on its way.
         return Ok((StatusCode::OK, ApiJson(file)));
     }
@@ -213,7 +229,12 @@ pub async fn confirm(
                 "no object was uploaded for this file; PUT it to the upload URL first",
             ));
         }
-        Err(error) => return Err(ApiError::Unavailable(format!("s3 head_object: {error}"))),
+        Err(error) => {
+            return Err(ApiError::unavailable(
+                Dependency::Storage,
+                format!("s3 head_object: {}", describe_sdk_error(&error)),
+            ));
+        }
     };
     let uploaded = head.content_length.unwrap_or(-1);
     if uploaded != file.size_bytes {
@@ -226,19 +247,8 @@ pub async fn confirm(
         ));
     }
     let mut transaction = state.pool.begin().await?;
-    let updated = sqlx::query("UPDATE files SET status = 'queued', queued_at = now(), updated_at = now() WHERE id = $1 AND org_id = $2 AND status = 'awaiting_upload'")
-        .bind(id)
-        .bind(caller.org_id)
-        .execute(&mut *transaction)
-        .await?;
-    if updated.rows_affected() == 1 {
-        outbox::enqueue(
-            &mut transaction,
-            outbox::FILE_JOBS,
-            &JobMessage::new(JobKind::FileProcess, id, caller.org_id),
-        )
-        .await?;
-    }
+    // False when a concurrent confirm got there first: the file is on its way either way.
+    files::queue_uploaded(&mut transaction, id, caller.org_id).await?;
     transaction.commit().await?;
     tracing::info!(file_id = %id, "file confirmed and enqueued");
     Ok((
@@ -260,16 +270,6 @@ pub struct FilePage {
     pub files: Vec<FileView>,
     pub next_cursor: Option<Uuid>,
 }
-
-const STATUSES: [&str; 7] = [
-    "awaiting_upload",
-    "queued",
-    "processing",
-    "retrying",
-    "ready",
-    "failed",
-    "dead_lettered",
-];
 
 /// `GET /v1/files`: the keyset-paged list and the filters search takes. Lists go in a
 /// query string as comma-separated values, the metadata filter as a JSON object.
@@ -327,7 +327,7 @@ pub async fn list(
     caller: Caller,
     ApiQuery(query): ApiQuery<FileListQuery>,
 ) -> Result<ApiJson<FilePage>, ApiError> {
-    let limit = super::list_limit(query.limit, query.status.as_deref(), &STATUSES)?;
+    let limit = super::list_limit(query.limit, query.status.as_deref(), &FileStatus::names())?;
     let filter = query.filter()?;
     let mut statement = sqlx::QueryBuilder::new(format!(
         "SELECT {FILE_COLUMNS} FROM files f WHERE f.org_id = "
@@ -421,13 +421,15 @@ pub async fn delete(
         .key(&object_key)
         .send()
         .await
-        .map_err(|error| ApiError::Unavailable(format!("s3 delete_object: {error}")))?;
-    // Chunks go with the row (ON DELETE CASCADE); a worker still on it loses its fence.
-    sqlx::query("DELETE FROM files WHERE id = $1 AND org_id = $2")
-        .bind(id)
-        .bind(caller.org_id)
-        .execute(&state.pool)
-        .await?;
+        .map_err(|error| {
+            ApiError::unavailable(
+                Dependency::Storage,
+                format!("s3 delete_object: {}", describe_sdk_error(&error)),
+            )
+        })?;
+    // Chunks go with the row; a worker still on it loses its fence.
+    let mut connection = state.pool.acquire().await?;
+    files::delete(&mut connection, id, caller.org_id).await?;
     tracing::info!(file_id = %id, "file deleted");
     Ok(StatusCode::NO_CONTENT)
 }
@@ -438,14 +440,16 @@ pub async fn reprocess(
     ApiPath(id): ApiPath<Uuid>,
 ) -> Result<(StatusCode, ApiJson<FileView>), ApiError> {
     let file = load_file(&state, &caller, id).await?;
-    if !jobs::REPROCESSABLE_FILE_STATUSES.contains(&file.status.as_str()) {
+    let reprocessable = FileStatus::from_name(&file.status)
+        .is_some_and(|status| FileStatus::REPROCESSABLE.contains(&status));
+    if !reprocessable {
         return Err(ApiError::conflict(
             "not_reprocessable",
             format!("a file in status {} cannot be reprocessed now", file.status),
         ));
     }
     let mut transaction = state.pool.begin().await?;
-    if !jobs::reprocess_file(&mut transaction, id, caller.org_id).await? {
+    if !files::reprocess(&mut transaction, id, caller.org_id, &caller.subject).await? {
         return Err(ApiError::conflict(
             "not_reprocessable",
             "the file changed status; try again",

@@ -1,6 +1,8 @@
 //! The HTTP routes, one module per resource.
 
-/// Executions: status, trace, live events, control, human input and approvals.
+/// The live trace of an execution as Server-Sent Events.
+pub mod events;
+/// Executions: status, trace, control, human input and approvals.
 pub mod executions;
 /// Upload, confirm, inspect, list, update metadata, delete and reprocess files.
 pub mod files;
@@ -79,7 +81,7 @@ pub fn router() -> Router<AppState> {
         .route("/v1/executions", get(executions::list))
         .route("/v1/executions/{id}", get(executions::show))
         .route("/v1/executions/{id}/trace", get(executions::trace))
-        .route("/v1/executions/{id}/events", get(executions::events))
+        .route("/v1/executions/{id}/events", get(events::stream))
         .route("/v1/executions/{id}/pause", post(executions::pause))
         .route("/v1/executions/{id}/resume", post(executions::resume))
         .route("/v1/executions/{id}/cancel", post(executions::cancel))

@@ -7,8 +7,8 @@ use axum::http::{HeaderMap, StatusCode};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use shared::outbox;
-use shared::queue::{JobKind, JobMessage};
+use shared::executions::budget::{self, RequestedBudget};
+use shared::executions::{self, NewExecution};
 use uuid::Uuid;
 
 use crate::auth::Caller;
@@ -95,25 +95,13 @@ pub async fn show(
     Ok(ApiJson(load_node(&state, &caller, id).await?))
 }
 
-/// Limits for one execution; unset ones take the worker's defaults.
-#[derive(Debug, Default, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct Budget {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub max_steps: Option<u32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub max_tokens: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub max_cost_usd: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub max_wall_secs: Option<u64>,
-}
-
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ExecuteRequest {
     pub model: Option<String>,
-    pub budget: Option<Budget>,
+    /// Limits for this run; unset ones take the worker's defaults, and each is lowered
+    /// to the server's ceiling.
+    pub budget: Option<RequestedBudget>,
 }
 
 const IDEMPOTENCY_KEY: &str = "idempotency-key";
@@ -147,33 +135,30 @@ pub async fn execute(
     if model.is_empty() || model.len() > 200 {
         return Err(ApiError::invalid("model must be 1 to 200 characters"));
     }
-    let budget = request.budget.unwrap_or_default();
-    if budget.max_steps == Some(0)
-        || budget.max_tokens == Some(0)
-        || budget.max_wall_secs == Some(0)
-        || budget
-            .max_cost_usd
-            .is_some_and(|cost| !cost.is_finite() || cost <= 0.0)
-    {
-        return Err(ApiError::invalid("every budget limit must be positive"));
+    let agent_settings = &state.settings.agent_worker;
+    if let Err(refusal) = budget::check_model(&model, agent_settings) {
+        return Err(ApiError::bad_request(refusal.code(), refusal.to_string()));
     }
-    let budget = serde_json::to_value(&budget).map_err(|error| ApiError::Internal(error.into()))?;
+    let requested = request.budget.unwrap_or_default();
+    requested.validate().map_err(ApiError::invalid)?;
+    let budget = serde_json::to_value(requested.clamped(&agent_settings.budget_ceiling))
+        .map_err(|error| ApiError::Internal(error.into()))?;
 
     let mut transaction = state.pool.begin().await?;
-    let id = Uuid::now_v7();
-    let inserted: Option<Uuid> = sqlx::query_scalar(
-        "INSERT INTO executions (id, org_id, node_id, idempotency_key, model, budget, queued_at) VALUES ($1, $2, $3, $4, $5, $6, now()) \
-         ON CONFLICT (org_id, idempotency_key) DO NOTHING RETURNING id",
+    let created = executions::create(
+        &mut transaction,
+        &NewExecution {
+            id: Uuid::now_v7(),
+            org_id: caller.org_id,
+            node_id,
+            idempotency_key: idempotency_key.as_deref(),
+            model: &model,
+            budget: &budget,
+            by: &caller.subject,
+        },
     )
-    .bind(id)
-    .bind(caller.org_id)
-    .bind(node_id)
-    .bind(&idempotency_key)
-    .bind(&model)
-    .bind(&budget)
-    .fetch_optional(&mut *transaction)
     .await?;
-    let Some(id) = inserted else {
+    let Some(id) = created else {
         transaction.rollback().await?;
         let existing: (Uuid, Uuid) = sqlx::query_as(
             "SELECT id, node_id FROM executions WHERE org_id = $1 AND idempotency_key = $2",
@@ -193,18 +178,6 @@ pub async fn execute(
             ApiJson(load_execution(&state, &caller, existing.0).await?),
         ));
     };
-    sqlx::query("INSERT INTO execution_events (execution_id, org_id, step, kind, data) VALUES ($1, $2, 0, 'queued', $3)")
-        .bind(id)
-        .bind(caller.org_id)
-        .bind(serde_json::json!({ "model": model, "by": caller.subject }))
-        .execute(&mut *transaction)
-        .await?;
-    outbox::enqueue(
-        &mut transaction,
-        outbox::AGENT_JOBS,
-        &JobMessage::new(JobKind::AgentRun, id, caller.org_id),
-    )
-    .await?;
     transaction.commit().await?;
     tracing::info!(execution_id = %id, node_id = %node_id, "execution enqueued");
     Ok((

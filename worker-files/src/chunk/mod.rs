@@ -1,32 +1,76 @@
-//! Token-aware chunking with text-splitter and the embedding model's tokenizer.
+//! Token-aware chunking in linear time, with the embedding model's tokenizer.
 //!
-//! Pages are chunked one at a time, so every chunk knows its page. Offsets are byte
-//! offsets into the document text: the pages joined by a form feed (`\f`), as pdftotext
-//! does.
+//! Runs inside the extraction child (see `extract::sandbox`): the text is untrusted.
+//!
+//! - **Tokenize once.** Each page is cut into bounded segments (at most [`SEGMENT_BYTES`], ended at a
+//!   paragraph break, else a line break, else a space, else anywhere) and each segment is tokenized
+//!   once, keeping every token's byte offsets. A 20 MB line with no break costs one pass.
+//! - **Cut by token offsets.** A chunk takes at most `max_tokens` tokens and ends at the strongest
+//!   boundary in the second half of that window: a Markdown heading, a paragraph break, a sentence end,
+//!   a line break, a space; only a run of text without any space is cut mid-word. The next chunk starts
+//!   `overlap_tokens` earlier, at a word start. Each step looks at one window, so the whole is linear.
+//! - **Count once.** A chunk's token count is the number of tokens it took; nothing is encoded again.
+//!
+//! Offsets are byte offsets into the document text: the pages joined by a form feed (`\f`), as
+//! pdftotext does.
 
-use text_splitter::{ChunkConfig, ChunkConfigError, MarkdownSplitter, TextSplitter};
+/// Reads `tokenizer.json` without the tokenizers crate's slow path (each child loads it once).
+pub mod tokenizer_file;
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
 use tokenizers::Tokenizer;
 
-use crate::extract::{DocumentKind, Page};
+use crate::extract::{DocumentKind, Page, TextPart};
 
 /// The separator between pages in the document text that offsets point into.
 pub const PAGE_SEPARATOR: &str = "\u{c}";
+/// Longest piece of text handed to the tokenizer at once (its per-token bookkeeping is large).
+pub const SEGMENT_BYTES: usize = 64 * 1024;
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Chunk {
     pub index: u32,
     pub page: Option<u32>,
+    /// Where the text comes from (DOCX parts); `None` for body text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub part: Option<TextPart>,
     pub byte_start: usize,
     pub byte_end: usize,
     pub token_count: usize,
     pub text: String,
 }
 
-/// Splitters built once per worker and shared by every file.
+/// Why a chunker cannot be built.
+#[derive(Debug, thiserror::Error)]
+pub enum ChunkConfigError {
+    #[error("chunk size must be at least 1 token")]
+    EmptyChunks,
+    #[error("overlap ({overlap}) must be smaller than the chunk size ({max_tokens})")]
+    OverlapTooLarge { max_tokens: usize, overlap: usize },
+    #[error("cannot load the tokenizer {path}: {message}")]
+    Tokenizer { path: String, message: String },
+}
+
+/// How strongly the gap before a token separates it from the one before.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Boundary {
+    /// Inside a word (a subword or punctuation right after a letter).
+    None,
+    Word,
+    Line,
+    Sentence,
+    Paragraph,
+    /// A Markdown heading starts here.
+    Heading,
+}
+
+/// The tokenizer and the chunk sizes; built once per child.
 pub struct Chunker {
     tokenizer: Tokenizer,
-    text: TextSplitter<Tokenizer>,
-    markdown: MarkdownSplitter<Tokenizer>,
+    max_tokens: usize,
+    overlap_tokens: usize,
 }
 
 impl Chunker {
@@ -35,44 +79,203 @@ impl Chunker {
         max_tokens: usize,
         overlap_tokens: usize,
     ) -> Result<Self, ChunkConfigError> {
-        let config = || {
-            ChunkConfig::new(max_tokens)
-                .with_sizer(tokenizer.clone())
-                .with_overlap(overlap_tokens)
-        };
+        if max_tokens == 0 {
+            return Err(ChunkConfigError::EmptyChunks);
+        }
+        if overlap_tokens >= max_tokens {
+            return Err(ChunkConfigError::OverlapTooLarge {
+                max_tokens,
+                overlap: overlap_tokens,
+            });
+        }
         Ok(Self {
-            text: TextSplitter::new(config()?),
-            markdown: MarkdownSplitter::new(config()?),
             tokenizer,
+            max_tokens,
+            overlap_tokens,
         })
+    }
+
+    /// Loads a Hugging Face `tokenizer.json` (truncation and padding off: every token counts).
+    pub fn from_tokenizer_file(
+        path: &Path,
+        max_tokens: usize,
+        overlap_tokens: usize,
+    ) -> Result<Self, ChunkConfigError> {
+        let load_error = |message: String| ChunkConfigError::Tokenizer {
+            path: path.display().to_string(),
+            message,
+        };
+        let mut tokenizer = tokenizer_file::load(path).map_err(load_error)?;
+        tokenizer
+            .with_truncation(None)
+            .map_err(|error| load_error(error.to_string()))?;
+        tokenizer.with_padding(None);
+        Chunker::new(tokenizer, max_tokens, overlap_tokens)
     }
 
     pub fn chunk(&self, kind: DocumentKind, pages: &[Page]) -> Vec<Chunk> {
         let mut chunks = Vec::new();
         let mut page_offset = 0;
+        let mut tokens = Vec::new();
         for page in pages {
-            let pieces: Vec<(usize, &str)> = match kind {
-                DocumentKind::Markdown => self.markdown.chunk_indices(&page.text).collect(),
-                _ => self.text.chunk_indices(&page.text).collect(),
-            };
-            for (start, text) in pieces {
-                let token_count = self
-                    .tokenizer
-                    .encode(text, false)
-                    .map(|encoding| encoding.len())
-                    .unwrap_or(0);
-                chunks.push(Chunk {
-                    index: chunks.len() as u32,
-                    page: page.number,
-                    byte_start: page_offset + start,
-                    byte_end: page_offset + start + text.len(),
-                    token_count,
-                    text: text.to_string(),
-                });
-            }
+            self.tokenize(&page.text, &mut tokens);
+            self.cut(kind, page, page_offset, &tokens, &mut chunks);
             page_offset += page.text.len() + PAGE_SEPARATOR.len();
         }
         chunks
+    }
+
+    /// Byte ranges of every token of `text`, each segment tokenized once.
+    fn tokenize(&self, text: &str, tokens: &mut Vec<(usize, usize)>) {
+        tokens.clear();
+        let mut segment_start = 0;
+        while segment_start < text.len() {
+            let segment_end = segment_end(text, segment_start);
+            let segment = &text[segment_start..segment_end];
+            // An encoding error (none is known for valid UTF-8) drops the segment, never the file.
+            if let Ok(encoding) = self.tokenizer.encode(segment, false) {
+                for &(start, end) in encoding.get_offsets() {
+                    if end > start {
+                        tokens.push((segment_start + start, segment_start + end));
+                    }
+                }
+            }
+            segment_start = segment_end;
+        }
+    }
+
+    fn cut(
+        &self,
+        kind: DocumentKind,
+        page: &Page,
+        page_offset: usize,
+        tokens: &[(usize, usize)],
+        chunks: &mut Vec<Chunk>,
+    ) {
+        let text = page.text.as_str();
+        let boundary = |position: usize| boundary_before(text, tokens, position, kind);
+        let token_total = tokens.len();
+        let mut start = 0;
+        while start < token_total {
+            let end = if token_total - start <= self.max_tokens {
+                token_total
+            } else {
+                self.best_end(start, &boundary)
+            };
+            let byte_start = tokens[start].0;
+            let byte_end = tokens[end - 1].1;
+            chunks.push(Chunk {
+                index: chunks.len() as u32,
+                page: page.number,
+                part: page.part.filter(|part| *part != TextPart::Body),
+                byte_start: page_offset + byte_start,
+                byte_end: page_offset + byte_end,
+                token_count: end - start,
+                text: text[byte_start..byte_end].to_owned(),
+            });
+            if end == token_total {
+                break;
+            }
+            start = self.next_start(start, end, &boundary);
+        }
+    }
+
+    /// The end (exclusive) of the chunk starting at `start`: the strongest boundary in the second half of
+    /// the window, the latest one among equals; a word boundary anywhere; or the full window.
+    fn best_end(&self, start: usize, boundary: &impl Fn(usize) -> Boundary) -> usize {
+        let window_end = start + self.max_tokens;
+        let half = start + self.max_tokens.div_ceil(2);
+        let mut best = window_end;
+        let mut best_level = Boundary::None;
+        for candidate in (half.max(start + 1)..=window_end).rev() {
+            let level = boundary(candidate);
+            if level > best_level {
+                best = candidate;
+                best_level = level;
+            }
+        }
+        if best_level > Boundary::None {
+            return best;
+        }
+        ((start + 1)..half)
+            .rev()
+            .find(|candidate| boundary(*candidate) > Boundary::None)
+            .unwrap_or(window_end)
+    }
+
+    /// Where the chunk after `start..end` begins: `overlap_tokens` before `end`, moved forward to a
+    /// word start; always after `start`.
+    fn next_start(&self, start: usize, end: usize, boundary: &impl Fn(usize) -> Boundary) -> usize {
+        if self.overlap_tokens == 0 {
+            return end;
+        }
+        let earliest = end.saturating_sub(self.overlap_tokens).max(start + 1);
+        (earliest..end)
+            .find(|candidate| boundary(*candidate) > Boundary::None)
+            .unwrap_or(earliest)
+    }
+}
+
+/// The boundary before token `position` (1 ≤ position < tokens.len(); the ends are the strongest).
+fn boundary_before(
+    text: &str,
+    tokens: &[(usize, usize)],
+    position: usize,
+    kind: DocumentKind,
+) -> Boundary {
+    if position == 0 || position >= tokens.len() {
+        return Boundary::Heading;
+    }
+    let (previous_start, previous_end) = tokens[position - 1];
+    let next_start = tokens[position].0;
+    if next_start <= previous_end {
+        return Boundary::None;
+    }
+    let gap = &text[previous_end..next_start];
+    let line_breaks = gap.bytes().filter(|byte| *byte == b'\n').count();
+    if line_breaks > 0 && kind == DocumentKind::Markdown && text[next_start..].starts_with('#') {
+        return Boundary::Heading;
+    }
+    if line_breaks >= 2 {
+        return Boundary::Paragraph;
+    }
+    let previous = &text[previous_start..previous_end];
+    if previous.ends_with(['.', '!', '?', ':', ';']) {
+        return Boundary::Sentence;
+    }
+    if line_breaks == 1 {
+        return Boundary::Line;
+    }
+    if gap.chars().any(char::is_whitespace) {
+        Boundary::Word
+    } else {
+        Boundary::None
+    }
+}
+
+/// The end of the segment starting at `start`: all of the rest when short, else the last paragraph break,
+/// line break or space in the second half of a [`SEGMENT_BYTES`] window, else the window's end.
+fn segment_end(text: &str, start: usize) -> usize {
+    if text.len() - start <= SEGMENT_BYTES {
+        return text.len();
+    }
+    let mut window_end = start + SEGMENT_BYTES;
+    while !text.is_char_boundary(window_end) {
+        window_end -= 1;
+    }
+    let mut search_start = start + SEGMENT_BYTES / 2;
+    while !text.is_char_boundary(search_start) {
+        search_start -= 1;
+    }
+    let window = &text[search_start..window_end];
+    let cut = window
+        .rfind("\n\n")
+        .map(|position| position + 2)
+        .or_else(|| window.rfind('\n').map(|position| position + 1))
+        .or_else(|| window.rfind(' ').map(|position| position + 1));
+    match cut {
+        Some(position) => search_start + position,
+        None => window_end,
     }
 }
 
@@ -92,10 +295,7 @@ mod tests {
         texts
             .iter()
             .enumerate()
-            .map(|(index, text)| Page {
-                number: Some(index as u32 + 1),
-                text: text.to_string(),
-            })
+            .map(|(index, text)| Page::new(Some(index as u32 + 1), text.to_string()))
             .collect()
     }
 
@@ -112,6 +312,7 @@ mod tests {
             assert_eq!(chunk.index as usize, position);
             assert!(chunk.token_count <= 8, "{chunk:?}");
             assert_eq!(&document[chunk.byte_start..chunk.byte_end], chunk.text);
+            assert_eq!(chunk.token_count, chunk.text.split_whitespace().count());
         }
         assert!(
             chunks
@@ -139,7 +340,55 @@ mod tests {
     }
 
     #[test]
+    fn chunks_end_at_sentences_and_paragraphs_when_they_can() {
+        // The whitespace tokenizer makes "." a token of its own: 4 + 6 + 4 tokens.
+        let chunker = Chunker::new(word_level_tokenizer(), 8, 0).unwrap();
+        let text = "One two three. Four five six seven eight nine\n\nTen eleven twelve thirteen";
+        let chunks = chunker.chunk(DocumentKind::Text, &pages(&[text]));
+        let texts: Vec<&str> = chunks.iter().map(|chunk| chunk.text.as_str()).collect();
+        assert_eq!(
+            texts,
+            [
+                "One two three.",
+                "Four five six seven eight nine",
+                "Ten eleven twelve thirteen"
+            ]
+        );
+    }
+
+    #[test]
     fn overlap_not_below_size_is_a_config_error() {
         assert!(Chunker::new(word_level_tokenizer(), 4, 4).is_err());
+        assert!(Chunker::new(word_level_tokenizer(), 0, 0).is_err());
+    }
+
+    #[test]
+    fn one_long_line_without_breaks_is_chunked_in_linear_time() {
+        let chunker = Chunker::new(word_level_tokenizer(), 50, 5).unwrap();
+        let line = "word ".repeat(400_000); // 2 MB, no sentence or line break
+        let started = std::time::Instant::now();
+        let chunks = chunker.chunk(DocumentKind::Text, &pages(&[line.trim_end()]));
+        let elapsed = started.elapsed();
+        // 400,000 tokens, 45 new per chunk after the first.
+        assert_eq!(chunks.len(), 1 + (400_000_usize - 50).div_ceil(45));
+        assert!(chunks.iter().all(|chunk| chunk.token_count <= 50));
+        assert!(
+            chunks
+                .windows(2)
+                .all(|pair| pair[0].byte_start < pair[1].byte_start)
+        );
+        assert_eq!(
+            chunks.last().map(|chunk| chunk.byte_end),
+            Some(line.trim_end().len())
+        );
+        assert!(elapsed.as_secs() < 20, "{elapsed:?}");
+        // A text without any space is still cut (mid-word), and nothing is lost.
+        let blob = "x".repeat(SEGMENT_BYTES * 3 + 17);
+        let blob_chunks = chunker.chunk(DocumentKind::Text, &pages(&[&blob]));
+        let covered: usize = blob_chunks
+            .iter()
+            .map(|chunk| chunk.byte_end - chunk.byte_start)
+            .sum();
+        assert_eq!(covered, blob.len());
     }
 }

@@ -17,6 +17,7 @@ const OLE_SCAN_LIMIT: u64 = 32 * 1024 * 1024;
 /// - ZIP: a DOCX when it has a `word/document.xml` entry, otherwise `unsupported_type`.
 /// - OLE compound file: `encrypted` when it is a password-protected Office package, otherwise
 ///   `unsupported_type` (legacy .doc/.xls).
+/// - Text with a UTF-8, UTF-16 or UTF-32 byte order mark: decoded before it is judged.
 /// - Other binary content (NUL bytes, many control characters, known image/archive magics):
 ///   `unsupported_type`. An empty file: `empty_text`.
 /// - Text: the declared content type, then the file extension, break the tie between HTML, Markdown and
@@ -55,10 +56,18 @@ pub fn detect_kind(
             detail: format!("content is {format_name}"),
         });
     }
-    if head.starts_with(&[0xFF, 0xFE]) || head.starts_with(&[0xFE, 0xFF]) {
-        return Err(ExtractError::UnsupportedType {
-            detail: "UTF-16 text is not supported, convert it to UTF-8".to_owned(),
-        });
+    if super::text::bom_encoding(&head).is_some() {
+        // UTF-16 and UTF-32 text is full of NUL bytes: decide on the decoded characters.
+        let decoded = super::text::decode_text(&head);
+        if looks_binary(decoded.as_bytes()) {
+            return Err(ExtractError::UnsupportedType {
+                detail: "content has a text byte order mark but decodes to binary data".to_owned(),
+            });
+        }
+        if let Some(kind) = text_kind_from_hints(declared_content_type, name) {
+            return Ok(kind);
+        }
+        return Ok(text_kind_from_content(decoded.as_bytes()));
     }
     if looks_binary(&head) {
         return Err(ExtractError::UnsupportedType {

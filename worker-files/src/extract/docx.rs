@@ -1,56 +1,100 @@
 use std::fs::File;
 use std::io::{BufReader, Read};
-use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::Path;
 
-use docx_rs::{
-    DocumentChild, Hyperlink, InsertChild, Paragraph, ParagraphChild, Run, RunChild,
-    StructuredDataTag, StructuredDataTagChild, Table, TableCellContent, TableChild, TableRowChild,
-};
+use quick_xml::Reader;
+use quick_xml::events::{BytesRef, BytesStart, Event};
 
 use super::error::human_bytes;
-use super::{ExtractError, ExtractLimits, normalize_text, panic_message};
+use super::{ExtractError, ExtractLimits, Page, TextPart, normalize_text};
 
-/// Extracts the main document text of a DOCX: paragraphs, runs, hyperlinks, content controls and tables
-/// (one line per row, cells separated by " | "). Headers, footers, footnotes, comments and deleted
-/// tracked changes are left out in v1.
-pub(super) fn extract_docx(path: &Path, limits: &ExtractLimits) -> Result<String, ExtractError> {
-    check_archive(path, limits)?;
-    let bytes = std::fs::read(path).map_err(|error| ExtractError::io("read docx", &error))?;
-    let parsed =
-        catch_unwind(AssertUnwindSafe(|| docx_rs::read_docx(&bytes))).map_err(|payload| {
-            ExtractError::ExtractCrashed {
-                detail: format!("docx parser panicked: {}", panic_message(payload.as_ref())),
-            }
-        })?;
-    let docx = parsed.map_err(|error| ExtractError::Corrupt {
-        detail: format!("DOCX cannot be parsed: {error}"),
-    })?;
+/// The parts of a DOCX that hold text, in the order they are read.
+const TEXT_PARTS: [(&str, TextPart); 6] = [
+    ("document", TextPart::Body),
+    ("header", TextPart::Header),
+    ("footer", TextPart::Footer),
+    ("footnotes", TextPart::Footnote),
+    ("endnotes", TextPart::Endnote),
+    ("comments", TextPart::Comment),
+];
 
-    let mut writer = TextWriter::default();
-    for child in &docx.document.children {
-        match child {
-            DocumentChild::Paragraph(paragraph) => writer.paragraph(paragraph),
-            DocumentChild::Table(table) => writer.table(table),
-            DocumentChild::StructuredDataTag(tag) => writer.structured_data_tag(tag),
-            _ => {}
-        }
-    }
-    Ok(normalize_text(&writer.output))
-}
-
-/// Guards against ZIP bombs before docx-rs inflates anything.
+/// Extracts every text-bearing part of a DOCX, each labelled: the body (paragraphs, runs, hyperlinks,
+/// content controls), its tables (one line per row, cells separated by " | "), text boxes, headers,
+/// footers, footnotes, endnotes and comments. Deleted tracked changes and field codes are left out.
 ///
-/// First the central directory: entry count, each entry's declared uncompressed size, their total, and
-/// the compression ratio of large entries. Then every entry is inflated into a sink through a reader
-/// capped just above what its header declared, so an archive that lies about its sizes is caught too.
-fn check_archive(path: &Path, limits: &ExtractLimits) -> Result<(), ExtractError> {
+/// Only `[Content_Types].xml`, `_rels/.rels` and `word/document.xml` need to exist: a minimal DOCX that
+/// Word opens is read, and one without text is `empty_text`, not `corrupt`.
+///
+/// One inflation path: the central directory is checked first (entry count, each declared size, their
+/// total, the ratio of large entries), then each text part is inflated through a reader capped just above
+/// its declared size, and *those* bytes are parsed, so an archive that lies about its sizes is caught on
+/// the very bytes that would be read. XML is read with a streaming reader that never reads a DTD or
+/// expands an entity: `&name;` other than the five predefined ones stays literal text.
+pub(super) fn extract_docx(path: &Path, limits: &ExtractLimits) -> Result<Vec<Page>, ExtractError> {
     let file = File::open(path).map_err(|error| ExtractError::io("open docx", &error))?;
     let mut archive =
         zip::ZipArchive::new(BufReader::new(file)).map_err(|error| ExtractError::Corrupt {
             detail: format!("unreadable zip archive: {error}"),
         })?;
+    let entries = check_central_directory(&mut archive, limits)?;
 
+    let mut parts: Vec<(usize, &EntryInfo, TextPart)> = Vec::new();
+    for (order, (stem, part)) in TEXT_PARTS.iter().enumerate() {
+        let mut matching: Vec<&EntryInfo> = entries
+            .iter()
+            .filter(|entry| is_text_part(&entry.name, stem))
+            .collect();
+        matching.sort_by(|left, right| natural_key(&left.name).cmp(&natural_key(&right.name)));
+        parts.extend(matching.into_iter().map(|entry| (order, entry, *part)));
+    }
+    if !parts.iter().any(|(_, _, part)| *part == TextPart::Body) {
+        return Err(ExtractError::UnsupportedType {
+            detail: "zip archive that is not a DOCX (no word/document.xml entry)".to_owned(),
+        });
+    }
+
+    let mut writer = PartWriter::new(limits.max_text_bytes);
+    let mut inflated_total: u64 = 0;
+    for (_, entry, part) in parts {
+        let bytes = inflate_capped(&mut archive, entry, limits, &mut inflated_total)?;
+        walk_part(&bytes, &entry.name, part, &mut writer)?;
+    }
+    Ok(writer.finish())
+}
+
+struct EntryInfo {
+    index: usize,
+    name: String,
+    declared_size: u64,
+}
+
+/// `word/document.xml`, `word/header2.xml`, ... for stem `document`, `header`, ...
+fn is_text_part(name: &str, stem: &str) -> bool {
+    let Some(file_name) = name.strip_prefix("word/") else {
+        return false;
+    };
+    let Some(rest) = file_name.strip_prefix(stem) else {
+        return false;
+    };
+    let Some(number) = rest.strip_suffix(".xml") else {
+        return false;
+    };
+    match stem {
+        "header" | "footer" => number.bytes().all(|byte| byte.is_ascii_digit()),
+        _ => number.is_empty(),
+    }
+}
+
+/// `header10` after `header9`.
+fn natural_key(name: &str) -> (usize, &str) {
+    (name.len(), name)
+}
+
+/// Entry count, declared sizes, their total and the ratio of large entries, from the central directory.
+fn check_central_directory(
+    archive: &mut zip::ZipArchive<BufReader<File>>,
+    limits: &ExtractLimits,
+) -> Result<Vec<EntryInfo>, ExtractError> {
     let entry_count = archive.len();
     if entry_count > limits.docx_max_entries {
         return Err(ExtractError::ZipBomb {
@@ -60,9 +104,8 @@ fn check_archive(path: &Path, limits: &ExtractLimits) -> Result<(), ExtractError
             ),
         });
     }
-
     let max_bytes = limits.docx_max_uncompressed_bytes;
-    let mut declared_sizes = Vec::with_capacity(entry_count);
+    let mut entries = Vec::with_capacity(entry_count);
     let mut declared_total: u64 = 0;
     for index in 0..entry_count {
         let entry = archive
@@ -70,27 +113,25 @@ fn check_archive(path: &Path, limits: &ExtractLimits) -> Result<(), ExtractError
             .map_err(|error| ExtractError::Corrupt {
                 detail: format!("zip entry {index} unreadable: {error}"),
             })?;
-        let entry_name = entry.name().to_owned();
+        let name = entry.name().to_owned();
         let declared_size = entry.size();
         let compressed_size = entry.compressed_size();
         if declared_size > max_bytes {
             return Err(ExtractError::ZipBomb {
                 detail: format!(
-                    "zip entry {entry_name} declares {} uncompressed, limit {}",
+                    "zip entry {name} declares {} uncompressed, limit {}",
                     human_bytes(declared_size),
                     human_bytes(max_bytes)
                 ),
             });
         }
-        if declared_size > limits.docx_ratio_min_entry_bytes
-            && declared_size / compressed_size.max(1) > limits.docx_max_ratio
-        {
+        let ratio = declared_size / compressed_size.max(1);
+        if declared_size > limits.docx_ratio_min_entry_bytes && ratio > limits.docx_max_ratio {
             return Err(ExtractError::ZipBomb {
                 detail: format!(
-                    "zip entry {entry_name} compresses {} into {} (ratio {}), limit ratio {}",
+                    "zip entry {name} compresses {} into {} (ratio {ratio}), limit ratio {}",
                     human_bytes(declared_size),
                     human_bytes(compressed_size),
-                    declared_size / compressed_size.max(1),
                     limits.docx_max_ratio
                 ),
             });
@@ -105,139 +146,282 @@ fn check_archive(path: &Path, limits: &ExtractLimits) -> Result<(), ExtractError
                 ),
             });
         }
-        declared_sizes.push((entry_name, declared_size));
+        entries.push(EntryInfo {
+            index,
+            name,
+            declared_size,
+        });
     }
+    Ok(entries)
+}
 
-    let mut inflated_total: u64 = 0;
-    for (index, (entry_name, declared_size)) in declared_sizes.into_iter().enumerate() {
-        let entry = archive.by_index(index).map_err(|error| match error {
+/// Inflates one entry through a reader capped one byte above its declared size.
+fn inflate_capped(
+    archive: &mut zip::ZipArchive<BufReader<File>>,
+    entry_info: &EntryInfo,
+    limits: &ExtractLimits,
+    inflated_total: &mut u64,
+) -> Result<Vec<u8>, ExtractError> {
+    let name = &entry_info.name;
+    let entry = archive
+        .by_index(entry_info.index)
+        .map_err(|error| match error {
             zip::result::ZipError::UnsupportedArchive(message)
                 if message.to_lowercase().contains("password") =>
             {
                 ExtractError::Encrypted {
-                    detail: format!("zip entry {entry_name} is password protected"),
+                    detail: format!("zip entry {name} is password protected"),
                 }
             }
             other => ExtractError::Corrupt {
-                detail: format!("zip entry {entry_name} unreadable: {other}"),
+                detail: format!("zip entry {name} unreadable: {other}"),
             },
         })?;
-        // One byte more than allowed tells "exactly at the limit" from "beyond it".
-        let mut capped = entry.take(declared_size + 1);
-        let inflated = std::io::copy(&mut capped, &mut std::io::sink()).map_err(|error| {
-            ExtractError::Corrupt {
-                detail: format!("zip entry {entry_name} cannot be inflated: {error}"),
-            }
+    let declared_size = entry_info.declared_size;
+    // One byte more than allowed tells "exactly at the limit" from "beyond it".
+    let mut capped = entry.take(declared_size + 1);
+    let mut bytes = Vec::with_capacity(usize::try_from(declared_size.min(64 << 20)).unwrap_or(0));
+    capped
+        .read_to_end(&mut bytes)
+        .map_err(|error| ExtractError::Corrupt {
+            detail: format!("zip entry {name} cannot be inflated: {error}"),
         })?;
-        if inflated > declared_size {
-            return Err(ExtractError::ZipBomb {
-                detail: format!(
-                    "zip entry {entry_name} inflates beyond its declared size of {}",
-                    human_bytes(declared_size)
-                ),
+    if bytes.len() as u64 > declared_size {
+        return Err(ExtractError::ZipBomb {
+            detail: format!(
+                "zip entry {name} inflates beyond its declared size of {}",
+                human_bytes(declared_size)
+            ),
+        });
+    }
+    *inflated_total += bytes.len() as u64;
+    if *inflated_total > limits.docx_max_uncompressed_bytes {
+        return Err(ExtractError::ZipBomb {
+            detail: format!(
+                "zip entries inflate beyond {} in total",
+                human_bytes(limits.docx_max_uncompressed_bytes)
+            ),
+        });
+    }
+    Ok(bytes)
+}
+
+/// Collects the text of every part, one [`Page`] per run of text with the same label.
+struct PartWriter {
+    pages: Vec<Page>,
+    current_part: TextPart,
+    current: String,
+    written_bytes: u64,
+    max_bytes: u64,
+}
+
+impl PartWriter {
+    fn new(max_bytes: u64) -> PartWriter {
+        PartWriter {
+            pages: Vec::new(),
+            current_part: TextPart::Body,
+            current: String::new(),
+            written_bytes: 0,
+            max_bytes,
+        }
+    }
+
+    fn push(&mut self, part: TextPart, text: &str) -> Result<(), ExtractError> {
+        if part != self.current_part {
+            self.flush();
+            self.current_part = part;
+        }
+        self.written_bytes += text.len() as u64;
+        if self.written_bytes > self.max_bytes.saturating_mul(2) {
+            return Err(ExtractError::TooLarge {
+                detail: format!("DOCX text exceeds {}", human_bytes(self.max_bytes)),
             });
         }
-        inflated_total += inflated;
-        if inflated_total > max_bytes {
-            return Err(ExtractError::ZipBomb {
-                detail: format!(
-                    "zip entries inflate beyond {} in total",
-                    human_bytes(max_bytes)
-                ),
-            });
+        self.current.push_str(text);
+        Ok(())
+    }
+
+    fn flush(&mut self) {
+        let text = normalize_text(&std::mem::take(&mut self.current));
+        if text.is_empty() {
+            return;
+        }
+        self.pages.push(Page {
+            number: None,
+            part: Some(self.current_part),
+            text,
+        });
+    }
+
+    /// The labelled texts; a document without text gives one empty body page (`empty_text` later).
+    fn finish(mut self) -> Vec<Page> {
+        self.flush();
+        if self.pages.is_empty() {
+            self.pages.push(Page::new(None, String::new()));
+        }
+        self.pages
+    }
+}
+
+/// Where the reader is inside one part.
+struct WalkState {
+    base_part: TextPart,
+    /// Inside `<w:t>`: its text is document text (`<w:delText>` and `<w:instrText>` are not).
+    in_text: bool,
+    table_depth: usize,
+    text_box_depth: usize,
+    /// Per open table row: whether it has had a cell yet.
+    row_has_cell: Vec<bool>,
+    /// Inside `<mc:Fallback>` (the same content again, for old readers): counts open elements.
+    skipped_depth: usize,
+}
+
+impl WalkState {
+    fn part(&self) -> TextPart {
+        if self.text_box_depth > 0 {
+            TextPart::TextBox
+        } else if self.table_depth > 0 && self.base_part == TextPart::Body {
+            TextPart::Table
+        } else {
+            self.base_part
+        }
+    }
+}
+
+/// Streams one part's XML into `writer`.
+fn walk_part(
+    bytes: &[u8],
+    part_name: &str,
+    base_part: TextPart,
+    writer: &mut PartWriter,
+) -> Result<(), ExtractError> {
+    let mut reader = Reader::from_reader(bytes);
+    reader.config_mut().check_end_names = true;
+    let mut state = WalkState {
+        base_part,
+        in_text: false,
+        table_depth: 0,
+        text_box_depth: 0,
+        row_has_cell: Vec::new(),
+        skipped_depth: 0,
+    };
+    let corrupt = |error: &dyn std::fmt::Display| ExtractError::Corrupt {
+        detail: format!("DOCX part {part_name} is not well-formed XML: {error}"),
+    };
+    loop {
+        let event = reader.read_event().map_err(|error| corrupt(&error))?;
+        if state.skipped_depth > 0 {
+            match event {
+                Event::Start(_) => state.skipped_depth += 1,
+                Event::End(_) => state.skipped_depth -= 1,
+                Event::Eof => break,
+                _ => {}
+            }
+            continue;
+        }
+        match event {
+            Event::Start(element) => start_element(&element, &mut state, writer)?,
+            Event::Empty(element) => empty_element(&element, &state, writer)?,
+            Event::End(element) => match element.local_name().as_ref() {
+                b"t" => state.in_text = false,
+                b"p" => writer.push(state.part(), paragraph_end(&state))?,
+                b"tr" => {
+                    state.row_has_cell.pop();
+                    writer.push(state.part(), "\n")?;
+                }
+                b"tbl" => {
+                    writer.push(state.part(), "\n\n")?;
+                    state.table_depth = state.table_depth.saturating_sub(1);
+                }
+                b"txbxContent" => {
+                    writer.push(state.part(), "\n\n")?;
+                    state.text_box_depth = state.text_box_depth.saturating_sub(1);
+                }
+                _ => {}
+            },
+            Event::Text(text) if state.in_text => {
+                let decoded = text.decode().map_err(|error| corrupt(&error))?;
+                writer.push(state.part(), &decoded)?;
+            }
+            Event::GeneralRef(reference) if state.in_text => {
+                let resolved = resolve_reference(&reference).map_err(|error| corrupt(&error))?;
+                writer.push(state.part(), &resolved)?;
+            }
+            Event::Eof => break,
+            // A DOCTYPE is never read: its entities stay undefined, so nothing expands.
+            _ => {}
         }
     }
     Ok(())
 }
 
-/// Collects text with paragraph breaks; `normalize_text` cleans up afterwards.
-#[derive(Default)]
-struct TextWriter {
-    output: String,
+fn start_element(
+    element: &BytesStart<'_>,
+    state: &mut WalkState,
+    writer: &mut PartWriter,
+) -> Result<(), ExtractError> {
+    match element.local_name().as_ref() {
+        b"Fallback" => state.skipped_depth = 1,
+        b"t" => state.in_text = true,
+        b"tbl" => state.table_depth += 1,
+        b"tr" => state.row_has_cell.push(false),
+        b"tc" => {
+            let part = state.part();
+            if let Some(has_cell) = state.row_has_cell.last_mut() {
+                if *has_cell {
+                    writer.push(part, " | ")?;
+                }
+                *has_cell = true;
+            }
+        }
+        b"txbxContent" => {
+            writer.push(state.part(), "\n\n")?;
+            state.text_box_depth += 1;
+        }
+        // A paragraph's break comes at its end.
+        b"p" => {}
+        _ => empty_element(element, state, writer)?,
+    }
+    Ok(())
 }
 
-impl TextWriter {
-    fn paragraph(&mut self, paragraph: &Paragraph) {
-        for child in &paragraph.children {
-            self.paragraph_child(child);
-        }
-        self.output.push_str("\n\n");
+/// What ends a paragraph: a space inside a table cell (one line per row), a blank line elsewhere.
+fn paragraph_end(state: &WalkState) -> &'static str {
+    if state.table_depth > 0 && state.text_box_depth == 0 {
+        " "
+    } else {
+        "\n\n"
     }
+}
 
-    fn paragraph_child(&mut self, child: &ParagraphChild) {
-        match child {
-            ParagraphChild::Run(run) => self.run(run),
-            ParagraphChild::Insert(insert) => {
-                for insert_child in &insert.children {
-                    if let InsertChild::Run(run) = insert_child {
-                        self.run(run);
-                    }
-                }
-            }
-            ParagraphChild::Hyperlink(hyperlink) => self.hyperlink(hyperlink),
-            ParagraphChild::StructuredDataTag(tag) => self.structured_data_tag(tag),
-            _ => {}
-        }
+/// Elements that stand for a character whether written `<x/>` or `<x></x>`.
+fn empty_element(
+    element: &BytesStart<'_>,
+    state: &WalkState,
+    writer: &mut PartWriter,
+) -> Result<(), ExtractError> {
+    match element.local_name().as_ref() {
+        b"tab" | b"ptab" => writer.push(state.part(), " "),
+        b"br" | b"cr" => writer.push(state.part(), "\n"),
+        b"noBreakHyphen" => writer.push(state.part(), "-"),
+        b"p" => writer.push(state.part(), paragraph_end(state)),
+        _ => Ok(()),
     }
+}
 
-    fn hyperlink(&mut self, hyperlink: &Hyperlink) {
-        for child in &hyperlink.children {
-            self.paragraph_child(child);
-        }
+/// `&#233;` and the five predefined entities resolve; any other `&name;` stays as written.
+fn resolve_reference(reference: &BytesRef<'_>) -> Result<String, quick_xml::Error> {
+    if let Some(character) = reference.resolve_char_ref()? {
+        return Ok(character.to_string());
     }
-
-    fn run(&mut self, run: &Run) {
-        for child in &run.children {
-            match child {
-                RunChild::Text(text) => self.output.push_str(&text.text),
-                RunChild::Tab(_) | RunChild::PTab(_) => self.output.push(' '),
-                RunChild::Break(_) | RunChild::CarriageReturn(_) => self.output.push('\n'),
-                _ => {}
-            }
-        }
-    }
-
-    fn structured_data_tag(&mut self, tag: &StructuredDataTag) {
-        for child in &tag.children {
-            match child {
-                StructuredDataTagChild::Run(run) => self.run(run),
-                StructuredDataTagChild::Paragraph(paragraph) => self.paragraph(paragraph),
-                StructuredDataTagChild::Table(table) => self.table(table),
-                StructuredDataTagChild::StructuredDataTag(inner) => self.structured_data_tag(inner),
-                _ => {}
-            }
-        }
-    }
-
-    /// One line per row, cells separated by " | ", paragraphs inside a cell joined by spaces.
-    fn table(&mut self, table: &Table) {
-        for TableChild::TableRow(row) in &table.rows {
-            let mut first_cell = true;
-            for TableRowChild::TableCell(cell) in &row.cells {
-                if !first_cell {
-                    self.output.push_str(" | ");
-                }
-                first_cell = false;
-                let mut cell_writer = TextWriter::default();
-                for content in &cell.children {
-                    match content {
-                        TableCellContent::Paragraph(paragraph) => cell_writer.paragraph(paragraph),
-                        TableCellContent::Table(inner) => cell_writer.table(inner),
-                        TableCellContent::StructuredDataTag(tag) => {
-                            cell_writer.structured_data_tag(tag)
-                        }
-                        TableCellContent::TableOfContents(_) => {}
-                    }
-                }
-                let cell_text = cell_writer
-                    .output
-                    .split_whitespace()
-                    .collect::<Vec<_>>()
-                    .join(" ");
-                self.output.push_str(&cell_text);
-            }
-            self.output.push('\n');
-        }
-        self.output.push('\n');
-    }
+    let name = reference.decode().map_err(quick_xml::Error::from)?;
+    let predefined = match name.as_ref() {
+        "lt" => "<",
+        "gt" => ">",
+        "amp" => "&",
+        "apos" => "'",
+        "quot" => "\"",
+        other => return Ok(format!("&{other};")),
+    };
+    Ok(predefined.to_owned())
 }

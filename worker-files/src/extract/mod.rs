@@ -1,42 +1,47 @@
-//! Text extraction: turns an untrusted file on local disk into normalized page texts.
+//! Text extraction: turns an untrusted file on local disk into normalized, labelled texts.
 //!
 //! # Layout
-//! - [`detect`]: decides the [`DocumentKind`] from the content (magic bytes), not the name.
+//! - [`detect`]: decides the [`DocumentKind`] from the content (magic bytes, BOMs), not the name.
 //! - [`error`]: [`ExtractError`], one variant per permanent error code plus the sandbox outcomes.
 //! - [`normalize`]: [`normalize_text`], the one place that cleans up whitespace, ligatures and hyphenation.
-//! - [`pdf`]: PDF pages through pdf-extract, after an encryption and page-count check with lopdf.
-//! - [`docx`]: ZIP bomb guard (declared sizes, ratio, then a streaming re-check) and the docx-rs walk.
-//! - [`text`]: HTML (html2text), Markdown and plain text.
-//! - [`sandbox`]: [`extract_isolated`] (parent side) and [`child_main`] (child side): extraction runs in a
-//!   child process with rlimits and a wall-clock timeout, because parsers of hostile files panic, overflow
-//!   their stack and loop.
+//! - [`pdf`]: the two PDF engines behind [`PdfEngine`]: pdfium (C++, loaded at run time) with
+//!   [`layout`]'s reading order, and pdf-extract (pure Rust), after an encryption and page-count check.
+//! - [`layout`]: reading order for pdfium's characters: lines, blocks, columns read as columns.
+//! - [`docx`]: one capped inflation path for the ZIP and a streaming XML walk of every text part.
+//! - [`text`]: HTML (html5ever's tokenizer, linear at any nesting depth), Markdown and plain text
+//!   (UTF-8/16/32 BOMs, invalid UTF-8 replaced).
+//! - [`sandbox`]: the confined child: [`sandbox::Sandbox::run`] on the worker's side, [`child_main`] on
+//!   the child's. Detection, extraction *and chunking* run there, because parsers of hostile files panic,
+//!   overflow their stack, loop, and pdfium is C++.
 //!
-//! This module is self-contained on purpose (only external crates and its own submodules), so it can be
-//! compiled and tested on its own.
+//! The worker process itself never parses, tokenizes or splits untrusted bytes: it hands the child a path
+//! and gets chunks back.
 
-/// Content sniffing: magic bytes first, the declared type and the name only break ties between text kinds.
+/// Content sniffing: magic bytes and BOMs first, the declared type and the name only break ties between text kinds.
 mod detect;
-/// DOCX: ZIP bomb guard and document walk.
+/// DOCX: ZIP limits on the bytes that are parsed, and the XML walk of every text part.
 mod docx;
 /// The typed extraction error and its stable codes.
 mod error;
+/// Reading order of pdfium's characters.
+mod layout;
 /// Text normalization shared by every kind.
 mod normalize;
-/// PDF: encryption check, page limit, page-by-page text.
+/// PDF: the pdfium and pdf-extract engines.
 mod pdf;
-/// Child process isolation: rlimits, timeout, crash mapping.
-mod sandbox;
+/// The confined child process: spawning, limits, outcome mapping, and its entry point.
+pub mod sandbox;
 /// HTML, Markdown and plain text.
 mod text;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
 pub use detect::detect_kind;
 pub use error::ExtractError;
 pub use normalize::normalize_text;
-pub use sandbox::{child_main, extract_isolated};
+pub use sandbox::{Sandbox, child_main};
 
 /// Version of the extraction logic (it lives in `shared` so api-lite's `reextract`
 /// schedules can compare against it). Bump it whenever the text for the same file may change.
@@ -54,7 +59,7 @@ pub enum DocumentKind {
 }
 
 impl DocumentKind {
-    /// Stable lowercase name, also used on the child's command line and in the database.
+    /// Stable lowercase name, also used in the database.
     pub fn as_str(self) -> &'static str {
         match self {
             DocumentKind::Pdf => "pdf",
@@ -84,6 +89,67 @@ impl std::fmt::Display for DocumentKind {
     }
 }
 
+/// Which part of a document a text comes from, so a search hit can say where it was found.
+/// PDFs, HTML and plain text have only [`TextPart::Body`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TextPart {
+    Body,
+    Table,
+    TextBox,
+    Footnote,
+    Endnote,
+    Comment,
+    Header,
+    Footer,
+}
+
+impl TextPart {
+    /// Stable name, stored in `chunks.part`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TextPart::Body => "body",
+            TextPart::Table => "table",
+            TextPart::TextBox => "text_box",
+            TextPart::Footnote => "footnote",
+            TextPart::Endnote => "endnote",
+            TextPart::Comment => "comment",
+            TextPart::Header => "header",
+            TextPart::Footer => "footer",
+        }
+    }
+}
+
+/// A PDF engine, resolved: pdfium with the library to load, or pdf-extract.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "engine", rename_all = "kebab-case")]
+pub enum PdfEngine {
+    /// pdfium (Chrome's PDF engine) through pdfium-render; `library` is libpdfium.so.
+    Pdfium { library: PathBuf },
+    /// pdf-extract, pure Rust: used when libpdfium is absent, or when chosen.
+    PdfExtract,
+}
+
+impl PdfEngine {
+    /// The engine's name as recorded on the file row (`files.extraction_engine`).
+    pub fn name(&self) -> &'static str {
+        match self {
+            PdfEngine::Pdfium { .. } => shared::engines::PDFIUM,
+            PdfEngine::PdfExtract => shared::engines::PDF_EXTRACT,
+        }
+    }
+}
+
+/// The name of the engine that reads `kind` (PDFs: the configured one).
+pub fn engine_name(kind: DocumentKind, pdf_engine: &PdfEngine) -> &'static str {
+    match kind {
+        DocumentKind::Pdf => pdf_engine.name(),
+        DocumentKind::Docx => shared::engines::DOCX,
+        DocumentKind::Html => shared::engines::HTML,
+        DocumentKind::Markdown | DocumentKind::Text => shared::engines::TEXT,
+    }
+}
+
 /// Limits applied to one extraction. Every limit turns into a typed error, never a crash of the worker.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -108,6 +174,10 @@ pub struct ExtractLimits {
     pub child_cpu_seconds: u64,
     /// Wall-clock limit enforced by the parent; the child is killed after it.
     pub wall_timeout_secs: u64,
+    /// Largest file the child may write into its scratch folder (RLIMIT_FSIZE).
+    pub child_file_bytes: u64,
+    /// Open file descriptors of the child (RLIMIT_NOFILE).
+    pub child_open_files: u64,
 }
 
 impl Default for ExtractLimits {
@@ -122,6 +192,8 @@ impl Default for ExtractLimits {
             child_memory_bytes: 1024 * MIB,
             child_cpu_seconds: 60,
             wall_timeout_secs: 90,
+            child_file_bytes: 16 * MIB,
+            child_open_files: 64,
         }
     }
 }
@@ -135,14 +207,28 @@ impl ExtractLimits {
 
 const MIB: u64 = 1024 * 1024;
 
-/// One page of extracted text.
+/// One labelled text of a document: a PDF page, or a part of a DOCX (body, a table, a text
+/// box, the footnotes, ...), or the whole text of HTML, Markdown and plain text.
 ///
-/// PDF pages carry their 1-based page number. DOCX, HTML, Markdown and text have no reliable page notion,
-/// so they produce exactly one `Page` with `number: None`.
+/// PDF pages carry their 1-based page number; other kinds have no reliable page notion (`number: None`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Page {
     pub number: Option<u32>,
+    /// Where the text comes from; `None` reads as [`TextPart::Body`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub part: Option<TextPart>,
     pub text: String,
+}
+
+impl Page {
+    /// A body text with an optional page number.
+    pub fn new(number: Option<u32>, text: String) -> Page {
+        Page {
+            number,
+            part: None,
+            text,
+        }
+    }
 }
 
 /// The result of a successful extraction. Page texts are normalized with [`normalize_text`];
@@ -150,6 +236,8 @@ pub struct Page {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ExtractedDocument {
     pub kind: DocumentKind,
+    /// The engine that produced the text (see [`engine_name`]).
+    pub engine: String,
     pub pages: Vec<Page>,
     /// [`EXTRACTOR_VERSION`] at extraction time.
     pub extractor_version: u32,
@@ -160,37 +248,40 @@ impl ExtractedDocument {
     pub fn text_bytes(&self) -> u64 {
         self.pages.iter().map(|page| page.text.len() as u64).sum()
     }
+
+    /// Pages with a number (PDF pages), at least 1.
+    pub fn page_count(&self) -> usize {
+        self.pages
+            .iter()
+            .filter_map(|page| page.number)
+            .collect::<std::collections::BTreeSet<_>>()
+            .len()
+            .max(1)
+    }
 }
 
 /// Extracts and normalizes the text of `path` in this process.
 ///
-/// Used by the extraction child and by benchmarks. Panics inside the PDF and DOCX parsers are caught and
-/// returned as `extract_crashed`, but a stack overflow or an endless loop would still take the calling
-/// process down with it: workers must go through [`extract_isolated`].
+/// Used by the extraction child, tests and benchmarks. Panics inside the parsers are caught and returned as
+/// `extract_crashed`, but a stack overflow, an endless loop or a crash in pdfium would still take the
+/// calling process down with it: workers go through [`Sandbox::run`].
 pub fn extract_path(
     path: &Path,
     kind: DocumentKind,
+    pdf_engine: &PdfEngine,
     limits: &ExtractLimits,
 ) -> Result<ExtractedDocument, ExtractError> {
     let pages = match kind {
-        DocumentKind::Pdf => pdf::extract_pdf(path, limits)?,
-        DocumentKind::Docx => vec![Page {
-            number: None,
-            text: docx::extract_docx(path, limits)?,
-        }],
-        DocumentKind::Html => vec![Page {
-            number: None,
-            text: text::extract_html(path, limits)?,
-        }],
+        DocumentKind::Pdf => pdf::extract_pdf(path, pdf_engine, limits)?,
+        DocumentKind::Docx => docx::extract_docx(path, limits)?,
+        DocumentKind::Html => vec![Page::new(None, text::extract_html(path, limits)?)],
         DocumentKind::Markdown | DocumentKind::Text => {
-            vec![Page {
-                number: None,
-                text: text::extract_plain(path, limits)?,
-            }]
+            vec![Page::new(None, text::extract_plain(path, limits)?)]
         }
     };
     let document = ExtractedDocument {
         kind,
+        engine: engine_name(kind, pdf_engine).to_owned(),
         pages,
         extractor_version: EXTRACTOR_VERSION,
     };

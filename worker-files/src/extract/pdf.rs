@@ -1,18 +1,189 @@
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::Path;
+use std::sync::OnceLock;
 
 use lopdf::Document;
+use pdfium_render::prelude::{PdfDocument, PdfPage, Pdfium, PdfiumError, PdfiumInternalError};
 
 use super::error::human_bytes;
-use super::{ExtractError, ExtractLimits, Page, normalize_text, panic_message};
+use super::layout::{self, LayoutChar};
+use super::{ExtractError, ExtractLimits, Page, PdfEngine, normalize_text, panic_message};
 
-/// Extracts the pages of a PDF, each with its 1-based number.
+/// Extracts the pages of a PDF with `engine`, each with its 1-based number.
 ///
-/// A PDF that needs a password is rejected as `encrypted`; one whose user password is empty (permission
-/// flags only, opened by any viewer without a prompt) is decrypted by lopdf and extracted. A page on which
-/// pdf-extract reports an error yields an empty page (the rest of the document is still useful); when every
-/// page fails the document is `corrupt`. A panic inside pdf-extract becomes `extract_crashed`.
-pub(super) fn extract_pdf(path: &Path, limits: &ExtractLimits) -> Result<Vec<Page>, ExtractError> {
+/// A PDF that needs a password is `encrypted`; one whose user password is empty (permission flags only,
+/// opened by any viewer without a prompt) is extracted. Too many pages is `too_large` before any page is
+/// read. A page that cannot be read yields an empty page (the rest of the document is still useful); when
+/// every page fails the document is `corrupt`.
+pub(super) fn extract_pdf(
+    path: &Path,
+    engine: &PdfEngine,
+    limits: &ExtractLimits,
+) -> Result<Vec<Page>, ExtractError> {
+    match engine {
+        PdfEngine::Pdfium { library } => extract_with_pdfium(path, library, limits),
+        PdfEngine::PdfExtract => extract_with_pdf_extract(path, limits),
+    }
+}
+
+/// Loads libpdfium from `library` (the file itself, or a folder holding `libpdfium.so`), once per process:
+/// pdfium-render keeps its bindings in a process-wide cell, so later calls share the first library.
+///
+/// A library that cannot be loaded is an `io_error` (transient: the deployment is at fault, not the file).
+pub fn load_pdfium(library: &Path) -> Result<&'static Pdfium, ExtractError> {
+    static PDFIUM: OnceLock<Result<Pdfium, String>> = OnceLock::new();
+    let loaded = PDFIUM.get_or_init(|| {
+        let library_file = if library.is_dir() {
+            Pdfium::pdfium_platform_library_name_at_path(library)
+        } else {
+            library.to_path_buf()
+        };
+        Pdfium::bind_to_library(&library_file)
+            .map(Pdfium::new)
+            .map_err(|error| {
+                format!(
+                    "cannot load libpdfium from {}: {error}",
+                    library_file.display()
+                )
+            })
+    });
+    loaded.as_ref().map_err(|detail| ExtractError::Io {
+        detail: detail.clone(),
+    })
+}
+
+fn extract_with_pdfium(
+    path: &Path,
+    library: &Path,
+    limits: &ExtractLimits,
+) -> Result<Vec<Page>, ExtractError> {
+    let pdfium = load_pdfium(library)?;
+    let bytes = std::fs::read(path).map_err(|error| ExtractError::io("read pdf", &error))?;
+    let document = pdfium
+        .load_pdf_from_byte_slice(&bytes, None)
+        .map_err(|error| pdfium_load_error(&error, &bytes))?;
+    let page_count = u32::try_from(document.pages().len()).unwrap_or(0);
+    if page_count == 0 {
+        return Err(ExtractError::Corrupt {
+            detail: "PDF has no pages (broken page tree)".to_owned(),
+        });
+    }
+    if page_count > limits.max_pages {
+        return Err(ExtractError::TooLarge {
+            detail: format!("PDF has {page_count} pages, limit {}", limits.max_pages),
+        });
+    }
+    let mut pages = Vec::with_capacity(page_count as usize);
+    let mut failed_pages = Vec::new();
+    let mut text_bytes: u64 = 0;
+    let mut characters = Vec::new();
+    for index in 0..page_count {
+        let page_number = index + 1;
+        let text = match pdfium_page_characters(&document, index, &mut characters) {
+            Ok(()) => normalize_text(&layout::page_text(&characters)),
+            Err(page_error) => {
+                tracing::warn!(page_number, error = %page_error, "pdf page could not be extracted");
+                failed_pages.push((page_number, page_error.to_string()));
+                String::new()
+            }
+        };
+        text_bytes += text.len() as u64;
+        check_text_bytes(text_bytes, page_number, limits)?;
+        pages.push(Page::new(Some(page_number), text));
+    }
+    all_pages_failed(&pages, &failed_pages)?;
+    Ok(pages)
+}
+
+/// The characters of page `index` (0-based) with their loose boxes, into `characters`.
+fn pdfium_page_characters(
+    document: &PdfDocument<'_>,
+    index: u32,
+    characters: &mut Vec<LayoutChar>,
+) -> Result<(), PdfiumError> {
+    characters.clear();
+    let page_index = i32::try_from(index).map_err(|_| PdfiumError::PageIndexOutOfBounds)?;
+    let page: PdfPage<'_> = document.pages().get(page_index)?;
+    let text = page.text()?;
+    for character in text.chars().iter() {
+        let Some(unicode) = character.unicode_char() else {
+            continue;
+        };
+        let bounds = match character.loose_bounds() {
+            Ok(bounds) => bounds,
+            // Generated spaces and line breaks may have no box; their meaning is in the character.
+            Err(_) => pdfium_render::prelude::PdfRect::zero(),
+        };
+        characters.push(LayoutChar {
+            character: unicode,
+            left: bounds.left().value,
+            right: bounds.right().value,
+            bottom: bounds.bottom().value,
+            top: bounds.top().value,
+        });
+    }
+    Ok(())
+}
+
+fn pdfium_load_error(error: &PdfiumError, bytes: &[u8]) -> ExtractError {
+    match error {
+        PdfiumError::PdfiumLibraryInternalError(PdfiumInternalError::PasswordError) => {
+            ExtractError::Encrypted {
+                detail: "PDF needs a password to open; password-protected PDFs are not extracted"
+                    .to_owned(),
+            }
+        }
+        PdfiumError::PdfiumLibraryInternalError(PdfiumInternalError::SecurityError) => {
+            ExtractError::Encrypted {
+                detail: format!(
+                    "PDF uses an unsupported security handler{}",
+                    if mentions_encryption(bytes) {
+                        " (/Encrypt in trailer)"
+                    } else {
+                        ""
+                    }
+                ),
+            }
+        }
+        other => ExtractError::Corrupt {
+            detail: format!("PDF structure cannot be read: {other}"),
+        },
+    }
+}
+
+fn check_text_bytes(
+    text_bytes: u64,
+    page_number: u32,
+    limits: &ExtractLimits,
+) -> Result<(), ExtractError> {
+    if text_bytes > limits.max_text_bytes {
+        return Err(ExtractError::TooLarge {
+            detail: format!(
+                "extracted text exceeds {} after {page_number} page(s)",
+                human_bytes(limits.max_text_bytes)
+            ),
+        });
+    }
+    Ok(())
+}
+
+fn all_pages_failed(pages: &[Page], failed_pages: &[(u32, String)]) -> Result<(), ExtractError> {
+    if let Some((first_page, first_error)) = failed_pages.first()
+        && failed_pages.len() == pages.len()
+    {
+        return Err(ExtractError::Corrupt {
+            detail: format!("no PDF page could be read; page {first_page}: {first_error}"),
+        });
+    }
+    Ok(())
+}
+
+/// pdf-extract, after lopdf's encryption and page-count checks. A panic inside pdf-extract becomes
+/// `extract_crashed`.
+fn extract_with_pdf_extract(
+    path: &Path,
+    limits: &ExtractLimits,
+) -> Result<Vec<Page>, ExtractError> {
     let bytes = std::fs::read(path).map_err(|error| ExtractError::io("read pdf", &error))?;
     let document = load_document(&bytes)?;
     drop(bytes);
@@ -46,25 +217,10 @@ pub(super) fn extract_pdf(path: &Path, limits: &ExtractLimits) -> Result<Vec<Pag
             }
         };
         text_bytes += text.len() as u64;
-        if text_bytes > limits.max_text_bytes {
-            return Err(ExtractError::TooLarge {
-                detail: format!(
-                    "extracted text exceeds {} after {page_number} page(s)",
-                    human_bytes(limits.max_text_bytes)
-                ),
-            });
-        }
-        pages.push(Page {
-            number: Some(page_number),
-            text,
-        });
+        check_text_bytes(text_bytes, page_number, limits)?;
+        pages.push(Page::new(Some(page_number), text));
     }
-    if failed_pages.len() == pages.len() {
-        let (first_page, first_error) = &failed_pages[0];
-        return Err(ExtractError::Corrupt {
-            detail: format!("no PDF page could be read; page {first_page}: {first_error}"),
-        });
-    }
+    all_pages_failed(&pages, &failed_pages)?;
     Ok(pages)
 }
 

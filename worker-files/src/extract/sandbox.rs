@@ -1,16 +1,39 @@
+//! The confined child that does every CPU cycle of work on an untrusted file: type detection,
+//! extraction (pdfium, pdf-extract, the DOCX, HTML and text readers) and chunking.
+//!
+//! **Worker side** ([`Sandbox::run`]): starts `program program_args… <request-json>` (the worker binary
+//! itself with [`crate::EXTRACT_CHILD_ARG`]) with
+//! - a cleared environment plus an allowlist ([`CHILD_ENVIRONMENT`], `TMPDIR`/`HOME` = its scratch
+//!   folder): no database URL, JWT secret or AWS credentials can leak into it;
+//! - limits set between fork and exec by the `confine` crate: address space, CPU, file size, open
+//!   files, processes; it dies with the worker (PDEATHSIG);
+//! - no network: a new network namespace where the kernel allows it, a seccomp filter otherwise;
+//! - a private scratch folder as its working directory, removed when it exits;
+//! - a wall-clock timeout, after which it is killed, and a cap on its output.
+//!
+//! The result travels as one JSON line on stdout, which the worker drains while the child runs.
+//!
+//! **Child side** ([`child_main`]): runs on a thread with a known stack size, turns a panic into
+//! `extract_crashed`, and prints the `Result`.
+
 use std::io::Write;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{ExitCode, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::process::Command;
 
 use super::error::human_bytes;
 use super::{
-    DocumentKind, ExtractError, ExtractLimits, ExtractedDocument, extract_path, panic_message,
+    DocumentKind, ExtractError, ExtractLimits, ExtractedDocument, PdfEngine, detect_kind,
+    extract_path, panic_message,
 };
+use crate::chunk::{Chunk, Chunker};
+
+pub use confine::NetworkConfinement;
 
 /// Stack of the extraction thread in the child. Generous, so only truly runaway recursion overflows it.
 const CHILD_STACK_BYTES: usize = 16 * 1024 * 1024;
@@ -18,6 +41,21 @@ const CHILD_STACK_BYTES: usize = 16 * 1024 * 1024;
 const STDERR_TAIL_BYTES: usize = 16 * 1024;
 /// How long the parent waits for a killed child to be reaped.
 const REAP_TIMEOUT: Duration = Duration::from_secs(5);
+/// Tasks (processes and threads) the child may add to its user's count: its own two threads and slack.
+const CHILD_TASK_HEADROOM: u64 = 64;
+/// The only environment a child gets, besides `TMPDIR` and `HOME` (its scratch folder).
+pub const CHILD_ENVIRONMENT: [(&str, &str); 3] = [
+    // glibc reserves 64 MiB of address space per malloc arena; keep RLIMIT_AS for real data.
+    ("MALLOC_ARENA_MAX", "2"),
+    ("TOKENIZERS_PARALLELISM", "false"),
+    ("RUST_BACKTRACE", "0"),
+];
+/// The child argument that exits at once (used to find which network confinement works).
+pub const NOOP_ARG: &str = "--noop";
+/// The child argument that reports what the child sees (tests and `worker-files extract --probe`).
+pub const PROBE_ARG: &str = "--probe";
+/// The child argument that loads libpdfium and exits (the worker checks it at start).
+pub const PDFIUM_CHECK_ARG: &str = "--pdfium-check";
 
 // Linux signal numbers (no libc dependency for five constants).
 const SIGABRT: i32 = 6;
@@ -26,101 +64,268 @@ const SIGKILL: i32 = 9;
 const SIGSEGV: i32 = 11;
 const SIGXCPU: i32 = 24;
 
-/// Extracts `path` in a child process: `program` with `program_args` (for example the worker binary and
-/// `["extract-child"]`), followed by the path, the kind and the limits as JSON; the child calls
-/// [`child_main`].
-///
-/// The child limits its own address space and CPU time; the parent enforces the wall-clock timeout and
-/// kills the child after it. Outcomes: a panic becomes `extract_crashed` with the panic message, a death by
-/// signal (stack overflow, out of memory) `extract_crashed`, the CPU limit or the wall clock
-/// `extract_timeout`. The result travels as one JSON line on the child's stdout, which the parent drains
-/// while the child runs, so texts of many MiB work.
-pub async fn extract_isolated(
-    program: &Path,
-    program_args: &[String],
-    path: &Path,
-    kind: DocumentKind,
-    limits: &ExtractLimits,
-) -> Result<ExtractedDocument, ExtractError> {
-    let limits_json = serde_json::to_string(limits).map_err(|error| ExtractError::Io {
-        detail: format!("cannot encode extraction limits: {error}"),
-    })?;
-    let started = Instant::now();
-    let mut child = Command::new(program)
-        .args(program_args)
-        .arg(path)
-        .arg(kind.as_str())
-        .arg(limits_json)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        // glibc reserves 64 MiB of address space per malloc arena; keep RLIMIT_AS for real data.
-        .env("MALLOC_ARENA_MAX", "2")
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(|error| {
+/// What the child is asked to do with one file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChildRequest {
+    pub path: PathBuf,
+    /// The kind, when the caller knows it; otherwise the child detects it from the content,
+    /// with the declared content type and name as tie-breakers.
+    pub kind: Option<DocumentKind>,
+    pub content_type: Option<String>,
+    pub name: Option<String>,
+    pub pdf_engine: PdfEngine,
+    pub limits: ExtractLimits,
+    /// Chunk the text too (the worker always does).
+    pub chunking: Option<ChunkingRequest>,
+    /// Send the page texts back (the worker only needs the chunks).
+    pub include_texts: bool,
+}
+
+/// How the child chunks: the tokenizer file and the sizes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChunkingRequest {
+    pub tokenizer: PathBuf,
+    pub max_tokens: usize,
+    pub overlap_tokens: usize,
+}
+
+/// What the child sends back.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Extraction {
+    /// Without [`ChildRequest::include_texts`], every page's text is empty (the count and numbers stay).
+    pub document: ExtractedDocument,
+    /// Size of the normalized text, whether or not it was sent.
+    pub text_bytes: u64,
+    pub chunks: Vec<Chunk>,
+    /// Milliseconds the child spent extracting and chunking.
+    pub extract_ms: u64,
+    pub chunk_ms: u64,
+    /// The child's peak resident set (`VmHWM`) when its work was done, in KiB; 0 when unknown.
+    #[serde(default)]
+    pub peak_rss_kib: u64,
+}
+
+/// What a child reports with [`PROBE_ARG`]: its environment, its limits as the kernel shows them, and
+/// whether a TCP connection to a given address works.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProbeReport {
+    pub environment: Vec<(String, String)>,
+    /// `/proc/self/limits`, as read first thing in `main`.
+    pub limits: String,
+    /// `Ok` when the connection opened, else the error.
+    pub connect: Result<(), String>,
+}
+
+/// How to start confined children.
+#[derive(Debug, Clone)]
+pub struct Sandbox {
+    /// The program (the worker binary) and its leading arguments (`extract-child`).
+    pub program: PathBuf,
+    pub program_args: Vec<String>,
+    pub network: NetworkConfinement,
+    /// Each child gets a fresh folder under this one (the worker's private spool folder).
+    pub scratch_root: PathBuf,
+}
+
+impl Sandbox {
+    /// A sandbox for `program program_args…` with the strongest network confinement the kernel allows
+    /// here (found by starting `program program_args… --noop` under each).
+    pub fn new(
+        program: PathBuf,
+        program_args: Vec<String>,
+        scratch_root: PathBuf,
+    ) -> Result<Sandbox, String> {
+        let probe_args: Vec<&str> = program_args
+            .iter()
+            .map(String::as_str)
+            .chain([NOOP_ARG])
+            .collect();
+        let network = confine::detect_network_confinement(&program, &probe_args)?;
+        Ok(Sandbox {
+            program,
+            program_args,
+            network,
+            scratch_root,
+        })
+    }
+
+    /// Runs one request in a confined child.
+    ///
+    /// Outcomes: the child's own typed error; a panic becomes `extract_crashed` with the panic message; a
+    /// death by signal (stack overflow, out of memory) `extract_crashed`; the CPU limit or the wall clock
+    /// `extract_timeout`; too much output `too_large`; a child that cannot start `io_error` (transient).
+    pub async fn run(&self, request: &ChildRequest) -> Result<Extraction, ExtractError> {
+        let request_json = serde_json::to_string(request).map_err(|error| ExtractError::Io {
+            detail: format!("cannot encode the extraction request: {error}"),
+        })?;
+        let scratch = self
+            .scratch_root
+            .join(format!("child-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&scratch)
+            .map_err(|error| ExtractError::io("create the child's scratch folder", &error))?;
+        let outcome = self
+            .run_in(
+                &scratch,
+                request_json,
+                &request.limits,
+                request.include_texts,
+            )
+            .await;
+        if let Err(error) = std::fs::remove_dir_all(&scratch) {
+            tracing::warn!(scratch = %scratch.display(), %error, "cannot remove the child's scratch folder");
+        }
+        outcome
+    }
+
+    /// Runs the child with `arguments` after the program's own, confined like an extraction, and
+    /// returns its stdout (for [`PROBE_ARG`]).
+    pub async fn probe(&self, connect_to: &str) -> Result<ProbeReport, ExtractError> {
+        let limits = ExtractLimits::default();
+        let mut command = self.command(&self.scratch_root, &limits)?;
+        command.arg(PROBE_ARG).arg(connect_to);
+        let output = command
+            .output()
+            .await
+            .map_err(|error| ExtractError::io("run the probe child", &error))?;
+        serde_json::from_slice(&output.stdout).map_err(|error| ExtractError::Io {
+            detail: format!(
+                "the probe child answered no report ({error}): {}",
+                String::from_utf8_lossy(&output.stderr)
+            ),
+        })
+    }
+
+    /// The confined command, before the request argument.
+    fn command(&self, scratch: &Path, limits: &ExtractLimits) -> Result<Command, ExtractError> {
+        let confinement = confine::Confinement::new(
+            confine::ResourceLimits {
+                address_space_bytes: limits.child_memory_bytes,
+                cpu_seconds: limits.child_cpu_seconds,
+                file_size_bytes: limits.child_file_bytes,
+                open_files: limits.child_open_files,
+                processes: own_task_count().saturating_add(CHILD_TASK_HEADROOM),
+            },
+            self.network,
+        )
+        .map_err(|error| ExtractError::Io {
+            detail: format!("cannot build the child's confinement: {error}"),
+        })?;
+        let mut command = Command::new(&self.program);
+        command
+            .args(&self.program_args)
+            .env_clear()
+            .envs(CHILD_ENVIRONMENT)
+            .env("TMPDIR", scratch)
+            .env("HOME", scratch)
+            .current_dir(scratch)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        confinement.apply_to(command.as_std_mut());
+        Ok(command)
+    }
+
+    async fn run_in(
+        &self,
+        scratch: &Path,
+        request_json: String,
+        limits: &ExtractLimits,
+        include_texts: bool,
+    ) -> Result<Extraction, ExtractError> {
+        let started = Instant::now();
+        let mut command = self.command(scratch, limits)?;
+        command.arg(request_json);
+        let mut child = command.spawn().map_err(|error| {
             ExtractError::io(
-                &format!("start extraction child {}", program.display()),
+                &format!("start extraction child {}", self.program.display()),
                 &error,
             )
         })?;
-
-    let (Some(stdout), Some(stderr)) = (child.stdout.take(), child.stderr.take()) else {
-        return Err(ExtractError::Io {
-            detail: "extraction child has no stdout/stderr pipe".to_owned(),
-        });
-    };
-    // JSON escaping at most doubles normalized text; the rest is envelope.
-    let stdout_cap = limits
-        .max_text_bytes
-        .saturating_mul(2)
-        .saturating_add(1024 * 1024);
-    let run = async {
-        tokio::join!(
-            read_capped(stdout, stdout_cap),
-            read_tail(stderr, STDERR_TAIL_BYTES),
-            child.wait()
-        )
-    };
-    let (stdout_result, stderr_tail, wait_result) =
-        match tokio::time::timeout(limits.wall_timeout(), run).await {
-            Ok(outputs) => outputs,
-            Err(_elapsed) => {
-                let _ = child.start_kill();
-                let _ = tokio::time::timeout(REAP_TIMEOUT, child.wait()).await;
-                return Err(ExtractError::ExtractTimeout {
-                    detail: format!(
-                        "extraction exceeded the wall-clock limit of {} s and was killed",
-                        limits.wall_timeout_secs
-                    ),
-                });
-            }
+        let (Some(stdout), Some(stderr)) = (child.stdout.take(), child.stderr.take()) else {
+            return Err(ExtractError::Io {
+                detail: "extraction child has no stdout/stderr pipe".to_owned(),
+            });
         };
-    let status =
-        wait_result.map_err(|error| ExtractError::io("wait for extraction child", &error))?;
-    let captured =
-        stdout_result.map_err(|error| ExtractError::io("read extraction child output", &error))?;
-    if captured.overflowed {
-        return Err(ExtractError::TooLarge {
-            detail: format!("extraction output exceeds {}", human_bytes(stdout_cap)),
-        });
+        let stdout_cap = output_cap(limits, include_texts);
+        let run = async {
+            tokio::join!(
+                read_capped(stdout, stdout_cap),
+                read_tail(stderr, STDERR_TAIL_BYTES),
+                child.wait()
+            )
+        };
+        let (stdout_result, stderr_tail, wait_result) =
+            match tokio::time::timeout(limits.wall_timeout(), run).await {
+                Ok(outputs) => outputs,
+                Err(_elapsed) => {
+                    let _ = child.start_kill();
+                    let _ = tokio::time::timeout(REAP_TIMEOUT, child.wait()).await;
+                    return Err(ExtractError::ExtractTimeout {
+                        detail: format!(
+                            "extraction exceeded the wall-clock limit of {} s and was killed",
+                            limits.wall_timeout_secs
+                        ),
+                    });
+                }
+            };
+        let status =
+            wait_result.map_err(|error| ExtractError::io("wait for extraction child", &error))?;
+        let captured = stdout_result
+            .map_err(|error| ExtractError::io("read extraction child output", &error))?;
+        if captured.overflowed {
+            return Err(ExtractError::TooLarge {
+                detail: format!("extraction output exceeds {}", human_bytes(stdout_cap)),
+            });
+        }
+        if let Some(outcome) = parse_outcome(&captured.bytes) {
+            return outcome;
+        }
+        Err(failure_from_status(
+            status,
+            &stderr_tail,
+            started.elapsed(),
+            limits,
+        ))
     }
-    if let Some(outcome) = parse_outcome(&captured.bytes) {
-        return outcome;
-    }
-    Err(failure_from_status(
-        status,
-        &stderr_tail,
-        started.elapsed(),
-        limits,
-    ))
+}
+
+/// Tasks of this process now (`Threads:` in `/proc/self/status`); RLIMIT_NPROC counts the user's tasks.
+fn own_task_count() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|line| line.strip_prefix("Threads:"))
+                .and_then(|count| count.trim().parse().ok())
+        })
+        .unwrap_or(256)
+}
+
+/// The most the child may print: the text (when asked for), the chunks (overlap included) and their
+/// JSON escaping, plus the envelope.
+fn output_cap(limits: &ExtractLimits, include_texts: bool) -> u64 {
+    let text_copies = if include_texts { 3 } else { 2 };
+    limits
+        .max_text_bytes
+        .saturating_mul(2 * text_copies)
+        .saturating_add(16 * 1024 * 1024)
 }
 
 /// The last non-empty stdout line, as the child's `Result` JSON.
-fn parse_outcome(stdout: &[u8]) -> Option<Result<ExtractedDocument, ExtractError>> {
-    let text = std::str::from_utf8(stdout).ok()?;
-    let last_line = text.lines().rev().find(|line| !line.trim().is_empty())?;
-    serde_json::from_str(last_line).ok()
+fn parse_outcome(stdout: &[u8]) -> Option<Result<Extraction, ExtractError>> {
+    let end = stdout
+        .iter()
+        .rposition(|byte| !byte.is_ascii_whitespace())?
+        + 1;
+    let start = stdout[..end]
+        .iter()
+        .rposition(|byte| *byte == b'\n')
+        .map_or(0, |position| position + 1);
+    serde_json::from_slice(&stdout[start..end]).ok()
 }
 
 /// Explains a child that produced no result.
@@ -240,76 +445,81 @@ async fn read_tail(mut reader: impl AsyncRead + Unpin, keep: usize) -> Vec<u8> {
     tail
 }
 
-/// Entry point of the extraction child. `args` are what follows the leading arguments:
-/// `<path> <kind> <limits-json>`.
+/// Entry point of the extraction child. `args` are what follows the leading arguments: one request as
+/// JSON, or [`NOOP_ARG`], or [`PROBE_ARG`] and an address.
 ///
-/// Sets RLIMIT_AS and RLIMIT_CPU first, runs [`extract_path`] on a thread with a known stack size, turns a
-/// panic into `extract_crashed`, and prints the `Result` as one JSON line on stdout. Exit code 0 means a
-/// result (success or typed error) was written; 2 means bad arguments; 3 means the result could not be
-/// written.
+/// Limits are already in force (set before exec). Runs the request on a thread with a known stack size,
+/// turns a panic into `extract_crashed`, and prints the `Result` as one JSON line on stdout. Exit code 0
+/// means a result (success or typed error) was written; 2 means bad arguments; 3 means the result could
+/// not be written.
 pub fn child_main(args: Vec<String>) -> ExitCode {
-    let [path, kind_name, limits_json] = args.as_slice() else {
-        eprintln!(
-            "usage: <path> <kind> <limits-json>, got {} argument(s)",
-            args.len()
-        );
-        return ExitCode::from(2);
-    };
-    let Some(kind) = DocumentKind::parse(kind_name) else {
-        eprintln!("unknown document kind {kind_name:?}");
-        return ExitCode::from(2);
-    };
-    let limits: ExtractLimits = match serde_json::from_str(limits_json) {
-        Ok(limits) => limits,
-        Err(error) => {
-            eprintln!("invalid limits json: {error}");
-            return ExitCode::from(2);
+    // First thing, before any allocation of ours: what the kernel says our limits are.
+    let limits_at_start = std::fs::read_to_string("/proc/self/limits").unwrap_or_default();
+    match args.as_slice() {
+        [flag] if flag == NOOP_ARG => ExitCode::SUCCESS,
+        [flag, library] if flag == PDFIUM_CHECK_ARG => {
+            match super::pdf::load_pdfium(Path::new(library)) {
+                Ok(_) => ExitCode::SUCCESS,
+                Err(error) => {
+                    eprintln!("{error}");
+                    ExitCode::FAILURE
+                }
+            }
         }
-    };
-    let outcome = match apply_rlimits(&limits) {
-        Ok(()) => run_extraction(PathBuf::from(path), kind, limits),
-        Err(error) => Err(error),
-    };
-    write_outcome(&outcome)
+        [flag, address] if flag == PROBE_ARG => {
+            let report = probe_report(limits_at_start, address);
+            write_json(&report)
+        }
+        [request_json] => {
+            let request: ChildRequest = match serde_json::from_str(request_json) {
+                Ok(request) => request,
+                Err(error) => {
+                    eprintln!("invalid extraction request: {error}");
+                    return ExitCode::from(2);
+                }
+            };
+            write_json(&run_request(request))
+        }
+        _ => {
+            eprintln!(
+                "usage: <request-json> | {NOOP_ARG} | {PROBE_ARG} <host:port>, got {} argument(s)",
+                args.len()
+            );
+            ExitCode::from(2)
+        }
+    }
 }
 
-fn apply_rlimits(limits: &ExtractLimits) -> Result<(), ExtractError> {
-    set_limit(rlimit::Resource::AS, limits.child_memory_bytes, 0)?;
-    // A hard limit one second above the soft one: SIGXCPU first, SIGKILL if that is ignored.
-    set_limit(rlimit::Resource::CPU, limits.child_cpu_seconds, 1)
+fn probe_report(limits: String, address: &str) -> ProbeReport {
+    use std::net::ToSocketAddrs;
+    let connect = address
+        .to_socket_addrs()
+        .map_err(|error| format!("resolve {address}: {error}"))
+        .and_then(|mut addresses| {
+            let socket_address = addresses
+                .next()
+                .ok_or_else(|| format!("{address} resolves to nothing"))?;
+            std::net::TcpStream::connect_timeout(&socket_address, Duration::from_secs(3))
+                .map(drop)
+                .map_err(|error| format!("connect {socket_address}: {error}"))
+        });
+    ProbeReport {
+        environment: std::env::vars().collect(),
+        limits,
+        connect,
+    }
 }
 
-/// Sets soft = `soft`, hard = `soft + hard_headroom`, never above the current hard limit (raising it needs
-/// privileges).
-fn set_limit(
-    resource: rlimit::Resource,
-    soft: u64,
-    hard_headroom: u64,
-) -> Result<(), ExtractError> {
-    let (_, current_hard) = resource
-        .get()
-        .map_err(|error| ExtractError::io(&format!("read {} limit", resource.as_name()), &error))?;
-    let hard = soft.saturating_add(hard_headroom).min(current_hard);
-    let soft = soft.min(hard);
-    resource
-        .set(soft, hard)
-        .map_err(|error| ExtractError::io(&format!("set {} limit", resource.as_name()), &error))
-}
-
-fn run_extraction(
-    path: PathBuf,
-    kind: DocumentKind,
-    limits: ExtractLimits,
-) -> Result<ExtractedDocument, ExtractError> {
-    let limits_memory = limits.child_memory_bytes;
+fn run_request(request: ChildRequest) -> Result<Extraction, ExtractError> {
+    let memory_limit = request.limits.child_memory_bytes;
     let worker = std::thread::Builder::new()
         .name("extract".to_owned())
         .stack_size(CHILD_STACK_BYTES)
-        .spawn(move || extract_path(&path, kind, &limits))
+        .spawn(move || process(&request))
         .map_err(|error| ExtractError::ExtractCrashed {
             detail: format!(
                 "cannot start the extraction thread within the memory limit of {}: {error}",
-                human_bytes(limits_memory)
+                human_bytes(memory_limit)
             ),
         })?;
     match worker.join() {
@@ -320,16 +530,74 @@ fn run_extraction(
     }
 }
 
-fn write_outcome(outcome: &Result<ExtractedDocument, ExtractError>) -> ExitCode {
+/// Detect, extract, chunk: the child's whole job.
+pub fn process(request: &ChildRequest) -> Result<Extraction, ExtractError> {
+    let started = Instant::now();
+    let kind = match request.kind {
+        Some(kind) => kind,
+        None => detect_kind(
+            &request.path,
+            request.content_type.as_deref(),
+            request.name.as_deref(),
+        )?,
+    };
+    let mut document = extract_path(&request.path, kind, &request.pdf_engine, &request.limits)?;
+    let extract_ms = started.elapsed().as_millis() as u64;
+    let started = Instant::now();
+    let chunks = match &request.chunking {
+        Some(chunking) => {
+            let chunker = Chunker::from_tokenizer_file(
+                &chunking.tokenizer,
+                chunking.max_tokens,
+                chunking.overlap_tokens,
+            )
+            .map_err(|error| ExtractError::Io {
+                detail: error.to_string(),
+            })?;
+            chunker.chunk(kind, &document.pages)
+        }
+        None => Vec::new(),
+    };
+    let chunk_ms = started.elapsed().as_millis() as u64;
+    let text_bytes = document.text_bytes();
+    if !request.include_texts {
+        for page in &mut document.pages {
+            page.text = String::new();
+        }
+    }
+    Ok(Extraction {
+        document,
+        text_bytes,
+        chunks,
+        extract_ms,
+        chunk_ms,
+        peak_rss_kib: own_peak_rss_kib(),
+    })
+}
+
+/// `VmHWM` of this process in KiB (0 when `/proc` does not say).
+fn own_peak_rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|line| line.strip_prefix("VmHWM:"))
+                .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+fn write_json(value: &impl Serialize) -> ExitCode {
     let mut stdout = std::io::stdout().lock();
-    let written = serde_json::to_writer(&mut stdout, outcome)
+    let written = serde_json::to_writer(&mut stdout, value)
         .map_err(std::io::Error::from)
         .and_then(|()| stdout.write_all(b"\n"))
         .and_then(|()| stdout.flush());
     match written {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("cannot write extraction result: {error}");
+            eprintln!("cannot write the extraction result: {error}");
             ExitCode::from(3)
         }
     }

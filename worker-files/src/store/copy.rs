@@ -52,10 +52,21 @@ impl BinaryCopy {
         self.field(&value.to_be_bytes());
     }
 
+    pub fn optional_text(&mut self, value: Option<&str>) {
+        match value {
+            Some(value) => self.text(value),
+            None => self.null(),
+        }
+    }
+
+    fn null(&mut self) {
+        self.buffer.extend_from_slice(&(-1i32).to_be_bytes());
+    }
+
     pub fn optional_int4(&mut self, value: Option<i32>) {
         match value {
             Some(value) => self.int4(value),
-            None => self.buffer.extend_from_slice(&(-1i32).to_be_bytes()),
+            None => self.null(),
         }
     }
 

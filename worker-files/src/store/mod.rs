@@ -12,7 +12,7 @@ use uuid::Uuid;
 use crate::chunk::Chunk;
 use copy::BinaryCopy;
 
-const COPY_CHUNKS: &str = "COPY chunks (org_id, file_id, model_id, chunk_index, page, byte_start, byte_end, token_count, text_sha256, text, embedding) FROM STDIN WITH (FORMAT binary)";
+const COPY_CHUNKS: &str = "COPY chunks (org_id, file_id, model_id, chunk_index, page, part, byte_start, byte_end, token_count, text_sha256, text, embedding) FROM STDIN WITH (FORMAT binary)";
 
 /// A chunk with its vector, ready to store.
 pub struct EmbeddedChunk<'a> {
@@ -36,12 +36,13 @@ pub async fn copy_chunks(
     let mut copy = BinaryCopy::new();
     for embedded in chunks {
         let chunk = embedded.chunk;
-        copy.start_row(11);
+        copy.start_row(12);
         copy.uuid(org_id);
         copy.uuid(file_id);
         copy.text(model_id);
         copy.int4(chunk.index as i32);
         copy.optional_int4(chunk.page.map(|page| page as i32));
+        copy.optional_text(chunk.part.map(|part| part.as_str()));
         copy.int4(chunk.byte_start as i32);
         copy.int4(chunk.byte_end as i32);
         copy.int4(chunk.token_count as i32);
@@ -66,14 +67,15 @@ pub async fn insert_chunks_row_by_row(
     for embedded in chunks {
         let chunk = embedded.chunk;
         sqlx::query(
-            "INSERT INTO chunks (org_id, file_id, model_id, chunk_index, page, byte_start, byte_end, token_count, text_sha256, text, embedding) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+            "INSERT INTO chunks (org_id, file_id, model_id, chunk_index, page, part, byte_start, byte_end, token_count, text_sha256, text, embedding) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
         )
         .bind(org_id)
         .bind(file_id)
         .bind(model_id)
         .bind(chunk.index as i32)
         .bind(chunk.page.map(|page| page as i32))
+        .bind(chunk.part.map(|part| part.as_str()))
         .bind(chunk.byte_start as i32)
         .bind(chunk.byte_end as i32)
         .bind(chunk.token_count as i32)

@@ -10,10 +10,11 @@
 //! - biases, GELU, residuals, layer norms and the masked softmax run in place on
 //!   the matmul outputs, fused and spread over the cores (see [`super::cpu_ops`]).
 
-use candle_core::{Module, Result, Tensor};
+use candle_core::{Device, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 use candle_transformers::models::bert::{Config, HiddenAct};
 
+use super::TokenizedText;
 use super::cpu_ops::{AddBias, AddNorm, MaskedSoftmax};
 
 /// A linear layer `x @ weight + bias` with `weight` stored `[in, out]`; the bias is
@@ -230,14 +231,36 @@ impl MiniLmEncoder {
         })
     }
 
+    /// Last hidden states of `batch`, each text padded at the end to `padded_len`, as
+    /// `[batch * padded_len * hidden]`.
+    pub(super) fn forward_padded(
+        &self,
+        batch: &[&TokenizedText],
+        padded_len: usize,
+    ) -> Result<Vec<f32>> {
+        let cells = batch.len() * padded_len;
+        let mut ids = Vec::with_capacity(cells);
+        let mut type_ids = Vec::with_capacity(cells);
+        for text in batch {
+            let padding = padded_len - text.ids.len();
+            ids.extend_from_slice(&text.ids);
+            // Pad id 0 is `[PAD]`; the masked softmax gives these positions no weight.
+            ids.extend(std::iter::repeat_n(0u32, padding));
+            type_ids.extend_from_slice(&text.type_ids);
+            type_ids.extend(std::iter::repeat_n(0u32, padding));
+        }
+        let shape = (batch.len(), padded_len);
+        let ids = Tensor::from_vec(ids, shape, &Device::Cpu)?;
+        let type_ids = Tensor::from_vec(type_ids, shape, &Device::Cpu)?;
+        let lengths: Vec<usize> = batch.iter().map(|text| text.ids.len()).collect();
+        self.forward(&ids, &type_ids, &lengths)?
+            .flatten_all()?
+            .to_vec1::<f32>()
+    }
+
     /// `ids` and `type_ids` are `[batch, tokens]` u32, padded at the end; `lengths`
     /// holds each text's unpadded length. Returns `[batch, tokens, hidden]`.
-    pub(super) fn forward(
-        &self,
-        ids: &Tensor,
-        type_ids: &Tensor,
-        lengths: &[usize],
-    ) -> Result<Tensor> {
+    fn forward(&self, ids: &Tensor, type_ids: &Tensor, lengths: &[usize]) -> Result<Tensor> {
         let (batch, tokens) = ids.dims2()?;
         let positions = self.position_embeddings.dim(0)?;
         if tokens > positions {
@@ -264,13 +287,4 @@ impl MiniLmEncoder {
         }
         x.reshape((batch, tokens, self.hidden))
     }
-}
-
-/// Mean of `hidden` (`[batch, tokens, hidden]`) over the tokens `mask` keeps
-/// (`[batch, tokens]` f32), as `[batch, hidden]`.
-pub(super) fn masked_mean(hidden: &Tensor, mask: &Tensor) -> Result<Tensor> {
-    let mask = mask.unsqueeze(2)?;
-    let summed = hidden.broadcast_mul(&mask)?.sum(1)?;
-    let counts = mask.sum(1)?;
-    summed.broadcast_div(&counts)
 }

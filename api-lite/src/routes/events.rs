@@ -1,0 +1,264 @@
+//! `GET /v1/executions/{id}/events`: an execution's trace as Server-Sent Events, live.
+//!
+//! Each event's id is the trace event id, so a client that reconnects with
+//! `Last-Event-ID` (or `?after=`) resumes right after the last event it saw. New events
+//! arrive by LISTEN/NOTIFY ([`crate::live`]); a slow poll is only the fallback for a
+//! notification lost in a database restart. The stream closes once the run has ended
+//! and every event was sent, or earlier: at its maximum lifetime or when the caller's
+//! token expires or the server shuts down, with a last `stream_closed` event saying which
+//! (the client then reconnects, with a fresh token if need be). Streams are capped per
+//! org and per replica.
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use futures::Stream;
+use serde_json::json;
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::auth::Caller;
+use crate::error::ApiError;
+use crate::extract::{ApiPath, ApiQuery};
+use crate::live::{StreamSlot, Wake};
+use crate::routes::executions::{TraceEvent, TraceQuery};
+use crate::state::AppState;
+
+/// How often a stream reads anyway when no notification came: only a fallback.
+const FALLBACK_POLL: Duration = Duration::from_secs(10);
+/// Trace events read at once.
+const PAGE: i64 = 200;
+
+/// Why a stream closed before its run ended.
+#[derive(Debug, Clone, Copy)]
+enum Deadline {
+    MaxLifetime,
+    TokenExpired,
+    /// The server is shutting down.
+    Shutdown,
+}
+
+impl Deadline {
+    fn reason(self) -> &'static str {
+        match self {
+            Self::MaxLifetime => "max_lifetime",
+            Self::TokenExpired => "token_expired",
+            Self::Shutdown => "server_shutdown",
+        }
+    }
+}
+
+/// Where a live event stream is.
+struct LiveCursor {
+    pool: sqlx::PgPool,
+    org_id: Uuid,
+    execution_id: Uuid,
+    after: i64,
+    buffer: VecDeque<TraceEvent>,
+    /// The run ended and every event up to its end is buffered: close after the buffer.
+    finished: bool,
+    wakes: broadcast::Receiver<Wake>,
+    closes_at: tokio::time::Instant,
+    deadline: Deadline,
+    closing: CancellationToken,
+    /// Holds the stream's place in the caps until the stream is dropped.
+    _slot: StreamSlot,
+}
+
+/// What the stream sends next.
+enum Next {
+    Trace(TraceEvent),
+    Closed(Deadline),
+}
+
+impl LiveCursor {
+    async fn fetch(&mut self) -> sqlx::Result<()> {
+        let events: Vec<TraceEvent> = sqlx::query_as(
+            "SELECT id, step, kind, data, created_at FROM execution_events \
+             WHERE execution_id = $1 AND org_id = $2 AND id > $3 ORDER BY id LIMIT $4",
+        )
+        .bind(self.execution_id)
+        .bind(self.org_id)
+        .bind(self.after)
+        .bind(PAGE)
+        .fetch_all(&self.pool)
+        .await?;
+        if let Some(last) = events.last() {
+            self.after = last.id;
+        }
+        self.buffer.extend(events);
+        Ok(())
+    }
+
+    /// Whether the run has ended (`None` when the execution is gone).
+    async fn ended(&self) -> sqlx::Result<Option<bool>> {
+        sqlx::query_scalar(
+            "SELECT status IN ('completed', 'failed', 'cancelled') FROM executions WHERE id = $1 AND org_id = $2",
+        )
+        .bind(self.execution_id)
+        .bind(self.org_id)
+        .fetch_optional(&self.pool)
+        .await
+    }
+
+    async fn next(&mut self) -> Option<Next> {
+        loop {
+            if let Some(event) = self.buffer.pop_front() {
+                return Some(Next::Trace(event));
+            }
+            if self.finished {
+                return None;
+            }
+            if self.closing.is_cancelled() {
+                self.finished = true;
+                return Some(Next::Closed(Deadline::Shutdown));
+            }
+            if tokio::time::Instant::now() >= self.closes_at {
+                self.finished = true;
+                return Some(Next::Closed(self.deadline));
+            }
+            if let Err(error) = self.fetch().await {
+                tracing::warn!(%error, "event stream query failed; retrying");
+            }
+            if !self.buffer.is_empty() {
+                continue;
+            }
+            match self.ended().await {
+                Ok(None) => return None,
+                // The final status commits with the run's last events: one more read
+                // catches any that landed since the previous one.
+                Ok(Some(true)) => {
+                    if self.fetch().await.is_ok() {
+                        self.finished = true;
+                    }
+                }
+                Ok(Some(false)) => self.wait().await,
+                Err(error) => {
+                    tracing::warn!(%error, "event stream status query failed; retrying");
+                    self.wait().await;
+                }
+            }
+        }
+    }
+
+    /// Until a notification concerns this execution, the fallback poll, or the deadline.
+    async fn wait(&mut self) {
+        let fallback = tokio::time::sleep(FALLBACK_POLL);
+        tokio::pin!(fallback);
+        loop {
+            tokio::select! {
+                _ = &mut fallback => return,
+                _ = tokio::time::sleep_until(self.closes_at) => return,
+                _ = self.closing.cancelled() => return,
+                wake = self.wakes.recv() => match wake {
+                    Ok(wake) if wake.concerns(self.execution_id) => return,
+                    Ok(_) => {}
+                    // Fell behind: something of ours may be among the skipped wakes.
+                    Err(broadcast::error::RecvError::Lagged(_)) => return,
+                    // The hub is gone (shutdown): the fallback poll alone remains.
+                    Err(broadcast::error::RecvError::Closed) => {
+                        (&mut fallback).await;
+                        return;
+                    }
+                },
+            }
+        }
+    }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|elapsed| elapsed.as_secs())
+        .unwrap_or(0)
+}
+
+/// The stream's deadline: its maximum lifetime, or the token's expiry if that comes first.
+fn deadline(max_lifetime: Duration, token_expires_at: u64) -> (Duration, Deadline) {
+    let token_left = Duration::from_secs(token_expires_at.saturating_sub(unix_now()));
+    if token_left < max_lifetime {
+        (token_left, Deadline::TokenExpired)
+    } else {
+        (max_lifetime, Deadline::MaxLifetime)
+    }
+}
+
+pub async fn stream(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(id): ApiPath<Uuid>,
+    ApiQuery(query): ApiQuery<TraceQuery>,
+    headers: HeaderMap,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    let owned: Option<i32> =
+        sqlx::query_scalar("SELECT 1 FROM executions WHERE id = $1 AND org_id = $2")
+            .bind(id)
+            .bind(caller.org_id)
+            .fetch_optional(&state.pool)
+            .await?;
+    owned.ok_or(ApiError::NotFound("execution"))?;
+    let last_event_id = match headers.get("last-event-id") {
+        Some(value) => Some(
+            value
+                .to_str()
+                .ok()
+                .and_then(|text| text.trim().parse::<i64>().ok())
+                .ok_or_else(|| ApiError::invalid("Last-Event-ID must be an event id"))?,
+        ),
+        None => None,
+    };
+    let slot = state.live.open(caller.org_id)?;
+    let (lifetime, reason) = deadline(
+        Duration::from_secs(state.settings.api.event_stream_max_secs),
+        caller.expires_at,
+    );
+    let cursor = LiveCursor {
+        pool: state.pool.clone(),
+        org_id: caller.org_id,
+        execution_id: id,
+        after: last_event_id.or(query.after).unwrap_or(0),
+        buffer: VecDeque::new(),
+        finished: false,
+        wakes: state.live.subscribe(),
+        closes_at: tokio::time::Instant::now() + lifetime,
+        deadline: reason,
+        closing: state.live.closing(),
+        _slot: slot,
+    };
+    let stream = futures::stream::unfold(cursor, |mut cursor| async move {
+        let sse = match cursor.next().await? {
+            Next::Trace(event) => Event::default()
+                .id(event.id.to_string())
+                .event(event.kind.clone())
+                .data(serde_json::to_string(&event).unwrap_or_default()),
+            Next::Closed(deadline) => Event::default()
+                .event("stream_closed")
+                .data(json!({ "reason": deadline.reason() }).to_string()),
+        };
+        Some((Ok(sse), cursor))
+    });
+    Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_token_or_the_lifetime_ends_a_stream_whichever_comes_first() {
+        let hour = Duration::from_secs(3600);
+        let (left, reason) = deadline(hour, unix_now() + 60);
+        assert!(left <= Duration::from_secs(60));
+        assert!(matches!(reason, Deadline::TokenExpired));
+        let (left, reason) = deadline(hour, unix_now() + 7200);
+        assert_eq!(left, hour);
+        assert!(matches!(reason, Deadline::MaxLifetime));
+        let (left, _) = deadline(hour, unix_now() - 5);
+        assert_eq!(left, Duration::ZERO);
+    }
+}
