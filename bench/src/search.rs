@@ -33,7 +33,7 @@ use shared::file_filter::FileFilter;
 use shared::search::{SearchMode, SearchQuery, search_chunks};
 use uuid::Uuid;
 use worker_files::chunk::Chunker;
-use worker_files::extract::{DocumentKind, Page, normalize_text};
+use worker_files::extract::{Page, normalize_text};
 
 use crate::Paths;
 use crate::corpus::Corpus;
@@ -63,8 +63,8 @@ const STOP_WORDS: &[&str] = &[
     "on", "once", "one", "only", "or", "other", "our", "out", "over", "own", "same", "she",
     "should", "so", "some", "such", "than", "that", "the", "their", "them", "then", "there",
     "these", "they", "this", "those", "through", "thus", "to", "too", "under", "until", "up",
-    "use", "used", "using", "very", "was", "we", "were", "what", "when", "where", "which",
-    "while", "who", "whom", "why", "will", "with", "would", "you", "your",
+    "use", "used", "using", "very", "was", "we", "were", "what", "when", "where", "which", "while",
+    "who", "whom", "why", "will", "with", "would", "you", "your",
 ];
 
 /// One document of the index.
@@ -142,7 +142,10 @@ pub async fn run(
         "index: {} documents ({} answering, {} distractors), {} chunks ({answering_chunks} from answering documents)",
         documents.len(),
         documents.iter().filter(|document| document.answers).count(),
-        documents.iter().filter(|document| !document.answers).count(),
+        documents
+            .iter()
+            .filter(|document| !document.answers)
+            .count(),
         chunks.len()
     );
 
@@ -167,7 +170,10 @@ pub async fn run(
             .iter()
             .map(|kind| format!(
                 "{} {kind}",
-                questions.iter().filter(|question| &question.kind == kind).count()
+                questions
+                    .iter()
+                    .filter(|question| &question.kind == kind)
+                    .count()
             ))
             .collect::<Vec<_>>()
             .join(", ")
@@ -176,7 +182,15 @@ pub async fn run(
     let database = FreshDatabase::create("search", 4).await?;
     shared::online_migrations::run(&database.pool).await?;
     let org_id = Uuid::now_v7();
-    let file_ids = store(&database, org_id, embedder.model_id(), &documents, &chunks, &vectors).await?;
+    let file_ids = store(
+        &database,
+        org_id,
+        embedder.model_id(),
+        &documents,
+        &chunks,
+        &vectors,
+    )
+    .await?;
     let name_of: HashMap<Uuid, String> = file_ids
         .iter()
         .zip(&documents)
@@ -187,7 +201,9 @@ pub async fn run(
     let mut embed_seconds = Vec::new();
     for question in questions.iter().take(200) {
         let started = Instant::now();
-        embedder.embed(std::slice::from_ref(&question.query)).await?;
+        embedder
+            .embed(std::slice::from_ref(&question.query))
+            .await?;
         embed_seconds.push(started.elapsed().as_secs_f64());
     }
 
@@ -195,14 +211,15 @@ pub async fn run(
     let everything = FileFilter::default();
     let mut results: Vec<(String, Vec<Answer>)> = Vec::new();
     for mode in [SearchMode::Vector, SearchMode::Text, SearchMode::Hybrid] {
-        let search = |text: &str| SearchQuery {
-            text,
-            top_k: TOP_K as i64,
-            mode: Some(mode),
-            filter: &everything,
-        };
+        let search = |text| query_for(text, mode, &everything);
         // One untimed search: connections and caches warm.
-        search_chunks(&database.pool, &embedders, org_id, &search(&questions[0].query)).await?;
+        search_chunks(
+            &database.pool,
+            &embedders,
+            org_id,
+            &search(&questions[0].query),
+        )
+        .await?;
         let mut answers = Vec::new();
         for question in &questions {
             let started = Instant::now();
@@ -388,9 +405,13 @@ fn findings(
         .max_by(|left, right| left.1.hit_at_5.total_cmp(&right.1.hit_at_5))
     {
         findings.push(Finding {
-            what: "Search: hybrid hit@5 against LlamaIndex's best retriever (same chunks, model)".into(),
+            what: "Search: hybrid hit@5 against LlamaIndex's best retriever (same chunks, model)"
+                .into(),
             ours: percent(hybrid.hit_at_5),
-            reference: format!("LlamaIndex {best_name} {} (this run)", percent(best.hit_at_5)),
+            reference: format!(
+                "LlamaIndex {best_name} {} (this run)",
+                percent(best.hit_at_5)
+            ),
             comparison: peers
                 .iter()
                 .map(|(name, scores)| format!("{name} {}", percent(scores.hit_at_5)))
@@ -400,10 +421,7 @@ fn findings(
             met: Some(hybrid.hit_at_5 > best.hit_at_5),
         });
     }
-    let (hybrid_p50, hybrid_p95) = percentiles
-        .get("ours, hybrid")
-        .copied()
-        .unwrap_or_default();
+    let (hybrid_p50, hybrid_p95) = percentiles.get("ours, hybrid").copied().unwrap_or_default();
     let peer_latency = percentiles
         .get("LlamaIndex, hybrid")
         .map(|(_, p95)| format!("LlamaIndex hybrid p95 {:.1} ms", p95 * 1000.0))
@@ -436,12 +454,19 @@ fn findings(
     findings
 }
 
+/// The search the benchmark runs for one question.
+fn query_for<'a>(text: &'a str, mode: SearchMode, filter: &'a FileFilter) -> SearchQuery<'a> {
+    SearchQuery {
+        text,
+        top_k: TOP_K as i64,
+        mode: Some(mode),
+        filter,
+    }
+}
+
 /// A page of body text (a constructor, so the page type can grow fields).
 fn body_page(number: u32, text: String) -> Page {
-    Page {
-        number: Some(number),
-        text,
-    }
+    Page::new(Some(number), text)
 }
 
 /// pdftotext's pages of a text (form feeds between pages), normalized as the fleet does.
@@ -478,7 +503,7 @@ fn chunk_document(chunker: &Chunker, position: usize, document: &Document) -> Ve
         .map(|(number, text)| body_page(number as u32 + 1, text.clone()))
         .collect();
     chunker
-        .chunk(DocumentKind::Text, &pages)
+        .chunk(&pages)
         .into_iter()
         .map(|chunk| IndexedChunk {
             document: position,
@@ -663,7 +688,9 @@ async fn store(
         .await?;
     }
     sqlx::query("ANALYZE files").execute(&database.pool).await?;
-    sqlx::query("ANALYZE chunks").execute(&database.pool).await?;
+    sqlx::query("ANALYZE chunks")
+        .execute(&database.pool)
+        .await?;
     println!(
         "stored {} chunks of {} files in {:.1} s",
         chunks.len(),
@@ -699,7 +726,12 @@ fn pick_sentences(pages: &[String], count: usize) -> Vec<String> {
 /// Lowercase words of letters only, at least 3 long, not stop words.
 fn content_words(text: &str) -> Vec<String> {
     text.split(|character: char| !character.is_alphanumeric())
-        .filter(|word| word.len() >= 3 && word.chars().all(|character| character.is_ascii_alphabetic()))
+        .filter(|word| {
+            word.len() >= 3
+                && word
+                    .chars()
+                    .all(|character| character.is_ascii_alphabetic())
+        })
         .map(str::to_ascii_lowercase)
         .filter(|word| !STOP_WORDS.contains(&word.as_str()))
         .collect()
@@ -709,7 +741,9 @@ fn build_questions(out_dir: &Path, documents: &[Document]) -> anyhow::Result<Vec
     // In how many documents of the index each word appears.
     let mut document_frequency: HashMap<String, usize> = HashMap::new();
     for document in documents {
-        let words: BTreeSet<String> = content_words(&document.pages.join(" ")).into_iter().collect();
+        let words: BTreeSet<String> = content_words(&document.pages.join(" "))
+            .into_iter()
+            .collect();
         for word in words {
             *document_frequency.entry(word).or_default() += 1;
         }
@@ -741,7 +775,10 @@ fn build_questions(out_dir: &Path, documents: &[Document]) -> anyhow::Result<Vec
             }
             let mut rarest = unique.clone();
             rarest.sort_by_key(|(position, word)| {
-                (document_frequency.get(word).copied().unwrap_or(0), *position)
+                (
+                    document_frequency.get(word).copied().unwrap_or(0),
+                    *position,
+                )
             });
             rarest.truncate(KEY_PHRASE_WORDS);
             rarest.sort_by_key(|(position, _)| *position);
@@ -793,8 +830,12 @@ impl WordNet {
             let find = || -> anyhow::Result<Option<PathBuf>> {
                 for entry in std::fs::read_dir(&debs)? {
                     let path = entry?.path();
-                    let name = path.file_name().map(|name| name.to_string_lossy().into_owned());
-                    if name.is_some_and(|name| name.starts_with(&format!("{WORDNET_PACKAGE}_")) && name.ends_with(".deb")) {
+                    let name = path
+                        .file_name()
+                        .map(|name| name.to_string_lossy().into_owned());
+                    if name.is_some_and(|name| {
+                        name.starts_with(&format!("{WORDNET_PACKAGE}_")) && name.ends_with(".deb")
+                    }) {
                         return Ok(Some(path));
                     }
                 }
@@ -803,7 +844,10 @@ impl WordNet {
             let deb = match find()? {
                 Some(deb) => deb,
                 None => {
-                    println!("downloading {WORDNET_PACKAGE} with apt-get download into {}", debs.display());
+                    println!(
+                        "downloading {WORDNET_PACKAGE} with apt-get download into {}",
+                        debs.display()
+                    );
                     let status = Command::new("apt-get")
                         .args(["download", WORDNET_PACKAGE])
                         .current_dir(&debs)
@@ -815,7 +859,11 @@ impl WordNet {
                     find()?.context("apt-get download left no .deb behind")?
                 }
             };
-            let status = Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&unpacked).status()?;
+            let status = Command::new("dpkg-deb")
+                .arg("-x")
+                .arg(&deb)
+                .arg(&unpacked)
+                .status()?;
             if !status.success() {
                 bail!("dpkg-deb -x {} failed", deb.display());
             }
@@ -853,7 +901,15 @@ impl WordNet {
     /// The lemma's entries, trying WordNet's base forms of a few regular inflections.
     fn entries(&self, word: &str) -> Vec<(usize, &(usize, Vec<usize>))> {
         let mut forms = vec![word.to_string()];
-        for (suffix, replacement) in [("ies", "y"), ("es", ""), ("s", ""), ("ed", ""), ("ed", "e"), ("ing", ""), ("ing", "e")] {
+        for (suffix, replacement) in [
+            ("ies", "y"),
+            ("es", ""),
+            ("s", ""),
+            ("ed", ""),
+            ("ed", "e"),
+            ("ing", ""),
+            ("ing", "e"),
+        ] {
             if let Some(stem) = word.strip_suffix(suffix)
                 && stem.len() >= 3
             {
@@ -862,7 +918,11 @@ impl WordNet {
         }
         for form in forms {
             let found: Vec<_> = (0..PARTS_OF_SPEECH.len())
-                .filter_map(|part| self.index.get(&(part, form.clone())).map(|entry| (part, entry)))
+                .filter_map(|part| {
+                    self.index
+                        .get(&(part, form.clone()))
+                        .map(|entry| (part, entry))
+                })
                 .collect();
             if !found.is_empty() {
                 return found;
@@ -884,7 +944,9 @@ impl WordNet {
                     && !lemma.contains(['_', '-', '.'])
                     && !word.starts_with(&lemma)
                     && !lemma.starts_with(word)
-                    && lemma.chars().all(|character| character.is_ascii_alphabetic())
+                    && lemma
+                        .chars()
+                        .all(|character| character.is_ascii_alphabetic())
                 {
                     return Some(lemma);
                 }
@@ -900,7 +962,10 @@ impl WordNet {
         let Some(rest) = data.get(offset..) else {
             return Vec::new();
         };
-        let end = rest.iter().position(|byte| *byte == b'\n').unwrap_or(rest.len());
+        let end = rest
+            .iter()
+            .position(|byte| *byte == b'\n')
+            .unwrap_or(rest.len());
         let line = String::from_utf8_lossy(&rest[..end]);
         let fields: Vec<&str> = line.split_whitespace().collect();
         let count = fields
@@ -985,11 +1050,12 @@ async fn run_peer(
         );
         return Ok(None);
     }
-    let report: serde_json::Value = serde_json::from_slice(&output.stdout)
-        .context("the peer printed no JSON report")?;
+    let report: serde_json::Value =
+        serde_json::from_slice(&output.stdout).context("the peer printed no JSON report")?;
     println!(
         "peer: {} nodes loaded in {:.1} s",
-        report["nodes"], report["load_seconds"].as_f64().unwrap_or(0.0)
+        report["nodes"],
+        report["load_seconds"].as_f64().unwrap_or(0.0)
     );
     let mut results = Vec::new();
     for name in ["vector", "text", "hybrid"] {
@@ -1002,7 +1068,12 @@ async fn run_peer(
             .map(|(answer, question)| {
                 let files: Vec<&str> = answer["files"]
                     .as_array()
-                    .map(|files| files.iter().map(|file| file.as_str().unwrap_or("")).collect())
+                    .map(|files| {
+                        files
+                            .iter()
+                            .map(|file| file.as_str().unwrap_or(""))
+                            .collect()
+                    })
                     .unwrap_or_default();
                 Answer {
                     rank: rank_of(&files, &question.answer),
@@ -1024,10 +1095,22 @@ mod tests {
         assert_eq!(rank_of(&["a", "b", "b"], "b"), Some(2));
         assert_eq!(rank_of(&["a"; 12], "b"), None);
         let answers = [
-            Answer { rank: Some(1), seconds: 0.0 },
-            Answer { rank: Some(4), seconds: 0.0 },
-            Answer { rank: None, seconds: 0.0 },
-            Answer { rank: Some(7), seconds: 0.0 },
+            Answer {
+                rank: Some(1),
+                seconds: 0.0,
+            },
+            Answer {
+                rank: Some(4),
+                seconds: 0.0,
+            },
+            Answer {
+                rank: None,
+                seconds: 0.0,
+            },
+            Answer {
+                rank: Some(7),
+                seconds: 0.0,
+            },
         ];
         let scores = Scores::of(&answers.iter().collect::<Vec<_>>());
         assert_eq!(scores.hit_at_1, 0.25);

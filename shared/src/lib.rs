@@ -39,7 +39,9 @@ pub mod aws;
 /// The version of worker-files' text extraction. Bump it when extraction output changes;
 /// a `reextract` schedule reprocesses files extracted by an older version.
 /// 2: pdfium engine with layout reading order, chunking in the child, every DOCX part.
-pub const EXTRACTOR_VERSION: u32 = 2;
+/// 3: structure-aware chunks with heading paths (Markdown, HTML, DOCX heading styles, PDF
+///    outlines); PPTX, XLSX, CSV and EPUB; OCR of PDF pages without text and of images.
+pub const EXTRACTOR_VERSION: u32 = 3;
 
 /// The names of the extraction engines, as recorded in `files.extraction_engine` and
 /// accepted by a `reextract` schedule's `engine` filter.
@@ -54,8 +56,29 @@ pub mod engines {
     pub const HTML: &str = "html";
     /// Plain text and Markdown.
     pub const TEXT: &str = "text";
+    /// PPTX: slides and speaker notes.
+    pub const PPTX: &str = "pptx";
+    /// XLSX: sheets' rows.
+    pub const XLSX: &str = "xlsx";
+    /// CSV: one sheet.
+    pub const CSV: &str = "csv";
+    /// EPUB: chapters, read as HTML.
+    pub const EPUB: &str = "epub";
+    /// PNG, JPEG and TIFF images: Tesseract OCR.
+    pub const TESSERACT: &str = "tesseract";
     /// Every engine name.
-    pub const ALL: [&str; 5] = [PDFIUM, PDF_EXTRACT, DOCX, HTML, TEXT];
+    pub const ALL: [&str; 10] = [
+        PDFIUM,
+        PDF_EXTRACT,
+        DOCX,
+        HTML,
+        TEXT,
+        PPTX,
+        XLSX,
+        CSV,
+        EPUB,
+        TESSERACT,
+    ];
 }
 /// Typed settings from the environment.
 pub mod config;
@@ -69,10 +92,10 @@ pub mod embed;
 pub mod embedders;
 /// The retry decision of a failed job.
 pub mod error;
-/// Filters on files for search and the file list.
-pub mod file_filter;
 /// The execution lifecycle.
 pub mod executions;
+/// Filters on files for search and the file list.
+pub mod file_filter;
 /// The file lifecycle.
 pub mod files;
 /// Fenced leases on job rows.

@@ -89,9 +89,11 @@ pub struct Hit {
     pub text_rank: Option<u32>,
     /// The reciprocal-rank fusion score (hybrid only).
     pub fused_score: Option<f64>,
-    /// The chunk's section headings, outermost first: null until extraction records them.
+    /// The titles of the sections the chunk starts in, outermost first (empty when the
+    /// document has no headings); null for chunks stored before extraction recorded them.
     pub heading_path: Option<Vec<String>>,
-    /// Whether the chunk's text came from OCR: null until extraction records it.
+    /// Whether the chunk's text came from OCR; null for chunks stored before extraction
+    /// recorded it.
     pub ocr: Option<bool>,
     pub text: String,
     pub model_id: String,
@@ -241,7 +243,7 @@ pub async fn search_chunks(
     let ranked = fuse(mode, &vector_list, &text_list, query.top_k);
     let ids: Vec<i64> = ranked.iter().map(|ranked| ranked.chunk_id).collect();
     let rows: Vec<ChunkRow> = sqlx::query_as(
-        "SELECT c.id, c.file_id, f.name AS file_name, c.chunk_index, c.page, c.part, c.byte_start, c.byte_end, c.text, c.model_id \
+        "SELECT c.id, c.file_id, f.name AS file_name, c.chunk_index, c.page, c.part, c.byte_start, c.byte_end, c.text, c.model_id, c.heading_path, c.ocr \
          FROM chunks c JOIN files f ON f.id = c.file_id WHERE c.id = ANY($1) AND c.org_id = $2",
     )
     .bind(&ids)
@@ -270,8 +272,8 @@ pub async fn search_chunks(
                 text_score: ranked.text.map(|(_, score)| score),
                 text_rank: ranked.text.map(|(rank, _)| rank),
                 fused_score: ranked.fused,
-                heading_path: None,
-                ocr: None,
+                heading_path: row.heading_path,
+                ocr: row.ocr,
                 text: row.text,
                 model_id: row.model_id,
             })
@@ -368,6 +370,8 @@ struct ChunkRow {
     byte_end: i32,
     text: String,
     model_id: String,
+    heading_path: Option<Vec<String>>,
+    ocr: Option<bool>,
 }
 
 /// A chunk in the final order, with what each leg said of it.

@@ -358,3 +358,59 @@ async fn get_url(app: &TestApp, url: &str, token: &str) -> (u16, Value) {
     let status = response.status().as_u16();
     (status, response.json().await.unwrap())
 }
+
+/// A scan with no text layer is OCR'd by the worker and found by a phrase of its text; a
+/// structured document's hits carry their heading path; both say where their text came from.
+#[tokio::test]
+async fn a_scanned_pdf_is_searchable_and_hits_carry_heading_paths_and_ocr() {
+    let app = TestApp::spawn().await.unwrap();
+    let _worker = app.spawn_worker(WORKER, &[]).unwrap();
+    let scanned = testkit::fixtures::scanned_pdf(&[
+        "Harbour safety notice\n\nThe northern crane is closed for repairs until further notice.",
+    ]);
+    let scan_id = app
+        .upload("scans/notice.pdf", "application/pdf", scanned)
+        .await
+        .unwrap();
+    let guide = "# Harbour guide\n\nWelcome to the port.\n\n## Cranes\n\nThe southern crane lifts containers day and night.\n";
+    let guide_id = app
+        .upload("guide.md", "text/markdown", guide.as_bytes().to_vec())
+        .await
+        .unwrap();
+    for id in [scan_id, guide_id] {
+        let file = app
+            .wait_for_file(id, &["ready", "failed"], PROCESSING)
+            .await
+            .unwrap();
+        assert_eq!(file["status"], "ready", "{file}");
+    }
+
+    let (status, found) = app
+        .post(
+            "/v1/search",
+            json!({"query": "northern crane closed for repairs", "mode": "text", "top_k": 1}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{found}");
+    let hit = &found["hits"][0];
+    assert_eq!(hit["file_id"], scan_id.to_string(), "{found}");
+    assert_eq!(hit["ocr"], true, "{found}");
+    assert_eq!(hit["page"], 1);
+
+    let (status, found) = app
+        .post(
+            "/v1/search",
+            json!({"query": "southern crane containers", "top_k": 1, "file_ids": [guide_id]}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{found}");
+    let hit = &found["hits"][0];
+    assert_eq!(
+        hit["heading_path"],
+        json!(["Harbour guide", "Cranes"]),
+        "{found}"
+    );
+    assert_eq!(hit["ocr"], false);
+}
