@@ -1009,3 +1009,77 @@ pub fn scanned_png(text: &str) -> Vec<u8> {
     std::fs::remove_dir_all(&folder).ok();
     png
 }
+
+/// [`pdf_from_pages`] with an outline (bookmarks): one top-level entry per `(title,
+/// 0-based page, children)`, each child `(title, 0-based page)` one level down; top-level
+/// entries point at their page through a `/Dest`, children through a GoTo action (as
+/// LaTeX's hyperref writes them).
+pub fn pdf_with_outline(pages: &[&str], outline: &[(&str, usize, &[(&str, usize)])]) -> Vec<u8> {
+    let mut document = build_text_pdf(pages);
+    let page_ids: Vec<ObjectId> = document.get_pages().into_values().collect();
+    let outlines_id = document.new_object_id();
+    let mut top_ids = Vec::new();
+    for (title, page, children) in outline {
+        let entry_id = document.new_object_id();
+        let mut child_ids = Vec::new();
+        for (child_title, child_page) in children.iter() {
+            let child_id = document.new_object_id();
+            document.objects.insert(
+                child_id,
+                Object::Dictionary(dictionary! {
+                    "Title" => Object::string_literal(*child_title),
+                    "Parent" => entry_id,
+                    "A" => dictionary! {
+                        "S" => "GoTo",
+                        "D" => vec![page_ids[*child_page].into(), "Fit".into()],
+                    },
+                }),
+            );
+            child_ids.push(child_id);
+        }
+        link_siblings(&mut document, &child_ids);
+        let mut entry = dictionary! {
+            "Title" => Object::string_literal(*title),
+            "Parent" => outlines_id,
+            "Dest" => vec![page_ids[*page].into(), "Fit".into()],
+        };
+        if let (Some(first), Some(last)) = (child_ids.first(), child_ids.last()) {
+            entry.set("First", *first);
+            entry.set("Last", *last);
+            entry.set("Count", i64::try_from(child_ids.len()).unwrap_or(0));
+        }
+        document.objects.insert(entry_id, Object::Dictionary(entry));
+        top_ids.push(entry_id);
+    }
+    link_siblings(&mut document, &top_ids);
+    let mut outlines = dictionary! { "Type" => "Outlines" };
+    if let (Some(first), Some(last)) = (top_ids.first(), top_ids.last()) {
+        outlines.set("First", *first);
+        outlines.set("Last", *last);
+        outlines.set("Count", i64::try_from(top_ids.len()).unwrap_or(0));
+    }
+    document
+        .objects
+        .insert(outlines_id, Object::Dictionary(outlines));
+    let catalog_id = document
+        .trailer
+        .get(b"Root")
+        .and_then(Object::as_reference)
+        .expect("catalog");
+    if let Ok(Object::Dictionary(catalog)) = document.get_object_mut(catalog_id) {
+        catalog.set("Outlines", outlines_id);
+    }
+    save(&mut document)
+}
+
+/// Sets `/Prev` and `/Next` between consecutive outline entries.
+fn link_siblings(document: &mut Document, ids: &[ObjectId]) {
+    for pair in ids.windows(2) {
+        if let Ok(Object::Dictionary(entry)) = document.get_object_mut(pair[0]) {
+            entry.set("Next", pair[1]);
+        }
+        if let Ok(Object::Dictionary(entry)) = document.get_object_mut(pair[1]) {
+            entry.set("Prev", pair[0]);
+        }
+    }
+}

@@ -1489,3 +1489,34 @@ async fn images_are_read_by_ocr_and_broken_images_get_typed_errors() {
         .unwrap_err();
     assert!(["too_large", "corrupt"].contains(&error.code()), "{error}");
 }
+
+#[tokio::test]
+async fn pdf_outline_entries_frame_the_chunks_of_their_pages() {
+    let bytes = fixtures::pdf_with_outline(
+        &[
+            "Installing the package on a fresh system.",
+            "Configuring the main options file.",
+            "Running the first job and reading its log.",
+        ],
+        &[("Setup", 0, &[("Configuration", 1)]), ("Usage", 2, &[])],
+    );
+    let extraction = detected_and_chunked(&bytes, Some("application/pdf"), None)
+        .await
+        .unwrap();
+    let paths: Vec<(Option<u32>, Vec<String>)> = extraction
+        .chunks
+        .iter()
+        .map(|chunk| (chunk.page, chunk.heading_path.clone()))
+        .collect();
+    assert_eq!(
+        paths,
+        [
+            (Some(1), vec!["Setup".to_owned()]),
+            (
+                Some(2),
+                vec!["Setup".to_owned(), "Configuration".to_owned()]
+            ),
+            (Some(3), vec!["Usage".to_owned()]),
+        ]
+    );
+}
