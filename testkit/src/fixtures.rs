@@ -1010,11 +1010,15 @@ pub fn scanned_png(text: &str) -> Vec<u8> {
     png
 }
 
+/// A top-level outline entry of [`pdf_with_outline`]: title, 0-based page, children
+/// (title, 0-based page).
+pub type OutlineEntry<'a> = (&'a str, usize, &'a [(&'a str, usize)]);
+
 /// [`pdf_from_pages`] with an outline (bookmarks): one top-level entry per `(title,
 /// 0-based page, children)`, each child `(title, 0-based page)` one level down; top-level
 /// entries point at their page through a `/Dest`, children through a GoTo action (as
 /// LaTeX's hyperref writes them).
-pub fn pdf_with_outline(pages: &[&str], outline: &[(&str, usize, &[(&str, usize)])]) -> Vec<u8> {
+pub fn pdf_with_outline(pages: &[&str], outline: &[OutlineEntry<'_>]) -> Vec<u8> {
     let mut document = build_text_pdf(pages);
     let page_ids: Vec<ObjectId> = document.get_pages().into_values().collect();
     let outlines_id = document.new_object_id();
