@@ -46,6 +46,9 @@ pub const FUSION_CANDIDATES: i64 = 50;
 /// it visits can come back short, and an exact scan this small takes milliseconds.
 pub const EXACT_SEARCH_MAX_CHUNKS: i64 = 10_000;
 
+/// What `vector_unavailable` says when the query could not be embedded.
+pub const VECTOR_UNAVAILABLE: &str = "the embedding model is unavailable; searched by text only";
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum SearchMode {
@@ -146,8 +149,9 @@ pub async fn search_chunks(
         None => match embed_query(embedders, query.text).await {
             Ok(vectors) => (SearchMode::Hybrid, vectors),
             Err(error) => {
+                // The cause (an endpoint's address, its reply) is logged, never returned.
                 tracing::warn!(error = %error, "query not embedded, searching text only");
-                vector_unavailable = Some(error.to_string());
+                vector_unavailable = Some(VECTOR_UNAVAILABLE.to_owned());
                 (SearchMode::Text, HashMap::new())
             }
         },
