@@ -214,7 +214,8 @@ PY
 deps() {
   mkdir -p "$STACK"
   apt_install postgresql-15 postgresql-server-dev-15 postgresql-client-15 build-essential dpkg-dev \
-    python3-venv poppler-utils curl jq ca-certificates chromium chromium-driver
+    python3-venv poppler-utils curl jq ca-certificates chromium chromium-driver \
+    tesseract-ocr tesseract-ocr-eng libtesseract-dev libleptonica-dev
   install_pgvector
   install_venv
   install_contract_venv

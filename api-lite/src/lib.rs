@@ -13,8 +13,9 @@
 //! - [`scheduler`]: the schedule leader (advisory lock); fires are `shared::schedules`.
 //! - [`openapi`]: the OpenAPI 3.1 document generated from the handlers, and `/docs`.
 //!
-//! [`run`] wires them together: migrations, queues, the outbox relay, the webhook
-//! dispatcher, the sweeper, the live events listener, `/metrics` on its own listener and the HTTP server, until the
+//! [`run`] wires them together: migrations (and `shared::online_migrations` in the
+//! background), queues, the outbox relay, the webhook dispatcher, the sweeper, the live
+//! events listener, `/metrics` on its own listener and the HTTP server, until the
 //! shutdown token fires.
 
 /// Bearer JWT auth.
@@ -90,6 +91,21 @@ pub async fn run_with_metrics(
         Duration::from_millis(state.settings.api.outbox_poll_ms),
     );
     let relay_task = tokio::spawn(relay.run(background.clone()));
+    // Backfills and concurrent index builds (see shared::online_migrations): in the
+    // background, so a large backfill never delays readiness; search works meanwhile.
+    let online_pool = state.pool.clone();
+    let online_shutdown = background.clone();
+    let online_task = tokio::spawn(async move {
+        tokio::select! {
+            outcome = shared::online_migrations::run(&online_pool) => {
+                if let Err(error) = outcome {
+                    tracing::error!(error = %error, "online migrations failed; the next start tries again");
+                }
+            }
+            // An index build cut short is left invalid and rebuilt by the next run.
+            () = online_shutdown.cancelled() => {}
+        }
+    });
     let sweeper_task = tokio::spawn(sweeper::run(
         sweeper::Sweeper {
             pool: state.pool.clone(),
@@ -154,7 +170,8 @@ pub async fn run_with_metrics(
         gauges_task,
         live_task,
         metrics_task,
-        webhooks_task
+        webhooks_task,
+        online_task
     );
     if let Some(scheduler_task) = scheduler_task {
         let _ = scheduler_task.await;

@@ -90,6 +90,15 @@ async fn migrate(settings: Settings) -> anyhow::Result<()> {
     let pool = shared::db::connect(&settings.database).await?;
     shared::db::migrate(&pool).await?;
     tracing::info!("migrations applied");
+    // The backfills and concurrent index builds, to completion (api-lite's start runs them
+    // in the background instead).
+    let report = shared::online_migrations::run(&pool).await?;
+    tracing::info!(
+        chunks_backfilled = report.chunks_backfilled,
+        indexes_built = ?report.indexes_built,
+        skipped = report.skipped,
+        "online migrations applied"
+    );
     Ok(())
 }
 

@@ -46,6 +46,7 @@ const BEARER: &str = "bearer";
         routes::files::create,
         routes::files::list,
         routes::files::show,
+        routes::files::update,
         routes::files::delete,
         routes::files::confirm,
         routes::files::reprocess,

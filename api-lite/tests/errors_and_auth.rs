@@ -59,16 +59,31 @@ async fn database_storage_and_embedder_failures_reach_clients_without_their_inte
     .await
     .unwrap();
 
-    // The embedder is down.
+    // The embedder is down: a search that needs it (a mode asked for by name) is 503; left
+    // to its default mode, search falls back to text and says so, without the cause.
     endpoint.go_down().await;
     let (status, body) = app
-        .post("/v1/search", json!({ "query": "anything" }))
+        .post(
+            "/v1/search",
+            json!({ "query": "anything", "mode": "hybrid" }),
+        )
         .await
         .unwrap();
     assert_eq!(status, 503, "{body}");
     assert_eq!(
         body["error"],
         json!({ "code": "unavailable", "message": "the embedding model is unavailable; try again shortly" })
+    );
+    assert_no_internals(&body);
+    let (status, body) = app
+        .post("/v1/search", json!({ "query": "anything" }))
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["mode"], "text");
+    assert_eq!(
+        body["vector_unavailable"],
+        shared::search::VECTOR_UNAVAILABLE
     );
     assert_no_internals(&body);
     endpoint.come_back().await.unwrap();

@@ -15,7 +15,7 @@ use anyhow::{Context, bail};
 use serde::Deserialize;
 use shared::config::ChunkingSettings;
 use worker_files::chunk::Chunker;
-use worker_files::extract::{DocumentKind, Page, normalize_text};
+use worker_files::extract::{Page, normalize_text};
 
 use crate::Paths;
 use crate::corpus::Corpus;
@@ -57,7 +57,7 @@ pub async fn run(paths: &Paths, corpus: &Corpus) -> anyhow::Result<Vec<Finding>>
         let mut chunk_count = 0;
         let mut token_count = 0;
         for document in &pages {
-            let chunks = chunker.chunk(DocumentKind::Text, document);
+            let chunks = chunker.chunk(document);
             chunk_count += chunks.len();
             token_count += chunks.iter().map(|chunk| chunk.token_count).sum::<usize>();
         }

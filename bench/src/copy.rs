@@ -10,7 +10,7 @@ use rand::{Rng, SeedableRng};
 use shared::config::{ChunkingSettings, EmbeddingSettings};
 use uuid::Uuid;
 use worker_files::chunk::{Chunk, Chunker};
-use worker_files::extract::{DocumentKind, Page, normalize_text};
+use worker_files::extract::{Page, normalize_text};
 use worker_files::store::{EmbeddedChunk, copy_chunks, insert_chunks_row_by_row, text_sha256};
 
 use crate::corpus::Corpus;
@@ -147,7 +147,7 @@ fn corpus_chunks(corpus: &Corpus, rows: usize) -> anyhow::Result<Vec<Chunk>> {
     let mut chunks = Vec::with_capacity(rows);
     for file in corpus.pdfs() {
         let page = Page::new(Some(1), normalize_text(&corpus.text_of(&file.stem)?));
-        for chunk in chunker.chunk(DocumentKind::Text, &[page]) {
+        for chunk in chunker.chunk(&[page]) {
             if chunks.len() == rows {
                 return Ok(chunks);
             }

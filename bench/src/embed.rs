@@ -19,7 +19,7 @@ use serde::Deserialize;
 use shared::config::EmbeddingSettings;
 use shared::embed::{Embedder, LocalEngine, LocalMiniLm, LocalOptions};
 use worker_files::chunk::Chunker;
-use worker_files::extract::{DocumentKind, Page, normalize_text};
+use worker_files::extract::{Page, normalize_text};
 
 use crate::Paths;
 use crate::corpus::Corpus;
@@ -293,7 +293,7 @@ fn corpus_chunks(
     let mut per_document = Vec::new();
     for file in corpus.pdfs() {
         let page = Page::new(None, normalize_text(&corpus.text_of(&file.stem)?));
-        per_document.push(chunker.chunk(DocumentKind::Text, &[page]).into_iter());
+        per_document.push(chunker.chunk(&[page]).into_iter());
     }
     let mut texts = Vec::new();
     let mut tokens = 0_usize;

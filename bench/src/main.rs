@@ -12,6 +12,8 @@
 //! - [`embed`]: local all-MiniLM-L6-v2 throughput against sentence-transformers.
 //! - [`e2e`]: api-lite and a real worker-files process, uploads through the API, RSS sampling.
 //! - [`copy`]: binary COPY against row-by-row INSERT for the store stage.
+//! - [`search`]: search quality (hit@1, hit@5, MRR) and latency, vector, text and hybrid,
+//!   against LlamaIndex's retrievers over the same chunks and model.
 //! - [`database`]: a fresh, migrated database per section.
 //! - [`rss`]: resident set sizes from `/proc`.
 //! - [`report`]: aligned tables and the findings every section hands to `all`.
@@ -40,6 +42,8 @@ mod report;
 mod retrieval;
 /// Memory figures from `/proc`.
 mod rss;
+/// Search quality and latency by mode, and the LlamaIndex retrievers.
+mod search;
 /// Word-level text similarity.
 mod similarity;
 
@@ -107,6 +111,15 @@ enum Section {
         #[arg(long, default_value_t = 2000)]
         rows: usize,
     },
+    /// Search quality (hit@1, hit@5, MRR) and latency, vector / text / hybrid, and LlamaIndex's retrievers.
+    Search {
+        /// Add distractor PDFs of the corpus package until the index holds this many chunks.
+        #[arg(long, default_value_t = 10_000)]
+        chunks: usize,
+        /// Skip the LlamaIndex peer even when its venv exists.
+        #[arg(long)]
+        skip_peer: bool,
+    },
     /// Every section, each in its own process, then a summary against DESIGN's targets.
     All,
 }
@@ -123,6 +136,7 @@ impl Section {
             Section::Embed { .. } => "embed",
             Section::E2e { .. } => "e2e",
             Section::Copy { .. } => "copy",
+            Section::Search { .. } => "search",
             Section::All => "all",
         }
     }
@@ -219,6 +233,9 @@ async fn run_section(paths: &Paths, section: &Section) -> anyhow::Result<Vec<Fin
         }
         Section::E2e { files } => e2e::run(paths, &corpus::load(&paths.out_dir)?, *files).await,
         Section::Copy { rows } => copy::run(&corpus::load(&paths.out_dir)?, *rows).await,
+        Section::Search { chunks, skip_peer } => {
+            search::run(paths, &corpus::load(&paths.out_dir)?, *chunks, *skip_peer).await
+        }
         Section::All => bail!("`all` is not a single section"),
     }
 }
@@ -239,6 +256,7 @@ fn run_all(paths: &Paths) -> anyhow::Result<()> {
         "e2e",
         "copy",
         "retrieval",
+        "search",
     ];
     let mut failed = Vec::new();
     for section in sections {

@@ -354,6 +354,13 @@ impl Default for ApiSettings {
                 "text/plain",
                 "text/markdown",
                 "text/html",
+                "application/vnd.openxmlformats-officedocument.presentationml.presentation",
+                "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
+                "text/csv",
+                "application/epub+zip",
+                "image/png",
+                "image/jpeg",
+                "image/tiff",
                 "application/octet-stream",
             ]
             .into_iter()

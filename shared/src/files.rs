@@ -190,12 +190,14 @@ pub struct NewFile<'a> {
     pub content_type: &'a str,
     pub size_bytes: i64,
     pub object_key: &'a str,
+    /// The user's metadata, a JSON object (checked by the caller: `shared::metadata`).
+    pub metadata: &'a Value,
 }
 
 /// Registers a file awaiting its upload.
 pub async fn create(connection: &mut PgConnection, file: &NewFile<'_>) -> sqlx::Result<()> {
     sqlx::query(
-        "INSERT INTO files (id, org_id, name, content_type, size_bytes, object_key, status) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        "INSERT INTO files (id, org_id, name, content_type, size_bytes, object_key, status, metadata) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
     )
     .bind(file.id)
     .bind(file.org_id)
@@ -204,6 +206,7 @@ pub async fn create(connection: &mut PgConnection, file: &NewFile<'_>) -> sqlx::
     .bind(file.size_bytes)
     .bind(file.object_key)
     .bind(FileStatus::AwaitingUpload.as_str())
+    .bind(file.metadata)
     .execute(&mut *connection)
     .await?;
     record(

@@ -19,7 +19,13 @@
 //! - [`embed`]: the [`embed::Embedder`] trait, local candle MiniLM and OpenAI-compatible.
 //! - [`embedders`]: builds the configured embedder, the chunking tokenizer, model indexes.
 //! - [`openai_http`]: the HTTP call and retry policy every OpenAI-compatible client shares.
-//! - [`search`]: semantic search over an org's chunks (the API and the agent's tool).
+//! - [`search`]: vector, text and hybrid search over an org's chunks (the API and the
+//!   agent's tool).
+//! - [`file_filter`]: which files a search or a file list looks at (ids, types, name
+//!   prefix, created-at range, metadata).
+//! - [`metadata`]: user metadata on files: limits and JSON merge patch.
+//! - [`online_migrations`]: backfills and concurrent index builds a migration cannot do
+//!   without blocking ingestion.
 //! - [`error`]: [`error::JobError`], the retry decision handlers return.
 //! - [`worker`]: the one worker loop: receive, claim, run, ack; heartbeats; shutdown.
 //! - [`lease`]: fenced leases on job rows: renew, fence, what a claim found.
@@ -35,7 +41,9 @@ pub mod aws;
 /// The version of worker-files' text extraction. Bump it when extraction output changes;
 /// a `reextract` schedule reprocesses files extracted by an older version.
 /// 2: pdfium engine with layout reading order, chunking in the child, every DOCX part.
-pub const EXTRACTOR_VERSION: u32 = 2;
+/// 3: structure-aware chunks with heading paths (Markdown, HTML, DOCX heading styles, PDF
+///    outlines); PPTX, XLSX, CSV and EPUB; OCR of PDF pages without text and of images.
+pub const EXTRACTOR_VERSION: u32 = 3;
 
 /// The names of the extraction engines, as recorded in `files.extraction_engine` and
 /// accepted by a `reextract` schedule's `engine` filter.
@@ -50,8 +58,29 @@ pub mod engines {
     pub const HTML: &str = "html";
     /// Plain text and Markdown.
     pub const TEXT: &str = "text";
+    /// PPTX: slides and speaker notes.
+    pub const PPTX: &str = "pptx";
+    /// XLSX: sheets' rows.
+    pub const XLSX: &str = "xlsx";
+    /// CSV: one sheet.
+    pub const CSV: &str = "csv";
+    /// EPUB: chapters, read as HTML.
+    pub const EPUB: &str = "epub";
+    /// PNG, JPEG and TIFF images: Tesseract OCR.
+    pub const TESSERACT: &str = "tesseract";
     /// Every engine name.
-    pub const ALL: [&str; 5] = [PDFIUM, PDF_EXTRACT, DOCX, HTML, TEXT];
+    pub const ALL: [&str; 10] = [
+        PDFIUM,
+        PDF_EXTRACT,
+        DOCX,
+        HTML,
+        TEXT,
+        PPTX,
+        XLSX,
+        CSV,
+        EPUB,
+        TESSERACT,
+    ];
 }
 /// Typed settings from the environment.
 pub mod config;
@@ -67,12 +96,18 @@ pub mod embedders;
 pub mod error;
 /// The execution lifecycle.
 pub mod executions;
+/// Filters on files for search and the file list.
+pub mod file_filter;
 /// The file lifecycle.
 pub mod files;
 /// Fenced leases on job rows.
 pub mod lease;
+/// User metadata on files: limits and merge patch.
+pub mod metadata;
 /// Prometheus metrics.
 pub mod metrics;
+/// Backfills and concurrent index builds after the migrations.
+pub mod online_migrations;
 /// The OpenAI-compatible HTTP client shared by the embedder and the agent's model.
 pub mod openai_http;
 /// Transactional outbox and its relay.
@@ -81,7 +116,7 @@ pub mod outbox;
 pub mod queue;
 /// Cron schedules and their exactly-once fires.
 pub mod schedules;
-/// Semantic search over an org's chunks.
+/// Vector, text and hybrid search over an org's chunks.
 pub mod search;
 /// Signal handling.
 pub mod shutdown;

@@ -38,6 +38,7 @@ async fn new_file(pool: &PgPool) -> (Uuid, Uuid) {
             content_type: "text/plain",
             size_bytes: 3,
             object_key: "k",
+            metadata: &serde_json::json!({}),
         },
     )
     .await

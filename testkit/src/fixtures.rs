@@ -635,3 +635,455 @@ pub fn pdf_flate_bomb() -> Vec<u8> {
     let mut document = one_page_pdf(content, true);
     save(&mut document)
 }
+
+/// A ZIP (deflated) holding `entries` as given: the building block of the PPTX, XLSX and EPUB
+/// fixtures, and of hostile variants of them.
+pub fn zip_from_entries(entries: &[(&str, &[u8])]) -> Vec<u8> {
+    let mut archive = DeflatedZip::new();
+    for (name, content) in entries {
+        archive.add(name, content);
+    }
+    archive.finish()
+}
+
+/// `entries` plus `bomb_entry`: 512 MiB of zeros (about 500 KiB deflated), `zip_bomb` like [`zip_bomb`].
+pub fn zip_bomb_with(entries: &[(&str, &[u8])], bomb_entry: &str) -> Vec<u8> {
+    let mut archive = DeflatedZip::new();
+    for (name, content) in entries {
+        archive.add(name, content);
+    }
+    archive.add_zeros(bomb_entry, ZIP_BOMB_INFLATED_BYTES);
+    archive.finish()
+}
+
+fn xml_escape(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+/// The entries of a PPTX with one slide per `(title, body, notes)`, written by hand: the
+/// presentation lists the slides in the given order through its relationships (the slide
+/// files are numbered in reverse, so only a reader that follows `p:sldIdLst` gets the order
+/// right), each slide has a title placeholder, a body shape and a slide-number placeholder
+/// (whose text is not content), and notes when given.
+pub fn pptx_entries(slides: &[(&str, &str, Option<&str>)]) -> Vec<(String, Vec<u8>)> {
+    const P_NS: &str = r#"xmlns:a="http://schemas.openxmlformats.org/drawingml/2006/main" xmlns:r="http://schemas.openxmlformats.org/officeDocument/2006/relationships" xmlns:p="http://schemas.openxmlformats.org/presentationml/2006/main""#;
+    let shape = |placeholder: &str, text: &str| {
+        let paragraphs: String = text
+            .split('\n')
+            .map(|line| format!("<a:p><a:r><a:t>{}</a:t></a:r></a:p>", xml_escape(line)))
+            .collect();
+        format!(
+            r#"<p:sp><p:nvSpPr><p:cNvPr id="2" name="shape"/><p:cNvSpPr/><p:nvPr>{placeholder}</p:nvPr></p:nvSpPr><p:spPr/><p:txBody><a:bodyPr/>{paragraphs}</p:txBody></p:sp>"#
+        )
+    };
+    let mut entries: Vec<(String, Vec<u8>)> = Vec::new();
+    let mut slide_list = String::new();
+    let mut presentation_rels = String::new();
+    let count = slides.len();
+    for (position, (title, body, notes)) in slides.iter().enumerate() {
+        let file_number = count - position;
+        let relationship_id = format!("rId{}", position + 10);
+        slide_list.push_str(&format!(
+            r#"<p:sldId id="{}" r:id="{relationship_id}"/>"#,
+            256 + position
+        ));
+        presentation_rels.push_str(&format!(
+            r#"<Relationship Id="{relationship_id}" Type="http://schemas.openxmlformats.org/officeDocument/2006/relationships/slide" Target="slides/slide{file_number}.xml"/>"#
+        ));
+        let slide_xml = format!(
+            r#"<?xml version="1.0" encoding="UTF-8" standalone="yes"?><p:sld {P_NS}><p:cSld><p:spTree>{}{}{}</p:spTree></p:cSld></p:sld>"#,
+            shape(r#"<p:ph type="title"/>"#, title),
+            shape(r#"<p:ph idx="1"/>"#, body),
+            shape(
+                r#"<p:ph type="sldNum" idx="12"/>"#,
+                &format!("{}", position + 1)
+            ),
+        );
+        entries.push((
+            format!("ppt/slides/slide{file_number}.xml"),
+            slide_xml.into_bytes(),
+        ));
+        if let Some(notes) = notes {
+            let notes_xml = format!(
+                r#"<?xml version="1.0" encoding="UTF-8" standalone="yes"?><p:notes {P_NS}><p:cSld><p:spTree>{}{}</p:spTree></p:cSld></p:notes>"#,
+                shape(r#"<p:ph type="sldImg"/>"#, ""),
+                shape(r#"<p:ph type="body" idx="1"/>"#, notes),
+            );
+            entries.push((
+                format!("ppt/notesSlides/notesSlide{file_number}.xml"),
+                notes_xml.into_bytes(),
+            ));
+            entries.push((
+                format!("ppt/slides/_rels/slide{file_number}.xml.rels"),
+                format!(
+                    r#"<?xml version="1.0" encoding="UTF-8" standalone="yes"?><Relationships xmlns="http://schemas.openxmlformats.org/package/2006/relationships"><Relationship Id="rId2" Type="http://schemas.openxmlformats.org/officeDocument/2006/relationships/notesSlide" Target="../notesSlides/notesSlide{file_number}.xml"/></Relationships>"#
+                )
+                .into_bytes(),
+            ));
+        }
+    }
+    entries.push((
+        "ppt/presentation.xml".to_owned(),
+        format!(
+            r#"<?xml version="1.0" encoding="UTF-8" standalone="yes"?><p:presentation {P_NS}><p:sldIdLst>{slide_list}</p:sldIdLst></p:presentation>"#
+        )
+        .into_bytes(),
+    ));
+    entries.push((
+        "ppt/_rels/presentation.xml.rels".to_owned(),
+        format!(
+            r#"<?xml version="1.0" encoding="UTF-8" standalone="yes"?><Relationships xmlns="http://schemas.openxmlformats.org/package/2006/relationships">{presentation_rels}</Relationships>"#
+        )
+        .into_bytes(),
+    ));
+    entries
+}
+
+/// A PPTX (see [`pptx_entries`]).
+pub fn pptx_from_slides(slides: &[(&str, &str, Option<&str>)]) -> Vec<u8> {
+    zip_of(&pptx_entries(slides))
+}
+
+/// The entries of an XLSX with one sheet per `(name, rows)`: strings go through the shared
+/// string table, except cells that parse as numbers; a cell left empty is skipped (its
+/// neighbours keep their column letters).
+pub fn xlsx_entries(sheets: &[(&str, &[&[&str]])]) -> Vec<(String, Vec<u8>)> {
+    let mut shared_strings: Vec<String> = Vec::new();
+    let mut entries: Vec<(String, Vec<u8>)> = Vec::new();
+    let mut sheet_list = String::new();
+    let mut workbook_rels = String::new();
+    for (sheet_position, (name, rows)) in sheets.iter().enumerate() {
+        let sheet_number = sheet_position + 1;
+        let mut sheet_rows = String::new();
+        for (row_position, row) in rows.iter().enumerate() {
+            let row_number = row_position + 1;
+            let mut cells = String::new();
+            for (column, value) in row.iter().enumerate() {
+                if value.is_empty() {
+                    continue;
+                }
+                let reference = format!("{}{row_number}", (b'A' + column as u8) as char);
+                if value.parse::<f64>().is_ok() {
+                    cells.push_str(&format!(r#"<c r="{reference}"><v>{value}</v></c>"#));
+                } else {
+                    shared_strings.push(xml_escape(value));
+                    cells.push_str(&format!(
+                        r#"<c r="{reference}" t="s"><v>{}</v></c>"#,
+                        shared_strings.len() - 1
+                    ));
+                }
+            }
+            sheet_rows.push_str(&format!(r#"<row r="{row_number}">{cells}</row>"#));
+        }
+        entries.push((
+            format!("xl/worksheets/sheet{sheet_number}.xml"),
+            format!(
+                r#"<?xml version="1.0" encoding="UTF-8" standalone="yes"?><worksheet xmlns="http://schemas.openxmlformats.org/spreadsheetml/2006/main"><sheetData>{sheet_rows}</sheetData></worksheet>"#
+            )
+            .into_bytes(),
+        ));
+        sheet_list.push_str(&format!(
+            r#"<sheet name="{}" sheetId="{sheet_number}" r:id="rId{sheet_number}"/>"#,
+            xml_escape(name)
+        ));
+        workbook_rels.push_str(&format!(
+            r#"<Relationship Id="rId{sheet_number}" Type="http://schemas.openxmlformats.org/officeDocument/2006/relationships/worksheet" Target="worksheets/sheet{sheet_number}.xml"/>"#
+        ));
+    }
+    let strings: String = shared_strings
+        .iter()
+        .map(|text| format!("<si><t>{text}</t></si>"))
+        .collect();
+    entries.push((
+        "xl/sharedStrings.xml".to_owned(),
+        format!(
+            r#"<?xml version="1.0" encoding="UTF-8" standalone="yes"?><sst xmlns="http://schemas.openxmlformats.org/spreadsheetml/2006/main">{strings}</sst>"#
+        )
+        .into_bytes(),
+    ));
+    entries.push((
+        "xl/workbook.xml".to_owned(),
+        format!(
+            r#"<?xml version="1.0" encoding="UTF-8" standalone="yes"?><workbook xmlns="http://schemas.openxmlformats.org/spreadsheetml/2006/main" xmlns:r="http://schemas.openxmlformats.org/officeDocument/2006/relationships"><sheets>{sheet_list}</sheets></workbook>"#
+        )
+        .into_bytes(),
+    ));
+    entries.push((
+        "xl/_rels/workbook.xml.rels".to_owned(),
+        format!(
+            r#"<?xml version="1.0" encoding="UTF-8" standalone="yes"?><Relationships xmlns="http://schemas.openxmlformats.org/package/2006/relationships">{workbook_rels}</Relationships>"#
+        )
+        .into_bytes(),
+    ));
+    entries
+}
+
+/// An XLSX (see [`xlsx_entries`]).
+pub fn xlsx_from_sheets(sheets: &[(&str, &[&[&str]])]) -> Vec<u8> {
+    zip_of(&xlsx_entries(sheets))
+}
+
+/// The entries of an EPUB 3 with one XHTML chapter per `(title, body)` (the title as its
+/// `h1`), listed in the spine in the given order; the chapter files sit in a subfolder of
+/// the package document's folder, so hrefs must be resolved.
+pub fn epub_entries(chapters: &[(&str, &str)]) -> Vec<(String, Vec<u8>)> {
+    let mut entries: Vec<(String, Vec<u8>)> = vec![
+        ("mimetype".to_owned(), b"application/epub+zip".to_vec()),
+        (
+            "META-INF/container.xml".to_owned(),
+            br#"<?xml version="1.0"?><container version="1.0" xmlns="urn:oasis:names:tc:opendocument:xmlns:container"><rootfiles><rootfile full-path="OEBPS/content.opf" media-type="application/oebps-package+xml"/></rootfiles></container>"#.to_vec(),
+        ),
+    ];
+    let mut manifest = String::new();
+    let mut spine = String::new();
+    for (position, (title, body)) in chapters.iter().enumerate() {
+        let id = format!("chapter{}", position + 1);
+        manifest.push_str(&format!(
+            r#"<item id="{id}" href="text/{id}.xhtml" media-type="application/xhtml+xml"/>"#
+        ));
+        spine.push_str(&format!(r#"<itemref idref="{id}"/>"#));
+        let paragraphs: String = body
+            .split("\n\n")
+            .map(|paragraph| format!("<p>{}</p>", xml_escape(paragraph)))
+            .collect();
+        entries.push((
+            format!("OEBPS/text/{id}.xhtml"),
+            format!(
+                r#"<?xml version="1.0" encoding="UTF-8"?><html xmlns="http://www.w3.org/1999/xhtml"><head><title>{0}</title></head><body><h1>{0}</h1>{paragraphs}</body></html>"#,
+                xml_escape(title)
+            )
+            .into_bytes(),
+        ));
+    }
+    entries.push((
+        "OEBPS/content.opf".to_owned(),
+        format!(
+            r#"<?xml version="1.0" encoding="UTF-8"?><package xmlns="http://www.idpf.org/2007/opf" version="3.0"><metadata/><manifest><item id="nav" href="nav.xhtml" media-type="application/xhtml+xml" properties="nav"/>{manifest}</manifest><spine>{spine}</spine></package>"#
+        )
+        .into_bytes(),
+    ));
+    entries
+}
+
+/// An EPUB (see [`epub_entries`]).
+pub fn epub_from_chapters(chapters: &[(&str, &str)]) -> Vec<u8> {
+    zip_of(&epub_entries(chapters))
+}
+
+fn zip_of(entries: &[(String, Vec<u8>)]) -> Vec<u8> {
+    let borrowed: Vec<(&str, &[u8])> = entries
+        .iter()
+        .map(|(name, content)| (name.as_str(), content.as_slice()))
+        .collect();
+    zip_from_entries(&borrowed)
+}
+
+/// A scanned document: each page of `pages` typeset like [`pdf_from_pages`], rendered to an
+/// 8-bit grayscale bitmap at 150 dpi by poppler's `pdftoppm` (installed by
+/// `scripts/stack.sh`), and wrapped as the only content of a new PDF page (one image, no
+/// font, no text operator), so only OCR can read it.
+pub fn scanned_pdf(pages: &[&str]) -> Vec<u8> {
+    let folder = std::env::temp_dir().join(format!("glassbox-scan-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&folder).expect("scan folder");
+    let text_pdf = folder.join("text.pdf");
+    std::fs::write(&text_pdf, pdf_from_pages(pages)).expect("write text pdf");
+    let status = std::process::Command::new("pdftoppm")
+        .args(["-r", "150", "-gray"])
+        .arg(&text_pdf)
+        .arg(folder.join("page"))
+        .status()
+        .expect("pdftoppm (poppler-utils) runs");
+    assert!(status.success(), "pdftoppm failed");
+    let mut rendered: Vec<std::path::PathBuf> = std::fs::read_dir(&folder)
+        .expect("scan folder")
+        .map(|entry| entry.expect("entry").path())
+        .filter(|path| path.extension().is_some_and(|extension| extension == "pgm"))
+        .collect();
+    rendered.sort();
+    let images: Vec<(u32, u32, Vec<u8>)> = rendered
+        .iter()
+        .map(|path| read_pgm(&std::fs::read(path).expect("read pgm")))
+        .collect();
+    std::fs::remove_dir_all(&folder).ok();
+
+    let mut document = Document::with_version("1.5");
+    let pages_id = document.new_object_id();
+    let mut kids = Vec::with_capacity(images.len());
+    for (width, height, pixels) in images {
+        let mut image = Stream::new(
+            dictionary! {
+                "Type" => "XObject",
+                "Subtype" => "Image",
+                "Width" => i64::from(width),
+                "Height" => i64::from(height),
+                "ColorSpace" => "DeviceGray",
+                "BitsPerComponent" => 8,
+            },
+            pixels,
+        );
+        image.compress().expect("compress the scan");
+        let image_id = document.add_object(image);
+        let content = Content {
+            operations: vec![
+                Operation::new("q", vec![]),
+                Operation::new(
+                    "cm",
+                    vec![
+                        PAGE_WIDTH.into(),
+                        0.into(),
+                        0.into(),
+                        PAGE_HEIGHT.into(),
+                        0.into(),
+                        0.into(),
+                    ],
+                ),
+                Operation::new("Do", vec![Object::Name(b"Scan".to_vec())]),
+                Operation::new("Q", vec![]),
+            ],
+        };
+        let content_id = document.add_object(Stream::new(
+            Dictionary::new(),
+            content.encode().expect("encode content"),
+        ));
+        let page_id = document.add_object(dictionary! {
+            "Type" => "Page",
+            "Parent" => pages_id,
+            "Contents" => content_id,
+            "Resources" => dictionary! { "XObject" => dictionary! { "Scan" => image_id } },
+        });
+        kids.push(Object::Reference(page_id));
+    }
+    let page_count = i64::try_from(kids.len()).expect("page count fits i64");
+    document.objects.insert(
+        pages_id,
+        Object::Dictionary(dictionary! {
+            "Type" => "Pages",
+            "Kids" => kids,
+            "Count" => page_count,
+            "MediaBox" => media_box(),
+        }),
+    );
+    finish_catalog(&mut document, pages_id);
+    save(&mut document)
+}
+
+/// A binary PGM (`P5`, maxval 255) as (width, height, pixels).
+fn read_pgm(bytes: &[u8]) -> (u32, u32, Vec<u8>) {
+    let mut fields = Vec::new();
+    let mut position = 0;
+    while fields.len() < 4 {
+        while bytes[position].is_ascii_whitespace() {
+            position += 1;
+        }
+        let start = position;
+        while !bytes[position].is_ascii_whitespace() {
+            position += 1;
+        }
+        fields.push(String::from_utf8_lossy(&bytes[start..position]).into_owned());
+    }
+    assert_eq!(fields[0], "P5", "pdftoppm -gray writes binary PGM");
+    let width: u32 = fields[1].parse().expect("pgm width");
+    let height: u32 = fields[2].parse().expect("pgm height");
+    let pixels = bytes[position + 1..].to_vec();
+    assert_eq!(pixels.len(), (width * height) as usize, "pgm pixel count");
+    (width, height, pixels)
+}
+
+/// A PNG of a page of `text` rendered like [`scanned_pdf`] (pdftoppm at 150 dpi).
+pub fn scanned_png(text: &str) -> Vec<u8> {
+    let folder = std::env::temp_dir().join(format!("glassbox-scan-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&folder).expect("scan folder");
+    let text_pdf = folder.join("text.pdf");
+    std::fs::write(&text_pdf, pdf_from_pages(&[text])).expect("write text pdf");
+    let status = std::process::Command::new("pdftoppm")
+        .args(["-r", "150", "-gray", "-png", "-singlefile"])
+        .arg(&text_pdf)
+        .arg(folder.join("page"))
+        .status()
+        .expect("pdftoppm (poppler-utils) runs");
+    assert!(status.success(), "pdftoppm failed");
+    let png = std::fs::read(folder.join("page.png")).expect("read png");
+    std::fs::remove_dir_all(&folder).ok();
+    png
+}
+
+/// A top-level outline entry of [`pdf_with_outline`]: title, 0-based page, children
+/// (title, 0-based page).
+pub type OutlineEntry<'a> = (&'a str, usize, &'a [(&'a str, usize)]);
+
+/// [`pdf_from_pages`] with an outline (bookmarks): one top-level entry per `(title,
+/// 0-based page, children)`, each child `(title, 0-based page)` one level down; top-level
+/// entries point at their page through a `/Dest`, children through a GoTo action (as
+/// LaTeX's hyperref writes them).
+pub fn pdf_with_outline(pages: &[&str], outline: &[OutlineEntry<'_>]) -> Vec<u8> {
+    let mut document = build_text_pdf(pages);
+    let page_ids: Vec<ObjectId> = document.get_pages().into_values().collect();
+    let outlines_id = document.new_object_id();
+    let mut top_ids = Vec::new();
+    for (title, page, children) in outline {
+        let entry_id = document.new_object_id();
+        let mut child_ids = Vec::new();
+        for (child_title, child_page) in children.iter() {
+            let child_id = document.new_object_id();
+            document.objects.insert(
+                child_id,
+                Object::Dictionary(dictionary! {
+                    "Title" => Object::string_literal(*child_title),
+                    "Parent" => entry_id,
+                    "A" => dictionary! {
+                        "S" => "GoTo",
+                        "D" => vec![page_ids[*child_page].into(), "Fit".into()],
+                    },
+                }),
+            );
+            child_ids.push(child_id);
+        }
+        link_siblings(&mut document, &child_ids);
+        let mut entry = dictionary! {
+            "Title" => Object::string_literal(*title),
+            "Parent" => outlines_id,
+            "Dest" => vec![page_ids[*page].into(), "Fit".into()],
+        };
+        if let (Some(first), Some(last)) = (child_ids.first(), child_ids.last()) {
+            entry.set("First", *first);
+            entry.set("Last", *last);
+            entry.set("Count", i64::try_from(child_ids.len()).unwrap_or(0));
+        }
+        document.objects.insert(entry_id, Object::Dictionary(entry));
+        top_ids.push(entry_id);
+    }
+    link_siblings(&mut document, &top_ids);
+    let mut outlines = dictionary! { "Type" => "Outlines" };
+    if let (Some(first), Some(last)) = (top_ids.first(), top_ids.last()) {
+        outlines.set("First", *first);
+        outlines.set("Last", *last);
+        outlines.set("Count", i64::try_from(top_ids.len()).unwrap_or(0));
+    }
+    document
+        .objects
+        .insert(outlines_id, Object::Dictionary(outlines));
+    let catalog_id = document
+        .trailer
+        .get(b"Root")
+        .and_then(Object::as_reference)
+        .expect("catalog");
+    if let Ok(Object::Dictionary(catalog)) = document.get_object_mut(catalog_id) {
+        catalog.set("Outlines", outlines_id);
+    }
+    save(&mut document)
+}
+
+/// Sets `/Prev` and `/Next` between consecutive outline entries.
+fn link_siblings(document: &mut Document, ids: &[ObjectId]) {
+    for pair in ids.windows(2) {
+        if let Ok(Object::Dictionary(entry)) = document.get_object_mut(pair[0]) {
+            entry.set("Next", pair[1]);
+        }
+        if let Ok(Object::Dictionary(entry)) = document.get_object_mut(pair[1]) {
+            entry.set("Prev", pair[0]);
+        }
+    }
+}

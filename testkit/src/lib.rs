@@ -448,10 +448,22 @@ impl TestApp {
         content_type: &str,
         bytes: Vec<u8>,
     ) -> anyhow::Result<Uuid> {
+        self.upload_with_metadata(name, content_type, bytes, json!({}))
+            .await
+    }
+
+    /// [`TestApp::upload`] with the file's user metadata.
+    pub async fn upload_with_metadata(
+        &self,
+        name: &str,
+        content_type: &str,
+        bytes: Vec<u8>,
+        metadata: Value,
+    ) -> anyhow::Result<Uuid> {
         let (status, created) = self
             .post(
                 "/v1/files",
-                json!({ "name": name, "content_type": content_type, "size": bytes.len() }),
+                json!({ "name": name, "content_type": content_type, "size": bytes.len(), "metadata": metadata }),
             )
             .await?;
         if status != 201 {

@@ -672,9 +672,13 @@ fn text_kinds_use_hints_then_content() {
     );
     // Hints never turn binary into text.
     assert_eq!(
-        detect(b"\x89PNG\r\n\x1a\n....", Some("text/plain"), Some("a.txt"))
-            .unwrap_err()
-            .code(),
+        detect(
+            b"GIF89a\x01\x00\x01\x00....",
+            Some("text/plain"),
+            Some("a.txt")
+        )
+        .unwrap_err()
+        .code(),
         "unsupported_type"
     );
 }
@@ -1014,10 +1018,14 @@ async fn the_child_sees_no_secrets_no_network_and_its_limits_from_the_start() {
         assert!(
             [
                 "MALLOC_ARENA_MAX",
+                "OMP_THREAD_LIMIT",
                 "TOKENIZERS_PARALLELISM",
                 "RUST_BACKTRACE",
                 "TMPDIR",
-                "HOME"
+                "HOME",
+                // Paths, passed on only when the worker has them.
+                "LD_LIBRARY_PATH",
+                "TESSDATA_PREFIX",
             ]
             .contains(&name.as_str()),
             "unexpected variable {name} in the child: {names:?}"
@@ -1071,5 +1079,444 @@ async fn the_child_sees_no_secrets_no_network_and_its_limits_from_the_start() {
         !limit("Max processes").contains("unlimited"),
         "{}",
         limit("Max processes")
+    );
+}
+
+// ---- Structure-aware chunks, more formats, OCR (issue 14) ----
+
+/// The chunks' texts and heading paths, in order.
+fn chunk_sections(extraction: &Extraction) -> Vec<(String, Vec<String>)> {
+    extraction
+        .chunks
+        .iter()
+        .map(|chunk| (chunk.text.clone(), chunk.heading_path.clone()))
+        .collect()
+}
+
+#[tokio::test]
+async fn html_markdown_and_docx_headings_start_chunks_and_give_their_paths() {
+    let html = b"<html><body><h1>Field guide</h1><p>How to use this guide.</p>\
+<h2>Birds</h2><p>Robins sing at dawn.</p><h2>Trees &amp; shrubs</h2><p>Oaks grow slowly.</p></body></html>";
+    let extraction = detected_and_chunked(html, Some("text/html"), None)
+        .await
+        .unwrap();
+    assert_eq!(
+        chunk_sections(&extraction),
+        [
+            (
+                "Field guide\n\nHow to use this guide.".to_owned(),
+                vec!["Field guide".to_owned()]
+            ),
+            (
+                "Birds\n\nRobins sing at dawn.".to_owned(),
+                vec!["Field guide".to_owned(), "Birds".to_owned()]
+            ),
+            (
+                "Trees & shrubs\n\nOaks grow slowly.".to_owned(),
+                vec!["Field guide".to_owned(), "Trees & shrubs".to_owned()]
+            ),
+        ]
+    );
+
+    let markdown = b"# Runbook\n\nPage the on-call.\n\n## Restore\n\n```\n# not a heading\n```\nRun the restore job.\n";
+    let extraction = detected_and_chunked(markdown, Some("text/markdown"), None)
+        .await
+        .unwrap();
+    let sections = chunk_sections(&extraction);
+    assert_eq!(sections.len(), 2, "{sections:?}");
+    assert_eq!(sections[1].1, ["Runbook", "Restore"]);
+    assert!(sections[1].0.contains("# not a heading"), "{sections:?}");
+
+    let body = r#"<w:p><w:pPr><w:pStyle w:val="Title"/></w:pPr><w:r><w:t>Handbook</w:t></w:r></w:p>
+<w:p><w:r><w:t>Welcome aboard.</w:t></w:r></w:p>
+<w:p><w:pPr><w:pStyle w:val="Heading2"/></w:pPr><w:r><w:t>Leave</w:t></w:r></w:p>
+<w:p><w:r><w:t>Ask your manager first.</w:t></w:r></w:p>
+<w:p><w:pPr><w:outlineLvl w:val="1"/></w:pPr><w:r><w:t>Travel</w:t></w:r></w:p>
+<w:p><w:r><w:t>Book through the portal.</w:t></w:r></w:p>"#;
+    let docx = fixtures::docx_minimal(body);
+    let extraction = detected_and_chunked(&docx, None, Some("handbook.docx"))
+        .await
+        .unwrap();
+    assert_eq!(
+        chunk_sections(&extraction),
+        [
+            (
+                "Handbook\n\nWelcome aboard.".to_owned(),
+                vec!["Handbook".to_owned()]
+            ),
+            (
+                "Leave\n\nAsk your manager first.".to_owned(),
+                vec!["Handbook".to_owned(), "Leave".to_owned()]
+            ),
+            (
+                "Travel\n\nBook through the portal.".to_owned(),
+                vec!["Handbook".to_owned(), "Travel".to_owned()]
+            ),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn forged_heading_marks_in_a_file_are_plain_text() {
+    let html = "<p>before \u{E011}forged\u{E010} after</p>".as_bytes();
+    let extraction = detected_and_chunked(html, Some("text/html"), None)
+        .await
+        .unwrap();
+    assert_eq!(extraction.chunks.len(), 1);
+    assert_eq!(extraction.chunks[0].text, "before forged after");
+    assert!(extraction.chunks[0].heading_path.is_empty());
+}
+
+#[tokio::test]
+async fn pptx_slides_are_pages_in_presentation_order_with_their_notes() {
+    let bytes = fixtures::pptx_from_slides(&[
+        (
+            "Roadmap",
+            "Ship the search release\nThen the OCR release",
+            Some("Mention the hiring plan"),
+        ),
+        ("Risks", "Vendor delays", None),
+    ]);
+    assert_eq!(
+        detect(&bytes, None, Some("deck.pptx")).unwrap(),
+        DocumentKind::Pptx
+    );
+    let extraction = detected_and_chunked(&bytes, None, Some("deck.pptx"))
+        .await
+        .unwrap();
+    let document = &extraction.document;
+    assert_eq!(document.kind, DocumentKind::Pptx);
+    assert_eq!(document.engine, "pptx");
+    let pages: Vec<(Option<u32>, Option<TextPart>, &str)> = document
+        .pages
+        .iter()
+        .map(|page| (page.number, page.part, page.text.as_str()))
+        .collect();
+    // The slide number placeholder is not content; slide files are numbered in reverse.
+    assert_eq!(
+        pages,
+        [
+            (
+                Some(1),
+                None,
+                "Roadmap\n\nShip the search release\nThen the OCR release"
+            ),
+            (Some(1), Some(TextPart::Notes), "Mention the hiring plan"),
+            (Some(2), None, "Risks\n\nVendor delays"),
+        ]
+    );
+    let notes_chunk = extraction
+        .chunks
+        .iter()
+        .find(|chunk| chunk.part == Some(TextPart::Notes))
+        .unwrap();
+    assert_eq!(notes_chunk.page, Some(1));
+    let risks = extraction.chunks.last().unwrap();
+    assert_eq!(
+        (risks.page, risks.heading_path.clone()),
+        (Some(2), vec!["Risks".to_owned()])
+    );
+}
+
+#[tokio::test]
+async fn xlsx_and_csv_rows_carry_their_headers_one_page_per_sheet() {
+    let staff: &[&[&str]] = &[
+        &["Name", "Role", "Office"],
+        &["Ada", "Engineer", "London"],
+        &["Grace", "", "Arlington"],
+    ];
+    let budget: &[&[&str]] = &[&["Item", "Cost"], &["Servers", "1200.5"]];
+    let bytes = fixtures::xlsx_from_sheets(&[("Staff", staff), ("Budget & plan", budget)]);
+    assert_eq!(
+        detect(&bytes, None, Some("book.xlsx")).unwrap(),
+        DocumentKind::Xlsx
+    );
+    let extraction = detected_and_chunked(&bytes, None, Some("book.xlsx"))
+        .await
+        .unwrap();
+    let document = &extraction.document;
+    assert_eq!(document.engine, "xlsx");
+    assert_eq!(document.pages.len(), 2);
+    assert_eq!(document.pages[0].number, Some(1));
+    assert_eq!(
+        document.pages[0].text,
+        "Staff\n\nName | Role | Office\nName: Ada | Role: Engineer | Office: London\nName: Grace | Office: Arlington"
+    );
+    assert_eq!(
+        document.pages[1].text,
+        "Budget & plan\n\nItem | Cost\nItem: Servers | Cost: 1200.5"
+    );
+    assert_eq!(extraction.chunks[1].heading_path, ["Budget & plan"]);
+
+    let csv =
+        b"city,country,population\nLyon,France,\"522,250\"\n\"Porto\nnorth\",Portugal,231962\n";
+    assert_eq!(
+        detect(csv, None, Some("cities.csv")).unwrap(),
+        DocumentKind::Csv
+    );
+    assert_eq!(
+        detect(csv, Some("text/csv"), None).unwrap(),
+        DocumentKind::Csv
+    );
+    let extraction = detected_and_chunked(csv, Some("text/csv"), Some("cities.csv"))
+        .await
+        .unwrap();
+    assert_eq!(extraction.document.engine, "csv");
+    assert_eq!(
+        extraction.document.pages[0].text,
+        "city | country | population\ncity: Lyon | country: France | population: 522,250\ncity: Porto north | country: Portugal | population: 231962"
+    );
+}
+
+#[tokio::test]
+async fn epub_chapters_are_pages_in_spine_order() {
+    let bytes = fixtures::epub_from_chapters(&[
+        ("Departure", "The ship left at noon.\n\nGulls followed it."),
+        ("Arrival", "Land came into sight on the third day."),
+    ]);
+    assert_eq!(
+        detect(&bytes, None, Some("voyage.epub")).unwrap(),
+        DocumentKind::Epub
+    );
+    let extraction = detected_and_chunked(&bytes, None, None).await.unwrap();
+    let document = &extraction.document;
+    assert_eq!(document.engine, "epub");
+    let pages: Vec<(Option<u32>, &str)> = document
+        .pages
+        .iter()
+        .map(|page| (page.number, page.text.as_str()))
+        .collect();
+    assert_eq!(
+        pages,
+        [
+            (
+                Some(1),
+                "Departure\n\nThe ship left at noon.\n\nGulls followed it."
+            ),
+            (Some(2), "Arrival\n\nLand came into sight on the third day."),
+        ]
+    );
+    assert_eq!(extraction.chunks[1].heading_path, ["Arrival"]);
+}
+
+/// Hostile variants of a ZIP-based format: a bomb in its main part, the file cut in half,
+/// the ZIP magic overwritten, and an archive missing the part that names the format.
+async fn zip_format_rejects_hostile_inputs(
+    entries: Vec<(String, Vec<u8>)>,
+    main_part: &str,
+    kind: DocumentKind,
+) {
+    let borrowed: Vec<(&str, &[u8])> = entries
+        .iter()
+        .filter(|(name, _)| name != main_part)
+        .map(|(name, content)| (name.as_str(), content.as_slice()))
+        .collect();
+    let limits = ExtractLimits::default();
+
+    let bomb = fixtures::zip_bomb_with(&borrowed, main_part);
+    assert_eq!(detect(&bomb, None, None).unwrap(), kind);
+    let error = isolated(&bomb, kind, &limits).await.unwrap_err();
+    assert_eq!(error.code(), "zip_bomb", "{kind}: {error}");
+
+    let all: Vec<(&str, &[u8])> = entries
+        .iter()
+        .map(|(name, content)| (name.as_str(), content.as_slice()))
+        .collect();
+    let valid = fixtures::zip_from_entries(&all);
+    let mut truncated = valid.clone();
+    truncated.truncate(valid.len() / 2);
+    let error = isolated(&truncated, kind, &limits).await.unwrap_err();
+    assert_eq!(error.code(), "corrupt", "{kind}: {error}");
+
+    let mut wrong_magic = valid.clone();
+    wrong_magic[..4].copy_from_slice(b"XXXX");
+    let error = detect(&wrong_magic, None, Some(&format!("file.{kind}"))).unwrap_err();
+    assert_eq!(error.code(), "unsupported_type", "{kind}: {error}");
+    let error = isolated(&wrong_magic, kind, &limits).await.unwrap_err();
+    assert_eq!(error.code(), "corrupt", "{kind}: {error}");
+
+    let without_main = fixtures::zip_from_entries(&borrowed);
+    let error = isolated(&without_main, kind, &limits).await.unwrap_err();
+    assert!(
+        ["unsupported_type", "corrupt"].contains(&error.code()),
+        "{kind}: {error}"
+    );
+}
+
+#[tokio::test]
+async fn pptx_xlsx_and_epub_reject_bombs_truncation_and_wrong_magic_with_typed_errors() {
+    zip_format_rejects_hostile_inputs(
+        fixtures::pptx_entries(&[("Title", "Body", Some("Notes"))]),
+        "ppt/slides/slide1.xml",
+        DocumentKind::Pptx,
+    )
+    .await;
+    zip_format_rejects_hostile_inputs(
+        fixtures::xlsx_entries(&[("Sheet", &[&["a", "b"], &["1", "2"]])]),
+        "xl/sharedStrings.xml",
+        DocumentKind::Xlsx,
+    )
+    .await;
+    zip_format_rejects_hostile_inputs(
+        fixtures::epub_entries(&[("One", "Text")]),
+        "OEBPS/text/chapter1.xhtml",
+        DocumentKind::Epub,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn hostile_csv_gets_typed_outcomes() {
+    // Binary content declared as CSV is not text.
+    let error = detect(
+        b"a,b\n\x00\x01\x02\x00,\x00",
+        Some("text/csv"),
+        Some("x.csv"),
+    )
+    .unwrap_err();
+    assert_eq!(error.code(), "unsupported_type");
+    // Too large for the text limit.
+    let limits = ExtractLimits {
+        max_text_bytes: 1024,
+        ..ExtractLimits::default()
+    };
+    let big = "a,b\n".to_owned() + &"1,2\n".repeat(1000);
+    let error = isolated(big.as_bytes(), DocumentKind::Csv, &limits)
+        .await
+        .unwrap_err();
+    assert_eq!(error.code(), "too_large");
+    // An unterminated quote swallows the rest into one field, and loses nothing.
+    let extraction = isolated(
+        b"h1,h2\n\"open,quote\nnext",
+        DocumentKind::Csv,
+        &ExtractLimits::default(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(extraction.pages[0].text, "h1 | h2\nh1: open,quote next");
+    // Headers only: the header line is the text.
+    let extraction = isolated(
+        b"only,headers\n",
+        DocumentKind::Csv,
+        &ExtractLimits::default(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(extraction.pages[0].text, "only | headers");
+}
+
+const SCANNED_TEXT: &str = "Quarterly maintenance report\n\nThe lighthouse generator was serviced in March.\nAll beacon lamps passed inspection.";
+
+#[tokio::test]
+async fn pages_without_a_text_layer_are_read_by_ocr_within_the_page_budget() {
+    let scanned = fixtures::scanned_pdf(&[SCANNED_TEXT, "Second page about harbour cranes."]);
+    let extraction = detected_and_chunked(&scanned, Some("application/pdf"), None)
+        .await
+        .unwrap();
+    let first = &extraction.document.pages[0];
+    println!("ocr text: {:?}", first.text);
+    assert!(first.ocr);
+    assert!(
+        squash(&first.text).contains("lighthouse generator was serviced in March"),
+        "{}",
+        first.text
+    );
+    assert!(extraction.chunks.iter().all(|chunk| chunk.ocr));
+    assert!(extraction.document.pages[1].text.contains("harbour cranes"));
+
+    // A budget of one page: the second page stays empty, the file is still read.
+    let file = write_temp(&scanned, ".pdf");
+    let limits = ExtractLimits {
+        ocr_max_pages: 1,
+        ..ExtractLimits::default()
+    };
+    let document = sandbox()
+        .run(&request(
+            file.path(),
+            Some(DocumentKind::Pdf),
+            pdfium(),
+            &limits,
+        ))
+        .await
+        .unwrap()
+        .document;
+    assert!(document.pages[0].ocr && !document.pages[0].text.is_empty());
+    assert!(!document.pages[1].ocr && document.pages[1].text.is_empty());
+
+    // OCR switched off: a scan is `empty_text`, as before.
+    let limits = ExtractLimits {
+        ocr_max_pages: 0,
+        ..ExtractLimits::default()
+    };
+    let error = isolated(&scanned, DocumentKind::Pdf, &limits)
+        .await
+        .unwrap_err();
+    assert_eq!(error.code(), "empty_text");
+}
+
+#[tokio::test]
+async fn images_are_read_by_ocr_and_broken_images_get_typed_errors() {
+    let png = fixtures::scanned_png("Invoice number 4471 is due in April.");
+    assert_eq!(
+        detect(&png, Some("image/png"), Some("scan.png")).unwrap(),
+        DocumentKind::Image
+    );
+    let extraction = detected_and_chunked(&png, Some("image/png"), Some("scan.png"))
+        .await
+        .unwrap();
+    assert_eq!(extraction.document.engine, "tesseract");
+    assert!(extraction.document.pages[0].ocr);
+    assert!(
+        squash(&extraction.document.pages[0].text).contains("Invoice number 4471 is due in April"),
+        "{:?}",
+        extraction.document.pages[0].text
+    );
+    assert!(extraction.chunks.iter().all(|chunk| chunk.ocr));
+
+    let mut truncated = png.clone();
+    truncated.truncate(png.len() / 3);
+    let error = isolated(&truncated, DocumentKind::Image, &ExtractLimits::default())
+        .await
+        .unwrap_err();
+    assert_eq!(error.code(), "corrupt", "{error}");
+
+    // A PNG header claiming 100,000 x 100,000 pixels is refused before any pixel is decoded.
+    let mut huge = png[..33].to_vec();
+    huge[16..20].copy_from_slice(&100_000u32.to_be_bytes());
+    huge[20..24].copy_from_slice(&100_000u32.to_be_bytes());
+    let error = isolated(&huge, DocumentKind::Image, &ExtractLimits::default())
+        .await
+        .unwrap_err();
+    assert!(["too_large", "corrupt"].contains(&error.code()), "{error}");
+}
+
+#[tokio::test]
+async fn pdf_outline_entries_frame_the_chunks_of_their_pages() {
+    let bytes = fixtures::pdf_with_outline(
+        &[
+            "Installing the package on a fresh system.",
+            "Configuring the main options file.",
+            "Running the first job and reading its log.",
+        ],
+        &[("Setup", 0, &[("Configuration", 1)]), ("Usage", 2, &[])],
+    );
+    let extraction = detected_and_chunked(&bytes, Some("application/pdf"), None)
+        .await
+        .unwrap();
+    let paths: Vec<(Option<u32>, Vec<String>)> = extraction
+        .chunks
+        .iter()
+        .map(|chunk| (chunk.page, chunk.heading_path.clone()))
+        .collect();
+    assert_eq!(
+        paths,
+        [
+            (Some(1), vec!["Setup".to_owned()]),
+            (
+                Some(2),
+                vec!["Setup".to_owned(), "Configuration".to_owned()]
+            ),
+            (Some(3), vec!["Usage".to_owned()]),
+        ]
     );
 }

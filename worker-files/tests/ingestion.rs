@@ -107,7 +107,7 @@ async fn three_documents_are_ingested_and_the_right_one_is_found_first() {
         first["text"].as_str().unwrap().contains("lighthouse"),
         "{found}"
     );
-    assert!(first["score"].as_f64().unwrap() > 0.3, "{found}");
+    assert!(first["vector_score"].as_f64().unwrap() > 0.3, "{found}");
     let (start, end) = (
         first["byte_start"].as_i64().unwrap(),
         first["byte_end"].as_i64().unwrap(),

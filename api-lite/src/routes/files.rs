@@ -1,5 +1,6 @@
-//! Files: create (presigned upload), confirm (enqueue via the outbox), show, list,
-//! delete and reprocess. Every query is scoped by the caller's org.
+//! Files: create (presigned upload), confirm (enqueue via the outbox), show, list (with
+//! the same filters as search), update metadata, delete and reprocess. Every query is
+//! scoped by the caller's org.
 //!
 //! The presigned PUT signs the declared content type and length, so S3 takes no other
 //! object; confirm checks the size again. An upload not confirmed within the presign
@@ -14,6 +15,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use shared::aws::describe_sdk_error;
+use shared::file_filter::{FileFilter, FilterInput};
 use shared::files::{self, FileStatus, NewFile};
 use uuid::Uuid;
 
@@ -25,7 +27,7 @@ use crate::state::AppState;
 /// Every column a file view shows, in one place for all queries.
 const FILE_COLUMNS: &str = "id, name, content_type, size_bytes, status, stage, attempts, error_class, error_code, error_message, \
      detected_type, pages, chunk_count, embedding_model, extraction_engine, extractor_version, stage_durations_ms, \
-     created_at, updated_at, queued_at, started_at, finished_at";
+     metadata, created_at, updated_at, queued_at, started_at, finished_at";
 
 #[derive(Debug, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct FileView {
@@ -47,6 +49,8 @@ pub struct FileView {
     pub extraction_engine: Option<String>,
     pub extractor_version: Option<i32>,
     pub stage_durations_ms: Value,
+    /// The user's metadata (an object; `{}` when none was given).
+    pub metadata: Value,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub queued_at: Option<DateTime<Utc>>,
@@ -70,6 +74,13 @@ pub struct CreateFile {
     pub name: String,
     pub content_type: String,
     pub size: u64,
+    /// A JSON object of the user's own, within `shared::metadata`'s limits.
+    pub metadata: Option<Value>,
+}
+
+fn checked_metadata(metadata: Value) -> Result<Value, ApiError> {
+    shared::metadata::validate(metadata)
+        .map_err(|error| ApiError::bad_request("invalid_metadata", error.to_string()))
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -132,6 +143,11 @@ pub async fn create(
             request.size, state.settings.api.max_file_bytes
         )));
     }
+    let metadata = checked_metadata(
+        request
+            .metadata
+            .unwrap_or_else(|| Value::Object(Default::default())),
+    )?;
     let id = Uuid::now_v7();
     let object_key = format!("orgs/{}/files/{id}", caller.org_id);
     let mut transaction = state.pool.begin().await?;
@@ -144,6 +160,7 @@ pub async fn create(
             content_type: &base_type,
             size_bytes: request.size as i64,
             object_key: &object_key,
+            metadata: &metadata,
         },
     )
     .await?;
@@ -323,29 +340,140 @@ pub struct FilePage {
     pub next_cursor: Option<Uuid>,
 }
 
-/// The caller's files, newest first, a page at a time.
-#[utoipa::path(get, path = "/v1/files", tag = "files", params(super::ListQuery),
+/// `GET /v1/files`: the keyset-paged list and the filters search takes. Lists go in a
+/// query string as comma-separated values, the metadata filter as a JSON object.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct FileListQuery {
+    pub status: Option<String>,
+    pub limit: Option<i64>,
+    /// The `next_cursor` of the previous page.
+    pub cursor: Option<Uuid>,
+    pub file_ids: Option<String>,
+    pub content_type: Option<String>,
+    pub name_prefix: Option<String>,
+    pub created_after: Option<DateTime<Utc>>,
+    pub created_before: Option<DateTime<Utc>>,
+    pub metadata: Option<String>,
+}
+
+impl FileListQuery {
+    fn filter(&self) -> Result<FileFilter, ApiError> {
+        let invalid = |message: String| ApiError::bad_request("invalid_filter", message);
+        let file_ids = match &self.file_ids {
+            None => None,
+            Some(list) => Some(
+                list.split(',')
+                    .map(|id| id.trim().parse::<Uuid>())
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|_| invalid("file_ids must be comma-separated UUIDs".into()))?,
+            ),
+        };
+        let metadata = match &self.metadata {
+            None => None,
+            Some(json) => Some(
+                serde_json::from_str::<Value>(json)
+                    .map_err(|error| invalid(format!("metadata must be a JSON object: {error}")))?,
+            ),
+        };
+        FileFilter::try_from(FilterInput {
+            file_ids,
+            content_types: self
+                .content_type
+                .as_ref()
+                .map(|list| list.split(',').map(str::to_string).collect()),
+            name_prefix: self.name_prefix.clone(),
+            created_after: self.created_after,
+            created_before: self.created_before,
+            metadata,
+        })
+        .map_err(|error| invalid(error.to_string()))
+    }
+}
+
+/// The caller's files, newest first, a page at a time, with the filters search takes.
+#[utoipa::path(get, path = "/v1/files", tag = "files", params(FileListQuery),
     responses((status = 200, description = "A page of files", body = FilePage)))]
 pub async fn list(
     State(state): State<AppState>,
     caller: Caller,
-    ApiQuery(query): ApiQuery<super::ListQuery>,
+    ApiQuery(query): ApiQuery<FileListQuery>,
 ) -> Result<ApiJson<FilePage>, ApiError> {
     let limit = super::list_limit(query.limit, query.status.as_deref(), &FileStatus::names())?;
+    let filter = query.filter()?;
+    let mut statement = sqlx::QueryBuilder::new(format!(
+        "SELECT {FILE_COLUMNS} FROM files f WHERE f.org_id = "
+    ));
+    statement.push_bind(caller.org_id);
+    if let Some(status) = &query.status {
+        statement.push(" AND f.status = ").push_bind(status.clone());
+    }
     // Ids are UUIDv7, so id order is creation order: a stable keyset cursor.
-    let statement = format!(
-        "SELECT {FILE_COLUMNS} FROM files WHERE org_id = $1 AND ($2::text IS NULL OR status = $2) AND ($3::uuid IS NULL OR id < $3) \
-         ORDER BY id DESC LIMIT $4"
-    );
-    let mut files: Vec<FileView> = sqlx::query_as(&statement)
-        .bind(caller.org_id)
-        .bind(&query.status)
-        .bind(query.cursor)
-        .bind(limit + 1)
-        .fetch_all(&state.pool)
-        .await?;
+    if let Some(cursor) = query.cursor {
+        statement.push(" AND f.id < ").push_bind(cursor);
+    }
+    filter.push_conditions(&mut statement);
+    statement
+        .push(" ORDER BY f.id DESC LIMIT ")
+        .push_bind(limit + 1);
+    let mut files: Vec<FileView> = statement.build_query_as().fetch_all(&state.pool).await?;
     let next_cursor = super::next_page(&mut files, limit, |file| file.id);
     Ok(ApiJson(FilePage { files, next_cursor }))
+}
+
+/// `PATCH /v1/files/{id}` `{"metadata": {...}}`: a JSON merge patch (RFC 7396) of the
+/// file's metadata (`null` removes a key; `"metadata": null` clears it all). The result
+/// must pass the same limits as at create time.
+#[utoipa::path(patch, path = "/v1/files/{id}", tag = "files", params(("id" = Uuid, Path, description = "The file's id")),
+    request_body(content = Object, description = "`{\"metadata\": {...}}`: a JSON merge patch of the metadata, or `null` to clear it"),
+    responses((status = 200, description = "The file with its new metadata", body = FileView)))]
+pub async fn update(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(id): ApiPath<Uuid>,
+    ApiJson(request): ApiJson<serde_json::Map<String, Value>>,
+) -> Result<ApiJson<FileView>, ApiError> {
+    if let Some(unknown) = request.keys().find(|key| key.as_str() != "metadata") {
+        return Err(ApiError::invalid(format!(
+            "unknown field {unknown:?}: only metadata can be changed"
+        )));
+    }
+    let Some(patch) = request.get("metadata") else {
+        return Err(ApiError::invalid(
+            "nothing to change: send {\"metadata\": {...}}",
+        ));
+    };
+    if !(patch.is_object() || patch.is_null()) {
+        return Err(ApiError::bad_request(
+            "invalid_metadata",
+            "metadata must be a JSON object (a merge patch) or null",
+        ));
+    }
+    let mut transaction = state.pool.begin().await?;
+    // The row lock makes two concurrent patches apply one after the other.
+    let current: Option<Value> =
+        sqlx::query_scalar("SELECT metadata FROM files WHERE id = $1 AND org_id = $2 FOR UPDATE")
+            .bind(id)
+            .bind(caller.org_id)
+            .fetch_optional(&mut *transaction)
+            .await?;
+    let mut metadata = current.ok_or(ApiError::NotFound("file"))?;
+    if patch.is_null() {
+        metadata = Value::Object(Default::default());
+    } else {
+        shared::metadata::merge_patch(&mut metadata, patch);
+    }
+    let metadata = checked_metadata(metadata)?;
+    sqlx::query("UPDATE files SET metadata = $3, updated_at = now() WHERE id = $1 AND org_id = $2")
+        .bind(id)
+        .bind(caller.org_id)
+        .bind(&metadata)
+        .execute(&mut *transaction)
+        .await?;
+    transaction.commit().await?;
+    tracing::info!(file_id = %id, "file metadata updated");
+    Ok(ApiJson(load_file(&state, &caller, id).await?))
 }
 
 /// Deletes the file, its object and its chunks.

@@ -4,13 +4,13 @@
 pub mod events;
 /// Executions: status, trace, control, human input and approvals.
 pub mod executions;
-/// Upload, confirm, inspect, list, delete and reprocess files.
+/// Upload, confirm, inspect, list, update metadata, delete and reprocess files.
 pub mod files;
 /// Liveness and readiness.
 pub mod health;
 /// Nodes (agent tasks) and starting executions on them.
 pub mod nodes;
-/// Semantic search over the caller's chunks.
+/// Vector, text and hybrid search over the caller's chunks, with file filters.
 pub mod search;
 /// Webhook endpoints of the caller's org and their deliveries.
 pub mod webhooks;
@@ -22,7 +22,7 @@ use uuid::Uuid;
 use crate::error::ApiError;
 use crate::state::AppState;
 
-/// A keyset-paged list request (`GET /v1/files`, `GET /v1/executions`).
+/// A keyset-paged list request (`GET /v1/executions`; `GET /v1/files` adds filters).
 #[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
@@ -78,7 +78,10 @@ pub fn table() -> Vec<Route> {
         ("/openapi.json", get(crate::openapi::document_route)),
         ("/docs", get(crate::openapi::docs_page)),
         ("/v1/files", post(files::create).get(files::list)),
-        ("/v1/files/{id}", get(files::show).delete(files::delete)),
+        (
+            "/v1/files/{id}",
+            get(files::show).patch(files::update).delete(files::delete),
+        ),
         ("/v1/files/{id}/confirm", post(files::confirm)),
         ("/v1/files/{id}/reprocess", post(files::reprocess)),
         ("/v1/search", post(search::search)),

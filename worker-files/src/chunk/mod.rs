@@ -5,10 +5,16 @@
 //! - **Tokenize once.** Each page is cut into bounded segments (at most [`SEGMENT_BYTES`], ended at a
 //!   paragraph break, else a line break, else a space, else anywhere) and each segment is tokenized
 //!   once, keeping every token's byte offsets. A 20 MB line with no break costs one pass.
-//! - **Cut by token offsets.** A chunk takes at most `max_tokens` tokens and ends at the strongest
-//!   boundary in the second half of that window: a Markdown heading, a paragraph break, a sentence end,
+//! - **Sections first.** A chunk ends where a new section starts (a heading the extractor found:
+//!   Markdown, HTML `h1`–`h6`, DOCX heading styles; a PDF page, whose outline entries sit at its
+//!   start), once it holds more than heading lines; the next chunk starts at that heading, without
+//!   overlap into the section before.
+//! - **Cut by token offsets.** Otherwise a chunk takes at most `max_tokens` tokens and ends at the
+//!   strongest boundary in the second half of that window: a heading, a paragraph break, a sentence end,
 //!   a line break, a space; only a run of text without any space is cut mid-word. The next chunk starts
 //!   `overlap_tokens` earlier, at a word start. Each step looks at one window, so the whole is linear.
+//! - **Heading path.** Each chunk carries the titles of the sections it starts in, outermost first
+//!   (a document-wide path: headings carry over to the next pages).
 //! - **Count once.** A chunk's token count is the number of tokens it took; nothing is encoded again.
 //!
 //! Offsets are byte offsets into the document text: the pages joined by a form feed (`\f`), as
@@ -22,7 +28,8 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 use tokenizers::Tokenizer;
 
-use crate::extract::{DocumentKind, Page, TextPart};
+use crate::extract::structure::{Heading, HeadingPath};
+use crate::extract::{Page, TextPart};
 
 /// The separator between pages in the document text that offsets point into.
 pub const PAGE_SEPARATOR: &str = "\u{c}";
@@ -40,6 +47,12 @@ pub struct Chunk {
     pub byte_end: usize,
     pub token_count: usize,
     pub text: String,
+    /// The titles of the sections the chunk starts in, outermost first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub heading_path: Vec<String>,
+    /// The text was read by OCR.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub ocr: bool,
 }
 
 /// Why a chunker cannot be built.
@@ -62,7 +75,7 @@ enum Boundary {
     Line,
     Sentence,
     Paragraph,
-    /// A Markdown heading starts here.
+    /// A section heading starts here (or the text ends).
     Heading,
 }
 
@@ -113,13 +126,14 @@ impl Chunker {
         Chunker::new(tokenizer, max_tokens, overlap_tokens)
     }
 
-    pub fn chunk(&self, kind: DocumentKind, pages: &[Page]) -> Vec<Chunk> {
+    pub fn chunk(&self, pages: &[Page]) -> Vec<Chunk> {
         let mut chunks = Vec::new();
         let mut page_offset = 0;
         let mut tokens = Vec::new();
+        let mut heading_path = HeadingPath::default();
         for page in pages {
             self.tokenize(&page.text, &mut tokens);
-            self.cut(kind, page, page_offset, &tokens, &mut chunks);
+            self.cut(page, page_offset, &tokens, &mut heading_path, &mut chunks);
             page_offset += page.text.len() + PAGE_SEPARATOR.len();
         }
         chunks
@@ -146,24 +160,32 @@ impl Chunker {
 
     fn cut(
         &self,
-        kind: DocumentKind,
         page: &Page,
         page_offset: usize,
         tokens: &[(usize, usize)],
+        heading_path: &mut HeadingPath,
         chunks: &mut Vec<Chunk>,
     ) {
         let text = page.text.as_str();
-        let boundary = |position: usize| boundary_before(text, tokens, position, kind);
+        let sections = Sections::new(&page.headings, tokens);
+        let boundary = |position: usize| boundary_before(text, tokens, position, &sections);
         let token_total = tokens.len();
+        let mut next_heading = 0;
         let mut start = 0;
         while start < token_total {
-            let end = if token_total - start <= self.max_tokens {
-                token_total
-            } else {
-                self.best_end(start, &boundary)
+            let end = match self.section_end(start, token_total, &sections) {
+                Some(section_end) => section_end,
+                None if token_total - start <= self.max_tokens => token_total,
+                None => self.best_end(start, &boundary),
             };
             let byte_start = tokens[start].0;
             let byte_end = tokens[end - 1].1;
+            while let Some(heading) = page.headings.get(next_heading)
+                && heading.offset <= byte_start
+            {
+                heading_path.enter(heading);
+                next_heading += 1;
+            }
             chunks.push(Chunk {
                 index: chunks.len() as u32,
                 page: page.number,
@@ -172,12 +194,39 @@ impl Chunker {
                 byte_end: page_offset + byte_end,
                 token_count: end - start,
                 text: text[byte_start..byte_end].to_owned(),
+                heading_path: heading_path.titles(),
+                ocr: page.ocr,
             });
             if end == token_total {
                 break;
             }
-            start = self.next_start(start, end, &boundary);
+            start = if sections.starts_at(end) {
+                end
+            } else {
+                self.next_start(start, end, &boundary)
+            };
         }
+        // Headings after the last chunk's start still frame the next page.
+        for heading in page.headings.iter().skip(next_heading) {
+            heading_path.enter(heading);
+        }
+    }
+
+    /// Where the chunk starting at `start` ends because a section starts: the first heading in its
+    /// window that follows text other than heading lines.
+    fn section_end(&self, start: usize, token_total: usize, sections: &Sections) -> Option<usize> {
+        if sections.is_empty() {
+            return None;
+        }
+        let window_end = (start + self.max_tokens).min(token_total - 1);
+        let mut has_body = false;
+        for candidate in (start + 1)..=window_end {
+            has_body |= !sections.in_heading[candidate - 1];
+            if has_body && sections.starts_at(candidate) {
+                return Some(candidate);
+            }
+        }
+        None
     }
 
     /// The end (exclusive) of the chunk starting at `start`: the strongest boundary in the second half of
@@ -216,14 +265,60 @@ impl Chunker {
     }
 }
 
+/// Where a page's headings are, in tokens.
+struct Sections {
+    /// Indexes of the tokens that start a heading, ascending (a heading at the page's start
+    /// is not a boundary: the page starts a chunk anyway).
+    heading_starts: Vec<usize>,
+    /// Per token: whether it lies inside a heading's text (empty when the page has none).
+    in_heading: Vec<bool>,
+}
+
+impl Sections {
+    /// One merge of the (ordered) headings with the tokens: linear.
+    fn new(headings: &[Heading], tokens: &[(usize, usize)]) -> Sections {
+        let mut sections = Sections {
+            heading_starts: Vec::new(),
+            in_heading: Vec::new(),
+        };
+        if headings.iter().all(|heading| heading.offset == 0) {
+            return sections;
+        }
+        sections.in_heading = vec![false; tokens.len()];
+        let mut token = 0;
+        for heading in headings {
+            while token < tokens.len() && tokens[token].0 < heading.offset {
+                token += 1;
+            }
+            if token > 0 && token < tokens.len() && sections.heading_starts.last() != Some(&token) {
+                sections.heading_starts.push(token);
+            }
+            let mut inside = token;
+            while inside < tokens.len() && tokens[inside].0 < heading.end {
+                sections.in_heading[inside] = true;
+                inside += 1;
+            }
+        }
+        sections
+    }
+
+    fn is_empty(&self) -> bool {
+        self.heading_starts.is_empty()
+    }
+
+    fn starts_at(&self, position: usize) -> bool {
+        self.heading_starts.binary_search(&position).is_ok()
+    }
+}
+
 /// The boundary before token `position` (1 ≤ position < tokens.len(); the ends are the strongest).
 fn boundary_before(
     text: &str,
     tokens: &[(usize, usize)],
     position: usize,
-    kind: DocumentKind,
+    sections: &Sections,
 ) -> Boundary {
-    if position == 0 || position >= tokens.len() {
+    if position == 0 || position >= tokens.len() || sections.starts_at(position) {
         return Boundary::Heading;
     }
     let (previous_start, previous_end) = tokens[position - 1];
@@ -233,9 +328,6 @@ fn boundary_before(
     }
     let gap = &text[previous_end..next_start];
     let line_breaks = gap.bytes().filter(|byte| *byte == b'\n').count();
-    if line_breaks > 0 && kind == DocumentKind::Markdown && text[next_start..].starts_with('#') {
-        return Boundary::Heading;
-    }
     if line_breaks >= 2 {
         return Boundary::Paragraph;
     }
@@ -305,7 +397,7 @@ mod tests {
         let first = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu nu xi omicron pi rho";
         let second = "one two three four five six seven eight nine ten";
         let document_pages = pages(&[first, second]);
-        let chunks = chunker.chunk(DocumentKind::Text, &document_pages);
+        let chunks = chunker.chunk(&document_pages);
         assert!(chunks.len() >= 4, "{chunks:?}");
         let document = format!("{first}{PAGE_SEPARATOR}{second}");
         for (position, chunk) in chunks.iter().enumerate() {
@@ -331,7 +423,7 @@ mod tests {
     fn overlap_repeats_words_between_neighbours() {
         let chunker = Chunker::new(word_level_tokenizer(), 6, 2).unwrap();
         let text = "w1 w2 w3 w4 w5 w6 w7 w8 w9 w10 w11 w12";
-        let chunks = chunker.chunk(DocumentKind::Text, &pages(&[text]));
+        let chunks = chunker.chunk(&pages(&[text]));
         assert!(chunks.len() >= 2);
         assert!(
             chunks[0].byte_end > chunks[1].byte_start,
@@ -344,7 +436,7 @@ mod tests {
         // The whitespace tokenizer makes "." a token of its own: 4 + 6 + 4 tokens.
         let chunker = Chunker::new(word_level_tokenizer(), 8, 0).unwrap();
         let text = "One two three. Four five six seven eight nine\n\nTen eleven twelve thirteen";
-        let chunks = chunker.chunk(DocumentKind::Text, &pages(&[text]));
+        let chunks = chunker.chunk(&pages(&[text]));
         let texts: Vec<&str> = chunks.iter().map(|chunk| chunk.text.as_str()).collect();
         assert_eq!(
             texts,
@@ -353,6 +445,62 @@ mod tests {
                 "Four five six seven eight nine",
                 "Ten eleven twelve thirteen"
             ]
+        );
+    }
+
+    #[test]
+    fn chunks_start_at_sections_and_carry_their_heading_path_across_pages() {
+        let chunker = Chunker::new(word_level_tokenizer(), 50, 5).unwrap();
+        let first =
+            "# Guide\nintro words here\n## Install\n### Linux\napt words\n## Usage\nrun words";
+        let mut first_page = Page::new(Some(1), first.to_owned());
+        first_page.headings = crate::extract::structure::markdown_headings(first);
+        let second_page = Page::new(Some(2), "more usage words".to_owned());
+        let chunks = chunker.chunk(&[first_page, second_page]);
+        let texts: Vec<&str> = chunks.iter().map(|chunk| chunk.text.as_str()).collect();
+        // "## Install" directly followed by "### Linux" stays one chunk: no heading-only chunk.
+        assert_eq!(
+            texts,
+            [
+                "# Guide\nintro words here",
+                "## Install\n### Linux\napt words",
+                "## Usage\nrun words",
+                "more usage words"
+            ]
+        );
+        let paths: Vec<Vec<String>> = chunks
+            .iter()
+            .map(|chunk| chunk.heading_path.clone())
+            .collect();
+        assert_eq!(
+            paths,
+            [
+                vec!["Guide".to_owned()],
+                vec!["Guide".to_owned(), "Install".to_owned()],
+                vec!["Guide".to_owned(), "Usage".to_owned()],
+                vec!["Guide".to_owned(), "Usage".to_owned()],
+            ]
+        );
+        // No overlap reaches back across a section start.
+        assert!(chunks[1].byte_start >= chunks[0].byte_end);
+    }
+
+    #[test]
+    fn a_long_section_is_still_cut_by_the_token_budget_inside_its_path() {
+        let chunker = Chunker::new(word_level_tokenizer(), 8, 2).unwrap();
+        let body = "w ".repeat(40);
+        let text = format!("# Big\n{}\n# Next\nend", body.trim_end());
+        let mut page = Page::new(None, text.clone());
+        page.headings = crate::extract::structure::markdown_headings(&text);
+        let chunks = chunker.chunk(&[page]);
+        assert!(chunks.iter().all(|chunk| chunk.token_count <= 8));
+        let last = chunks.last().unwrap();
+        assert_eq!(last.text, "# Next\nend");
+        assert_eq!(last.heading_path, ["Next"]);
+        assert!(
+            chunks[..chunks.len() - 1]
+                .iter()
+                .all(|chunk| chunk.heading_path == ["Big"])
         );
     }
 
@@ -367,7 +515,7 @@ mod tests {
         let chunker = Chunker::new(word_level_tokenizer(), 50, 5).unwrap();
         let line = "word ".repeat(400_000); // 2 MB, no sentence or line break
         let started = std::time::Instant::now();
-        let chunks = chunker.chunk(DocumentKind::Text, &pages(&[line.trim_end()]));
+        let chunks = chunker.chunk(&pages(&[line.trim_end()]));
         let elapsed = started.elapsed();
         // 400,000 tokens, 45 new per chunk after the first.
         assert_eq!(chunks.len(), 1 + (400_000_usize - 50).div_ceil(45));
@@ -384,7 +532,7 @@ mod tests {
         assert!(elapsed.as_secs() < 20, "{elapsed:?}");
         // A text without any space is still cut (mid-word), and nothing is lost.
         let blob = "x".repeat(SEGMENT_BYTES * 3 + 17);
-        let blob_chunks = chunker.chunk(DocumentKind::Text, &pages(&[&blob]));
+        let blob_chunks = chunker.chunk(&pages(&[&blob]));
         let covered: usize = blob_chunks
             .iter()
             .map(|chunk| chunk.byte_end - chunk.byte_start)

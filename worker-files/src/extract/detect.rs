@@ -14,11 +14,13 @@ const OLE_SCAN_LIMIT: u64 = 32 * 1024 * 1024;
 /// Detects the document kind from the content (magic bytes), not from the name.
 ///
 /// - `%PDF-` within the first KiB: PDF.
-/// - ZIP: a DOCX when it has a `word/document.xml` entry, otherwise `unsupported_type`.
+/// - ZIP: a DOCX, PPTX, XLSX or EPUB by the entry it cannot do without (`word/document.xml`,
+///   `ppt/presentation.xml`, `xl/workbook.xml`, `META-INF/container.xml`), otherwise `unsupported_type`.
 /// - OLE compound file: `encrypted` when it is a password-protected Office package, otherwise
 ///   `unsupported_type` (legacy .doc/.xls).
 /// - Text with a UTF-8, UTF-16 or UTF-32 byte order mark: decoded before it is judged.
-/// - Other binary content (NUL bytes, many control characters, known image/archive magics):
+/// - PNG, JPEG, TIFF: an image, read by OCR.
+/// - Other binary content (NUL bytes, many control characters, known archive magics, GIF):
 ///   `unsupported_type`. An empty file: `empty_text`.
 /// - Text: the declared content type, then the file extension, break the tie between HTML, Markdown and
 ///   plain text; without a usable hint the content decides (HTML tags, then Markdown syntax).
@@ -50,6 +52,9 @@ pub fn detect_kind(
     }
     if head.starts_with(&[0xD0, 0xCF, 0x11, 0xE0, 0xA1, 0xB1, 0x1A, 0xE1]) {
         return Err(detect_ole(path));
+    }
+    if is_ocr_image(&head) {
+        return Ok(DocumentKind::Image);
     }
     if let Some(format_name) = known_binary_format(&head) {
         return Err(ExtractError::UnsupportedType {
@@ -94,14 +99,22 @@ fn detect_zip(path: &Path) -> Result<DocumentKind, ExtractError> {
             detail: format!("unreadable zip archive: {error}"),
         }
     })?;
-    if archive
-        .file_names()
-        .any(|entry_name| entry_name == "word/document.xml")
-    {
-        return Ok(DocumentKind::Docx);
+    // The entry each format cannot do without; the first match wins.
+    const MARKERS: [(&str, DocumentKind); 4] = [
+        ("word/document.xml", DocumentKind::Docx),
+        ("ppt/presentation.xml", DocumentKind::Pptx),
+        ("xl/workbook.xml", DocumentKind::Xlsx),
+        ("META-INF/container.xml", DocumentKind::Epub),
+    ];
+    for (marker, kind) in MARKERS {
+        if archive.file_names().any(|entry_name| entry_name == marker) {
+            return Ok(kind);
+        }
     }
     Err(ExtractError::UnsupportedType {
-        detail: "zip archive that is not a DOCX (no word/document.xml entry)".to_owned(),
+        detail: "zip archive that is not a DOCX, PPTX, XLSX or EPUB (none of word/document.xml, \
+                 ppt/presentation.xml, xl/workbook.xml, META-INF/container.xml)"
+            .to_owned(),
     })
 }
 
@@ -125,10 +138,19 @@ fn detect_ole(path: &Path) -> ExtractError {
     }
 }
 
+/// PNG, JPEG and TIFF (either byte order): images OCR reads.
+fn is_ocr_image(head: &[u8]) -> bool {
+    const MAGICS: [&[u8]; 4] = [
+        b"\x89PNG\r\n\x1a\n",
+        b"\xFF\xD8\xFF",
+        b"II*\x00",
+        b"MM\x00*",
+    ];
+    MAGICS.iter().any(|magic| head.starts_with(magic))
+}
+
 fn known_binary_format(head: &[u8]) -> Option<&'static str> {
-    const MAGICS: [(&[u8], &str); 10] = [
-        (b"\x89PNG\r\n\x1a\n", "a PNG image"),
-        (b"\xFF\xD8\xFF", "a JPEG image"),
+    const MAGICS: [(&[u8], &str); 8] = [
         (b"GIF87a", "a GIF image"),
         (b"GIF89a", "a GIF image"),
         (b"\x1F\x8B", "gzip data"),
@@ -174,6 +196,7 @@ fn text_kind_from_hints(
             "text/html" | "application/xhtml+xml" => Some(DocumentKind::Html),
             "text/markdown" | "text/x-markdown" => Some(DocumentKind::Markdown),
             "text/plain" => Some(DocumentKind::Text),
+            "text/csv" | "application/csv" | "text/tab-separated-values" => Some(DocumentKind::Csv),
             _ => None,
         }
     });
@@ -184,7 +207,8 @@ fn text_kind_from_hints(
     match extension.as_str() {
         "html" | "htm" | "xhtml" => Some(DocumentKind::Html),
         "md" | "markdown" | "mdown" | "mkd" => Some(DocumentKind::Markdown),
-        "txt" | "text" | "log" | "csv" => Some(DocumentKind::Text),
+        "txt" | "text" | "log" => Some(DocumentKind::Text),
+        "csv" | "tsv" => Some(DocumentKind::Csv),
         _ => None,
     }
 }

@@ -1,11 +1,12 @@
-use std::fs::File;
-use std::io::{BufReader, Read};
 use std::path::Path;
 
 use quick_xml::Reader;
 use quick_xml::events::{BytesRef, BytesStart, Event};
 
+use super::archive::CheckedArchive;
 use super::error::human_bytes;
+use super::ooxml::attribute;
+use super::structure::{HEADING_END_MARK, heading_start_mark, scrub_marks, take_heading_marks};
 use super::{ExtractError, ExtractLimits, Page, TextPart, normalize_text};
 
 /// The parts of a DOCX that hold text, in the order they are read.
@@ -31,41 +32,31 @@ const TEXT_PARTS: [(&str, TextPart); 6] = [
 /// the very bytes that would be read. XML is read with a streaming reader that never reads a DTD or
 /// expands an entity: `&name;` other than the five predefined ones stays literal text.
 pub(super) fn extract_docx(path: &Path, limits: &ExtractLimits) -> Result<Vec<Page>, ExtractError> {
-    let file = File::open(path).map_err(|error| ExtractError::io("open docx", &error))?;
-    let mut archive =
-        zip::ZipArchive::new(BufReader::new(file)).map_err(|error| ExtractError::Corrupt {
-            detail: format!("unreadable zip archive: {error}"),
-        })?;
-    let entries = check_central_directory(&mut archive, limits)?;
-
-    let mut parts: Vec<(usize, &EntryInfo, TextPart)> = Vec::new();
-    for (order, (stem, part)) in TEXT_PARTS.iter().enumerate() {
-        let mut matching: Vec<&EntryInfo> = entries
-            .iter()
-            .filter(|entry| is_text_part(&entry.name, stem))
+    let mut archive = CheckedArchive::open(path, limits)?;
+    let mut parts: Vec<(usize, TextPart)> = Vec::new();
+    for (stem, part) in TEXT_PARTS.iter() {
+        let entries = archive.entries();
+        let mut matching: Vec<usize> = (0..entries.len())
+            .filter(|position| is_text_part(&entries[*position].name, stem))
             .collect();
-        matching.sort_by(|left, right| natural_key(&left.name).cmp(&natural_key(&right.name)));
-        parts.extend(matching.into_iter().map(|entry| (order, entry, *part)));
+        matching.sort_by(|left, right| {
+            natural_key(&entries[*left].name).cmp(&natural_key(&entries[*right].name))
+        });
+        parts.extend(matching.into_iter().map(|position| (position, *part)));
     }
-    if !parts.iter().any(|(_, _, part)| *part == TextPart::Body) {
+    if !parts.iter().any(|(_, part)| *part == TextPart::Body) {
         return Err(ExtractError::UnsupportedType {
             detail: "zip archive that is not a DOCX (no word/document.xml entry)".to_owned(),
         });
     }
 
     let mut writer = PartWriter::new(limits.max_text_bytes);
-    let mut inflated_total: u64 = 0;
-    for (_, entry, part) in parts {
-        let bytes = inflate_capped(&mut archive, entry, limits, &mut inflated_total)?;
-        walk_part(&bytes, &entry.name, part, &mut writer)?;
+    for (position, part) in parts {
+        let bytes = archive.inflate(position)?;
+        let part_name = archive.entries()[position].name.clone();
+        walk_part(&bytes, &part_name, part, &mut writer)?;
     }
     Ok(writer.finish())
-}
-
-struct EntryInfo {
-    index: usize,
-    name: String,
-    declared_size: u64,
 }
 
 /// `word/document.xml`, `word/header2.xml`, ... for stem `document`, `header`, ...
@@ -88,122 +79,6 @@ fn is_text_part(name: &str, stem: &str) -> bool {
 /// `header10` after `header9`.
 fn natural_key(name: &str) -> (usize, &str) {
     (name.len(), name)
-}
-
-/// Entry count, declared sizes, their total and the ratio of large entries, from the central directory.
-fn check_central_directory(
-    archive: &mut zip::ZipArchive<BufReader<File>>,
-    limits: &ExtractLimits,
-) -> Result<Vec<EntryInfo>, ExtractError> {
-    let entry_count = archive.len();
-    if entry_count > limits.docx_max_entries {
-        return Err(ExtractError::ZipBomb {
-            detail: format!(
-                "zip has {entry_count} entries, limit {}",
-                limits.docx_max_entries
-            ),
-        });
-    }
-    let max_bytes = limits.docx_max_uncompressed_bytes;
-    let mut entries = Vec::with_capacity(entry_count);
-    let mut declared_total: u64 = 0;
-    for index in 0..entry_count {
-        let entry = archive
-            .by_index_raw(index)
-            .map_err(|error| ExtractError::Corrupt {
-                detail: format!("zip entry {index} unreadable: {error}"),
-            })?;
-        let name = entry.name().to_owned();
-        let declared_size = entry.size();
-        let compressed_size = entry.compressed_size();
-        if declared_size > max_bytes {
-            return Err(ExtractError::ZipBomb {
-                detail: format!(
-                    "zip entry {name} declares {} uncompressed, limit {}",
-                    human_bytes(declared_size),
-                    human_bytes(max_bytes)
-                ),
-            });
-        }
-        let ratio = declared_size / compressed_size.max(1);
-        if declared_size > limits.docx_ratio_min_entry_bytes && ratio > limits.docx_max_ratio {
-            return Err(ExtractError::ZipBomb {
-                detail: format!(
-                    "zip entry {name} compresses {} into {} (ratio {ratio}), limit ratio {}",
-                    human_bytes(declared_size),
-                    human_bytes(compressed_size),
-                    limits.docx_max_ratio
-                ),
-            });
-        }
-        declared_total = declared_total.saturating_add(declared_size);
-        if declared_total > max_bytes {
-            return Err(ExtractError::ZipBomb {
-                detail: format!(
-                    "zip entries declare more than {} uncompressed in total, limit {}",
-                    human_bytes(declared_total),
-                    human_bytes(max_bytes)
-                ),
-            });
-        }
-        entries.push(EntryInfo {
-            index,
-            name,
-            declared_size,
-        });
-    }
-    Ok(entries)
-}
-
-/// Inflates one entry through a reader capped one byte above its declared size.
-fn inflate_capped(
-    archive: &mut zip::ZipArchive<BufReader<File>>,
-    entry_info: &EntryInfo,
-    limits: &ExtractLimits,
-    inflated_total: &mut u64,
-) -> Result<Vec<u8>, ExtractError> {
-    let name = &entry_info.name;
-    let entry = archive
-        .by_index(entry_info.index)
-        .map_err(|error| match error {
-            zip::result::ZipError::UnsupportedArchive(message)
-                if message.to_lowercase().contains("password") =>
-            {
-                ExtractError::Encrypted {
-                    detail: format!("zip entry {name} is password protected"),
-                }
-            }
-            other => ExtractError::Corrupt {
-                detail: format!("zip entry {name} unreadable: {other}"),
-            },
-        })?;
-    let declared_size = entry_info.declared_size;
-    // One byte more than allowed tells "exactly at the limit" from "beyond it".
-    let mut capped = entry.take(declared_size + 1);
-    let mut bytes = Vec::with_capacity(usize::try_from(declared_size.min(64 << 20)).unwrap_or(0));
-    capped
-        .read_to_end(&mut bytes)
-        .map_err(|error| ExtractError::Corrupt {
-            detail: format!("zip entry {name} cannot be inflated: {error}"),
-        })?;
-    if bytes.len() as u64 > declared_size {
-        return Err(ExtractError::ZipBomb {
-            detail: format!(
-                "zip entry {name} inflates beyond its declared size of {}",
-                human_bytes(declared_size)
-            ),
-        });
-    }
-    *inflated_total += bytes.len() as u64;
-    if *inflated_total > limits.docx_max_uncompressed_bytes {
-        return Err(ExtractError::ZipBomb {
-            detail: format!(
-                "zip entries inflate beyond {} in total",
-                human_bytes(limits.docx_max_uncompressed_bytes)
-            ),
-        });
-    }
-    Ok(bytes)
 }
 
 /// Collects the text of every part, one [`Page`] per run of text with the same label.
@@ -241,15 +116,22 @@ impl PartWriter {
         Ok(())
     }
 
+    /// A heading mark (see [`super::structure`]); it counts as no text.
+    fn push_mark(&mut self, part: TextPart, mark: char) -> Result<(), ExtractError> {
+        let mut buffer = [0u8; 4];
+        self.push(part, mark.encode_utf8(&mut buffer))
+    }
+
     fn flush(&mut self) {
-        let text = normalize_text(&std::mem::take(&mut self.current));
+        let (text, headings) =
+            take_heading_marks(&normalize_text(&std::mem::take(&mut self.current)));
         if text.is_empty() {
             return;
         }
         self.pages.push(Page {
-            number: None,
             part: Some(self.current_part),
-            text,
+            headings,
+            ..Page::new(None, text)
         });
     }
 
@@ -274,6 +156,8 @@ struct WalkState {
     row_has_cell: Vec<bool>,
     /// Inside `<mc:Fallback>` (the same content again, for old readers): counts open elements.
     skipped_depth: usize,
+    /// The current body paragraph has a heading style: its text is wrapped in heading marks.
+    heading_open: bool,
 }
 
 impl WalkState {
@@ -304,6 +188,7 @@ fn walk_part(
         text_box_depth: 0,
         row_has_cell: Vec::new(),
         skipped_depth: 0,
+        heading_open: false,
     };
     let corrupt = |error: &dyn std::fmt::Display| ExtractError::Corrupt {
         detail: format!("DOCX part {part_name} is not well-formed XML: {error}"),
@@ -321,10 +206,16 @@ fn walk_part(
         }
         match event {
             Event::Start(element) => start_element(&element, &mut state, writer)?,
-            Event::Empty(element) => empty_element(&element, &state, writer)?,
+            Event::Empty(element) => empty_element(&element, &mut state, writer)?,
             Event::End(element) => match element.local_name().as_ref() {
                 b"t" => state.in_text = false,
-                b"p" => writer.push(state.part(), paragraph_end(&state))?,
+                b"p" => {
+                    if state.heading_open {
+                        state.heading_open = false;
+                        writer.push_mark(state.part(), HEADING_END_MARK)?;
+                    }
+                    writer.push(state.part(), paragraph_end(&state))?;
+                }
                 b"tr" => {
                     state.row_has_cell.pop();
                     writer.push(state.part(), "\n")?;
@@ -341,11 +232,11 @@ fn walk_part(
             },
             Event::Text(text) if state.in_text => {
                 let decoded = text.decode().map_err(|error| corrupt(&error))?;
-                writer.push(state.part(), &decoded)?;
+                writer.push(state.part(), &scrub_marks(&decoded))?;
             }
             Event::GeneralRef(reference) if state.in_text => {
                 let resolved = resolve_reference(&reference).map_err(|error| corrupt(&error))?;
-                writer.push(state.part(), &resolved)?;
+                writer.push(state.part(), &scrub_marks(&resolved))?;
             }
             Event::Eof => break,
             // A DOCTYPE is never read: its entities stay undefined, so nothing expands.
@@ -379,7 +270,7 @@ fn start_element(
             state.text_box_depth += 1;
         }
         // A paragraph's break comes at its end.
-        b"p" => {}
+        b"p" => state.heading_open = false,
         _ => empty_element(element, state, writer)?,
     }
     Ok(())
@@ -394,19 +285,42 @@ fn paragraph_end(state: &WalkState) -> &'static str {
     }
 }
 
-/// Elements that stand for a character whether written `<x/>` or `<x></x>`.
+/// Elements that stand for a character whether written `<x/>` or `<x></x>`, and the
+/// paragraph properties that make a body paragraph a heading.
 fn empty_element(
     element: &BytesStart<'_>,
-    state: &WalkState,
+    state: &mut WalkState,
     writer: &mut PartWriter,
 ) -> Result<(), ExtractError> {
     match element.local_name().as_ref() {
+        b"pStyle" | b"outlineLvl" if state.part() == TextPart::Body => {
+            let Some(level) = heading_level(element) else {
+                return Ok(());
+            };
+            state.heading_open = true;
+            writer.push_mark(state.part(), heading_start_mark(level))
+        }
         b"tab" | b"ptab" => writer.push(state.part(), " "),
         b"br" | b"cr" => writer.push(state.part(), "\n"),
         b"noBreakHyphen" => writer.push(state.part(), "-"),
         b"p" => writer.push(state.part(), paragraph_end(state)),
         _ => Ok(()),
     }
+}
+
+/// The heading level a paragraph property gives: style ids `Title` (1) and `Heading1` ..
+/// `Heading9` (any case), or an outline level `0` .. `8` (1 .. 9).
+fn heading_level(element: &BytesStart<'_>) -> Option<u8> {
+    let value = attribute(element, b"val")?.to_ascii_lowercase();
+    if element.local_name().as_ref() == b"outlineLvl" {
+        let outline_level: u8 = value.parse().ok()?;
+        return (outline_level < 9).then_some(outline_level + 1);
+    }
+    if value == "title" {
+        return Some(1);
+    }
+    let level: u8 = value.strip_prefix("heading")?.parse().ok()?;
+    (1..=9).contains(&level).then_some(level)
 }
 
 /// `&#233;` and the five predefined entities resolve; any other `&name;` stays as written.

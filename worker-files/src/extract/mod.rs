@@ -7,9 +7,16 @@
 //! - [`pdf`]: the two PDF engines behind [`PdfEngine`]: pdfium (C++, loaded at run time) with
 //!   [`layout`]'s reading order, and pdf-extract (pure Rust), after an encryption and page-count check.
 //! - [`layout`]: reading order for pdfium's characters: lines, blocks, columns read as columns.
-//! - [`docx`]: one capped inflation path for the ZIP and a streaming XML walk of every text part.
+//! - [`archive`]: the one capped inflation path of every ZIP-based format; [`ooxml`]: their XML helpers.
+//! - [`docx`]: a streaming XML walk of every text part of a DOCX.
+//! - [`pptx`], [`spreadsheet`] (XLSX, CSV), [`epub`]: slides and notes, sheets' rows with their
+//!   headers, chapters.
 //! - [`text`]: HTML (html5ever's tokenizer, linear at any nesting depth), Markdown and plain text
 //!   (UTF-8/16/32 BOMs, invalid UTF-8 replaced).
+//! - [`structure`]: headings (HTML `h1`–`h6`, DOCX heading styles, Markdown, PDF outlines), so chunks
+//!   start at sections and carry their heading path.
+//! - [`ocr`]: Tesseract on PDF pages without a text layer (rendered by pdfium) and on PNG, JPEG
+//!   and TIFF images, within a page budget per file.
 //! - [`sandbox`]: the confined child: [`sandbox::Sandbox::run`] on the worker's side, [`child_main`] on
 //!   the child's. Detection, extraction *and chunking* run there, because parsers of hostile files panic,
 //!   overflow their stack, loop, and pdfium is C++.
@@ -17,21 +24,35 @@
 //! The worker process itself never parses, tokenizes or splits untrusted bytes: it hands the child a path
 //! and gets chunks back.
 
+/// ZIP-based formats: the central directory checked, entries inflated within the limits.
+mod archive;
 /// Content sniffing: magic bytes and BOMs first, the declared type and the name only break ties between text kinds.
 mod detect;
 /// DOCX: ZIP limits on the bytes that are parsed, and the XML walk of every text part.
 mod docx;
+/// EPUB: chapters in spine order.
+mod epub;
 /// The typed extraction error and its stable codes.
 mod error;
 /// Reading order of pdfium's characters.
 mod layout;
 /// Text normalization shared by every kind.
 mod normalize;
+/// OCR with Tesseract: PDF pages without a text layer, and images.
+mod ocr;
+/// XML helpers of the ZIP-based formats: attributes, relationships, part paths.
+mod ooxml;
 /// PDF: the pdfium and pdf-extract engines.
 mod pdf;
+/// PPTX: slides and speaker notes.
+mod pptx;
 /// The confined child process: spawning, limits, outcome mapping, and its entry point.
 pub mod sandbox;
-/// HTML, Markdown and plain text.
+/// XLSX and CSV: rows as text with their headers.
+mod spreadsheet;
+/// Headings of a text: marks readers put around them, Markdown headings, heading paths.
+pub mod structure;
+/// HTML, Markdown, plain text and the reading of CSV files.
 mod text;
 
 use std::path::{Path, PathBuf};
@@ -56,6 +77,12 @@ pub enum DocumentKind {
     Html,
     Markdown,
     Text,
+    Pptx,
+    Xlsx,
+    Csv,
+    Epub,
+    /// PNG, JPEG or TIFF, read by OCR.
+    Image,
 }
 
 impl DocumentKind {
@@ -67,6 +94,11 @@ impl DocumentKind {
             DocumentKind::Html => "html",
             DocumentKind::Markdown => "markdown",
             DocumentKind::Text => "text",
+            DocumentKind::Pptx => "pptx",
+            DocumentKind::Xlsx => "xlsx",
+            DocumentKind::Csv => "csv",
+            DocumentKind::Epub => "epub",
+            DocumentKind::Image => "image",
         }
     }
 
@@ -78,6 +110,11 @@ impl DocumentKind {
             "html" => Some(DocumentKind::Html),
             "markdown" => Some(DocumentKind::Markdown),
             "text" => Some(DocumentKind::Text),
+            "pptx" => Some(DocumentKind::Pptx),
+            "xlsx" => Some(DocumentKind::Xlsx),
+            "csv" => Some(DocumentKind::Csv),
+            "epub" => Some(DocumentKind::Epub),
+            "image" => Some(DocumentKind::Image),
             _ => None,
         }
     }
@@ -102,6 +139,8 @@ pub enum TextPart {
     Comment,
     Header,
     Footer,
+    /// PPTX speaker notes.
+    Notes,
 }
 
 impl TextPart {
@@ -116,6 +155,7 @@ impl TextPart {
             TextPart::Comment => "comment",
             TextPart::Header => "header",
             TextPart::Footer => "footer",
+            TextPart::Notes => "notes",
         }
     }
 }
@@ -147,6 +187,11 @@ pub fn engine_name(kind: DocumentKind, pdf_engine: &PdfEngine) -> &'static str {
         DocumentKind::Docx => shared::engines::DOCX,
         DocumentKind::Html => shared::engines::HTML,
         DocumentKind::Markdown | DocumentKind::Text => shared::engines::TEXT,
+        DocumentKind::Pptx => shared::engines::PPTX,
+        DocumentKind::Xlsx => shared::engines::XLSX,
+        DocumentKind::Csv => shared::engines::CSV,
+        DocumentKind::Epub => shared::engines::EPUB,
+        DocumentKind::Image => shared::engines::TESSERACT,
     }
 }
 
@@ -156,7 +201,8 @@ pub fn engine_name(kind: DocumentKind, pdf_engine: &PdfEngine) -> &'static str {
 pub struct ExtractLimits {
     /// PDFs with more pages are rejected as `too_large` before any page is parsed.
     pub max_pages: u32,
-    /// DOCX (ZIP) archives with more entries are rejected as `zip_bomb`.
+    /// ZIP-based documents (DOCX, PPTX, XLSX, EPUB) with more entries are rejected as
+    /// `zip_bomb`. The `docx_*` limits apply to every ZIP-based format.
     pub docx_max_entries: usize,
     /// Cap on the uncompressed size of one entry and of all entries together.
     pub docx_max_uncompressed_bytes: u64,
@@ -178,6 +224,12 @@ pub struct ExtractLimits {
     pub child_file_bytes: u64,
     /// Open file descriptors of the child (RLIMIT_NOFILE).
     pub child_open_files: u64,
+    /// Pages of one file that OCR reads at most (PDF pages without a text layer, images);
+    /// later pages without text stay empty. 0 switches OCR off. Each page costs about a
+    /// second of CPU, which the child's CPU limit must leave room for.
+    pub ocr_max_pages: u32,
+    /// Resolution PDF pages are rendered at for OCR.
+    pub ocr_dots_per_inch: u32,
 }
 
 impl Default for ExtractLimits {
@@ -194,6 +246,8 @@ impl Default for ExtractLimits {
             wall_timeout_secs: 90,
             child_file_bytes: 16 * MIB,
             child_open_files: 64,
+            ocr_max_pages: 20,
+            ocr_dots_per_inch: 200,
         }
     }
 }
@@ -210,7 +264,8 @@ const MIB: u64 = 1024 * 1024;
 /// One labelled text of a document: a PDF page, or a part of a DOCX (body, a table, a text
 /// box, the footnotes, ...), or the whole text of HTML, Markdown and plain text.
 ///
-/// PDF pages carry their 1-based page number; other kinds have no reliable page notion (`number: None`).
+/// PDF pages, PPTX slides, XLSX sheets and EPUB chapters carry their 1-based number; other kinds have
+/// no reliable page notion (`number: None`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Page {
     pub number: Option<u32>,
@@ -218,6 +273,13 @@ pub struct Page {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub part: Option<TextPart>,
     pub text: String,
+    /// The headings in `text`, in order (offsets into `text`). A PDF page's outline
+    /// entries sit at offset 0.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub headings: Vec<structure::Heading>,
+    /// The text was read from an image by OCR.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub ocr: bool,
 }
 
 impl Page {
@@ -227,6 +289,17 @@ impl Page {
             number,
             part: None,
             text,
+            headings: Vec::new(),
+            ocr: false,
+        }
+    }
+
+    /// A body text whose headings were marked by its reader (see [`structure`]).
+    pub fn with_marked_headings(number: Option<u32>, marked_text: &str) -> Page {
+        let (text, headings) = structure::take_heading_marks(marked_text);
+        Page {
+            headings,
+            ..Page::new(number, text)
         }
     }
 }
@@ -249,7 +322,7 @@ impl ExtractedDocument {
         self.pages.iter().map(|page| page.text.len() as u64).sum()
     }
 
-    /// Pages with a number (PDF pages), at least 1.
+    /// Pages with a number (PDF pages, slides, sheets, chapters), at least 1.
     pub fn page_count(&self) -> usize {
         self.pages
             .iter()
@@ -274,10 +347,21 @@ pub fn extract_path(
     let pages = match kind {
         DocumentKind::Pdf => pdf::extract_pdf(path, pdf_engine, limits)?,
         DocumentKind::Docx => docx::extract_docx(path, limits)?,
-        DocumentKind::Html => vec![Page::new(None, text::extract_html(path, limits)?)],
-        DocumentKind::Markdown | DocumentKind::Text => {
-            vec![Page::new(None, text::extract_plain(path, limits)?)]
+        DocumentKind::Html => vec![Page::with_marked_headings(
+            None,
+            &text::extract_html(path, limits)?,
+        )],
+        DocumentKind::Markdown => {
+            let mut page = Page::new(None, text::extract_plain(path, limits)?);
+            page.headings = structure::markdown_headings(&page.text);
+            vec![page]
         }
+        DocumentKind::Text => vec![Page::new(None, text::extract_plain(path, limits)?)],
+        DocumentKind::Pptx => pptx::extract_pptx(path, limits)?,
+        DocumentKind::Xlsx => spreadsheet::extract_xlsx(path, limits)?,
+        DocumentKind::Csv => vec![text::extract_csv(path, limits)?],
+        DocumentKind::Epub => epub::extract_epub(path, limits)?,
+        DocumentKind::Image => ocr::extract_image(path, limits)?,
     };
     let document = ExtractedDocument {
         kind,

@@ -3,10 +3,14 @@ use std::path::Path;
 use std::sync::OnceLock;
 
 use lopdf::Document;
-use pdfium_render::prelude::{PdfDocument, PdfPage, Pdfium, PdfiumError, PdfiumInternalError};
+use pdfium_render::prelude::{
+    PdfBookmark, PdfDocument, PdfPage, Pdfium, PdfiumError, PdfiumInternalError,
+};
 
 use super::error::human_bytes;
 use super::layout::{self, LayoutChar};
+use super::ocr;
+use super::structure::{self, Heading};
 use super::{ExtractError, ExtractLimits, Page, PdfEngine, normalize_text, panic_message};
 
 /// Extracts the pages of a PDF with `engine`, each with its 1-based number.
@@ -77,9 +81,10 @@ fn extract_with_pdfium(
     let mut failed_pages = Vec::new();
     let mut text_bytes: u64 = 0;
     let mut characters = Vec::new();
+    let mut ocr_reader = ocr::PageReader::new(limits);
     for index in 0..page_count {
         let page_number = index + 1;
-        let text = match pdfium_page_characters(&document, index, &mut characters) {
+        let mut text = match pdfium_page_characters(&document, index, &mut characters) {
             Ok(()) => normalize_text(&layout::page_text(&characters)),
             Err(page_error) => {
                 tracing::warn!(page_number, error = %page_error, "pdf page could not be extracted");
@@ -87,12 +92,103 @@ fn extract_with_pdfium(
                 String::new()
             }
         };
+        let mut read_by_ocr = false;
+        if text.is_empty() && ocr_reader.has_budget() {
+            match ocr_page(&document, index, &mut ocr_reader) {
+                Ok(ocr_text) => {
+                    read_by_ocr = !ocr_text.is_empty();
+                    text = ocr_text;
+                }
+                Err(ocr_error) => {
+                    tracing::warn!(page_number, error = %ocr_error, "pdf page without text could not be read by ocr");
+                    if matches!(ocr_error, ExtractError::Io { .. }) {
+                        ocr_reader.switch_off();
+                    }
+                }
+            }
+        }
         text_bytes += text.len() as u64;
         check_text_bytes(text_bytes, page_number, limits)?;
-        pages.push(Page::new(Some(page_number), text));
+        pages.push(Page {
+            ocr: read_by_ocr,
+            ..Page::new(Some(page_number), text)
+        });
     }
     all_pages_failed(&pages, &failed_pages)?;
+    for (page_index, level, title) in outline_entries(&document) {
+        if let Some(page) = usize::try_from(page_index)
+            .ok()
+            .and_then(|index| pages.get_mut(index))
+        {
+            page.headings.push(Heading {
+                offset: 0,
+                end: 0,
+                level,
+                title,
+            });
+        }
+    }
     Ok(pages)
+}
+
+/// Renders page `index` (0-based) and reads it by OCR.
+fn ocr_page(
+    document: &PdfDocument<'_>,
+    index: u32,
+    reader: &mut ocr::PageReader,
+) -> Result<String, ExtractError> {
+    let page_index = i32::try_from(index).unwrap_or(i32::MAX);
+    let page = document
+        .pages()
+        .get(page_index)
+        .map_err(|error| ExtractError::Corrupt {
+            detail: format!("page {} cannot be opened for OCR: {error}", index + 1),
+        })?;
+    reader.read_pdf_page(&page)
+}
+
+/// Outline entries read at most: the outline is a linked structure a hostile file can make
+/// cyclic or huge.
+const MAX_OUTLINE_ENTRIES: usize = 10_000;
+
+/// The PDF's outline (bookmarks) as `(0-based page index, level, title)`, in outline order
+/// (depth first), for entries whose destination is a page of this document.
+fn outline_entries(document: &PdfDocument<'_>) -> Vec<(i32, u8, String)> {
+    let mut entries = Vec::new();
+    let bookmarks = document.bookmarks();
+    let mut pending: Vec<(PdfBookmark<'_>, u8)> =
+        bookmarks.root().map(|root| (root, 1)).into_iter().collect();
+    let mut visited = 0;
+    while let Some((bookmark, level)) = pending.pop() {
+        visited += 1;
+        if visited > MAX_OUTLINE_ENTRIES {
+            break;
+        }
+        if let Some(sibling) = bookmark.next_sibling() {
+            pending.push((sibling, level));
+        }
+        if let Some(child) = bookmark.first_child() {
+            pending.push((child, level.saturating_add(1).min(structure::MAX_LEVEL)));
+        }
+        let Some(title) = bookmark.title().map(|title| structure::short_title(&title)) else {
+            continue;
+        };
+        // A destination of its own, or (LaTeX's hyperref) a GoTo action holding one.
+        let page_index = bookmark
+            .destination()
+            .and_then(|destination| destination.page_index().ok())
+            .or_else(|| {
+                let action = bookmark.action()?;
+                let local = action.as_local_destination_action()?;
+                local.destination().ok()?.page_index().ok()
+            });
+        if let Some(page_index) = page_index
+            && !title.is_empty()
+        {
+            entries.push((page_index, level, title));
+        }
+    }
+    entries
 }
 
 /// The characters of page `index` (0-based) with their loose boxes, into `characters`.

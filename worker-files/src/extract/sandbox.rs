@@ -1,9 +1,10 @@
 //! The confined child that does every CPU cycle of work on an untrusted file: type detection,
-//! extraction (pdfium, pdf-extract, the DOCX, HTML and text readers) and chunking.
+//! extraction (pdfium, pdf-extract, the DOCX, PPTX, XLSX, EPUB, HTML, CSV and text readers,
+//! Tesseract OCR) and chunking.
 //!
 //! **Worker side** ([`Sandbox::run`]): starts `program program_args… <request-json>` (the worker binary
 //! itself with [`crate::EXTRACT_CHILD_ARG`]) with
-//! - a cleared environment plus an allowlist ([`CHILD_ENVIRONMENT`], `TMPDIR`/`HOME` = its scratch
+//! - a cleared environment plus an allowlist ([`CHILD_ENVIRONMENT`], [`INHERITED_ENVIRONMENT`], `TMPDIR`/`HOME` = its scratch
 //!   folder): no database URL, JWT secret or AWS credentials can leak into it;
 //! - limits set between fork and exec by the `confine` crate: address space, CPU, file size, open
 //!   files, processes; it dies with the worker (PDEATHSIG);
@@ -44,12 +45,19 @@ const REAP_TIMEOUT: Duration = Duration::from_secs(5);
 /// Tasks (processes and threads) the child may add to its user's count: its own two threads and slack.
 const CHILD_TASK_HEADROOM: u64 = 64;
 /// The only environment a child gets, besides `TMPDIR` and `HOME` (its scratch folder).
-pub const CHILD_ENVIRONMENT: [(&str, &str); 3] = [
+pub const CHILD_ENVIRONMENT: [(&str, &str); 4] = [
     // glibc reserves 64 MiB of address space per malloc arena; keep RLIMIT_AS for real data.
     ("MALLOC_ARENA_MAX", "2"),
+    // Tesseract's OpenMP would start a thread per core: one is enough, and the child's
+    // process limit and CPU budget stay predictable.
+    ("OMP_THREAD_LIMIT", "1"),
     ("TOKENIZERS_PARALLELISM", "false"),
     ("RUST_BACKTRACE", "0"),
 ];
+/// Variables a child gets from the worker when set there: where the runtime image keeps the
+/// shared libraries the child opens (libtesseract and its dependencies) and Tesseract's
+/// language data. Paths only, never secrets.
+pub const INHERITED_ENVIRONMENT: [&str; 2] = ["LD_LIBRARY_PATH", "TESSDATA_PREFIX"];
 /// The child argument that exits at once (used to find which network confinement works).
 pub const NOOP_ARG: &str = "--noop";
 /// The child argument that reports what the child sees (tests and `worker-files extract --probe`).
@@ -219,6 +227,11 @@ impl Sandbox {
             .envs(CHILD_ENVIRONMENT)
             .env("TMPDIR", scratch)
             .env("HOME", scratch)
+            .envs(
+                INHERITED_ENVIRONMENT
+                    .iter()
+                    .filter_map(|name| Some((*name, std::env::var_os(name)?))),
+            )
             .current_dir(scratch)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -554,7 +567,7 @@ pub fn process(request: &ChildRequest) -> Result<Extraction, ExtractError> {
             .map_err(|error| ExtractError::Io {
                 detail: error.to_string(),
             })?;
-            chunker.chunk(kind, &document.pages)
+            chunker.chunk(&document.pages)
         }
         None => Vec::new(),
     };

@@ -9,6 +9,7 @@ use html5ever::tokenizer::{
 };
 
 use super::error::human_bytes;
+use super::structure::{HEADING_END_MARK, heading_start_mark, scrub_marks};
 use super::{ExtractError, ExtractLimits, normalize_text, panic_message};
 
 /// HTML inputs may be this many times larger than `max_text_bytes`: markup is not text.
@@ -20,15 +21,21 @@ const HTML_FEED_BYTES: usize = 64 * 1024;
 /// linear in the input whatever the nesting depth (a tree builder plus a recursive renderer are not: a
 /// 2 MB file of nested `<div>`s timed out). Block elements end a paragraph, `<br>` and table rows a line,
 /// table cells are separated by " | "; the content of `<head>`, `<script>`, `<style>`, `<template>` and
-/// `<noscript>` is dropped. Character references are decoded by the tokenizer.
+/// `<noscript>` is dropped. Character references are decoded by the tokenizer. `h1`–`h6` are
+/// wrapped in heading marks ([`super::structure`]).
 pub(super) fn extract_html(path: &Path, limits: &ExtractLimits) -> Result<String, ExtractError> {
     let bytes = read_capped(
         path,
         limits.max_text_bytes.saturating_mul(HTML_INPUT_FACTOR),
         "HTML",
     )?;
-    let source = decode_text(&bytes);
-    drop(bytes);
+    html_bytes_to_text(&bytes)
+}
+
+/// Decodes and renders HTML bytes (see [`extract_html`]); headings stay between the
+/// marks of [`super::structure`].
+pub(super) fn html_bytes_to_text(bytes: &[u8]) -> Result<String, ExtractError> {
+    let source = decode_text(bytes);
     let rendered = catch_unwind(AssertUnwindSafe(|| html_to_text(&source))).map_err(|payload| {
         ExtractError::ExtractCrashed {
             detail: format!(
@@ -98,6 +105,16 @@ impl TextSink {
         } else {
             None
         };
+        if let Some(level) = heading_level(name) {
+            if opening {
+                self.push("\n\n");
+                self.output.borrow_mut().push(heading_start_mark(level));
+            } else {
+                self.output.borrow_mut().push(HEADING_END_MARK);
+                self.push("\n\n");
+            }
+            return TokenSinkResult::Continue;
+        }
         match name {
             "br" => self.push("\n"),
             "tr" => {
@@ -127,10 +144,25 @@ impl TokenSink for TextSink {
     fn process_token(&self, token: Token, _line_number: u64) -> TokenSinkResult<()> {
         match token {
             Token::TagToken(tag) => return self.tag(&tag),
-            Token::CharacterTokens(text) if self.hidden_depth.get() == 0 => self.push(&text),
+            Token::CharacterTokens(text) if self.hidden_depth.get() == 0 => {
+                self.push(&scrub_marks(&text));
+            }
             _ => {}
         }
         TokenSinkResult::Continue
+    }
+}
+
+/// `h1`..`h6` as 1..6.
+fn heading_level(name: &str) -> Option<u8> {
+    match name {
+        "h1" => Some(1),
+        "h2" => Some(2),
+        "h3" => Some(3),
+        "h4" => Some(4),
+        "h5" => Some(5),
+        "h6" => Some(6),
+        _ => None,
     }
 }
 
@@ -183,6 +215,15 @@ fn is_block(name: &str) -> bool {
 pub(super) fn extract_plain(path: &Path, limits: &ExtractLimits) -> Result<String, ExtractError> {
     let bytes = read_capped(path, limits.max_text_bytes, "text")?;
     Ok(normalize_text(&decode_text(&bytes)))
+}
+
+/// A CSV file: read capped like plain text, decoded, then parsed as one sheet.
+pub(super) fn extract_csv(
+    path: &Path,
+    limits: &ExtractLimits,
+) -> Result<super::Page, ExtractError> {
+    let bytes = read_capped(path, limits.max_text_bytes, "CSV")?;
+    super::spreadsheet::csv_page(&decode_text(&bytes), limits)
 }
 
 fn read_capped(path: &Path, max_bytes: u64, what: &str) -> Result<Vec<u8>, ExtractError> {

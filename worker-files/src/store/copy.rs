@@ -70,6 +70,30 @@ impl BinaryCopy {
         }
     }
 
+    pub fn boolean(&mut self, value: bool) {
+        self.field(&[u8::from(value)]);
+    }
+
+    /// A one-dimensional `text[]` (no NULL elements); empty gives `{}`.
+    pub fn text_array(&mut self, values: &[String]) {
+        /// The type OID of `text`.
+        const TEXT_OID: i32 = 25;
+        let mut body = Vec::new();
+        let dimensions: i32 = if values.is_empty() { 0 } else { 1 };
+        body.extend_from_slice(&dimensions.to_be_bytes());
+        body.extend_from_slice(&0i32.to_be_bytes()); // no NULL elements
+        body.extend_from_slice(&TEXT_OID.to_be_bytes());
+        if !values.is_empty() {
+            body.extend_from_slice(&(values.len() as i32).to_be_bytes());
+            body.extend_from_slice(&1i32.to_be_bytes()); // lower bound
+            for value in values {
+                body.extend_from_slice(&(value.len() as i32).to_be_bytes());
+                body.extend_from_slice(value.as_bytes());
+            }
+        }
+        self.field(&body);
+    }
+
     /// pgvector's binary form: dimensions (int16), unused (int16), then float4s.
     pub fn vector(&mut self, values: &[f32]) {
         self.buffer

@@ -12,7 +12,7 @@ use uuid::Uuid;
 use crate::chunk::Chunk;
 use copy::BinaryCopy;
 
-const COPY_CHUNKS: &str = "COPY chunks (org_id, file_id, model_id, chunk_index, page, part, byte_start, byte_end, token_count, text_sha256, text, embedding) FROM STDIN WITH (FORMAT binary)";
+const COPY_CHUNKS: &str = "COPY chunks (org_id, file_id, model_id, chunk_index, page, part, byte_start, byte_end, token_count, text_sha256, text, embedding, heading_path, ocr) FROM STDIN WITH (FORMAT binary)";
 
 /// A chunk with its vector, ready to store.
 pub struct EmbeddedChunk<'a> {
@@ -36,7 +36,7 @@ pub async fn copy_chunks(
     let mut copy = BinaryCopy::new();
     for embedded in chunks {
         let chunk = embedded.chunk;
-        copy.start_row(12);
+        copy.start_row(14);
         copy.uuid(org_id);
         copy.uuid(file_id);
         copy.text(model_id);
@@ -49,6 +49,8 @@ pub async fn copy_chunks(
         copy.bytea(&embedded.text_sha256);
         copy.text(&chunk.text);
         copy.vector(embedded.embedding);
+        copy.text_array(&chunk.heading_path);
+        copy.boolean(chunk.ocr);
     }
     let mut sink = connection.copy_in_raw(COPY_CHUNKS).await?;
     sink.send(copy.finish()).await?;
@@ -67,8 +69,8 @@ pub async fn insert_chunks_row_by_row(
     for embedded in chunks {
         let chunk = embedded.chunk;
         sqlx::query(
-            "INSERT INTO chunks (org_id, file_id, model_id, chunk_index, page, part, byte_start, byte_end, token_count, text_sha256, text, embedding) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+            "INSERT INTO chunks (org_id, file_id, model_id, chunk_index, page, part, byte_start, byte_end, token_count, text_sha256, text, embedding, heading_path, ocr) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
         )
         .bind(org_id)
         .bind(file_id)
@@ -82,6 +84,8 @@ pub async fn insert_chunks_row_by_row(
         .bind(&embedded.text_sha256[..])
         .bind(&chunk.text)
         .bind(pgvector::Vector::from(embedded.embedding.to_vec()))
+        .bind(&chunk.heading_path)
+        .bind(chunk.ocr)
         .execute(&mut *connection)
         .await?;
     }
