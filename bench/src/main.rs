@@ -12,6 +12,7 @@
 //! - [`embed`]: local all-MiniLM-L6-v2 throughput against sentence-transformers.
 //! - [`e2e`]: api-lite and a real worker-files process, uploads through the API, RSS sampling.
 //! - [`copy`]: binary COPY against row-by-row INSERT for the store stage.
+//! - [`scaleout`]: files/s against 1, 2 and 4 worker-files processes, and what binds.
 //! - [`database`]: a fresh, migrated database per section.
 //! - [`rss`]: resident set sizes from `/proc`.
 //! - [`report`]: aligned tables and the findings every section hands to `all`.
@@ -40,6 +41,8 @@ mod report;
 mod retrieval;
 /// Memory figures from `/proc`.
 mod rss;
+/// Files/s against the number of worker processes.
+mod scaleout;
 /// Word-level text similarity.
 mod similarity;
 
@@ -107,6 +110,15 @@ enum Section {
         #[arg(long, default_value_t = 2000)]
         rows: usize,
     },
+    /// Files/s with 1, 2 and 4 worker-files processes, zero-cost embeddings; what binds.
+    Scaleout {
+        /// Files per phase.
+        #[arg(long, default_value_t = 200)]
+        files: usize,
+        /// Worker process counts, comma separated.
+        #[arg(long, value_delimiter = ',', default_value = "1,2,4")]
+        workers: Vec<usize>,
+    },
     /// Every section, each in its own process, then a summary against DESIGN's targets.
     All,
 }
@@ -123,6 +135,7 @@ impl Section {
             Section::Embed { .. } => "embed",
             Section::E2e { .. } => "e2e",
             Section::Copy { .. } => "copy",
+            Section::Scaleout { .. } => "scaleout",
             Section::All => "all",
         }
     }
@@ -219,6 +232,7 @@ async fn run_section(paths: &Paths, section: &Section) -> anyhow::Result<Vec<Fin
         }
         Section::E2e { files } => e2e::run(paths, &corpus::load(&paths.out_dir)?, *files).await,
         Section::Copy { rows } => copy::run(&corpus::load(&paths.out_dir)?, *rows).await,
+        Section::Scaleout { files, workers } => scaleout::run(paths, *files, workers).await,
         Section::All => bail!("`all` is not a single section"),
     }
 }
