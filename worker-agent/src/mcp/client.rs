@@ -50,8 +50,8 @@ pub struct McpClient {
 }
 
 enum Transport {
-    Stdio(StdioTransport),
-    Http(HttpTransport),
+    Stdio(Box<StdioTransport>),
+    Http(Box<HttpTransport>),
 }
 
 struct StdioTransport {
@@ -72,8 +72,8 @@ impl McpClient {
     pub async fn connect(settings: &McpServerSettings) -> Result<Self, McpError> {
         let timeout = Duration::from_secs(settings.timeout_secs.max(1));
         let transport = match settings.transport {
-            McpTransport::Stdio => Transport::Stdio(StdioTransport::spawn(settings)?),
-            McpTransport::Http => Transport::Http(HttpTransport {
+            McpTransport::Stdio => Transport::Stdio(Box::new(StdioTransport::spawn(settings)?)),
+            McpTransport::Http => Transport::Http(Box::new(HttpTransport {
                 http: reqwest::Client::builder()
                     .timeout(timeout)
                     .build()
@@ -83,7 +83,7 @@ impl McpClient {
                     .clone()
                     .ok_or_else(|| McpError::Transport("no url configured".into()))?,
                 session: std::sync::Mutex::new(None),
-            }),
+            })),
         };
         let client = Self {
             transport,
