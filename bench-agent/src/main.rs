@@ -892,6 +892,13 @@ async fn main() -> anyhow::Result<()> {
     let app = TestApp::spawn_with(TestOptions {
         max_receive_count: 5,
         visibility_timeout_secs: 60,
+        // The bench creates its runs as fast as it can: no per-org rate limit.
+        configure: Some(std::sync::Arc::new(
+            |settings: &mut shared::config::Settings| {
+                settings.api.rate_limit_per_sec = 1e9;
+                settings.api.rate_limit_burst = u32::MAX;
+            },
+        )),
         ..TestOptions::default()
     })
     .await
