@@ -15,6 +15,7 @@ peers_dir="${XDG_CACHE_HOME:-$HOME/.cache}/glassbox/bench-peers"
 # name|import check|packages (space separated, pinned to the versions measured)
 PEERS=(
   "llamaindex|import llama_index.core.node_parser, llama_index.vector_stores.postgres, pypdf, docx2txt|llama-index-core==0.14.25 llama-index-vector-stores-postgres==0.9.0 pypdf==7.1.0 docx2txt==0.9"
+  "langgraph|import langgraph.graph, langgraph.checkpoint.postgres, psycopg, psycopg_pool|langgraph==1.2.22 langgraph-checkpoint-postgres==3.2.0 psycopg[binary]==3.3.9 psycopg-pool==3.3.3"
 )
 
 peer_ok() {

@@ -3,7 +3,8 @@
 # `cargo build --release --bins --benches`, with .stack/env sourced.
 #
 #   bench/run.sh             every section, then the summary against DESIGN.md's targets
-#   bench/run.sh extract     one section: corpus, extract, pipeline, embed, e2e, copy
+#   bench/run.sh extract     one section: corpus, extract, pipeline, embed, e2e, copy,
+#                            scaleout (files/s against 1, 2, 4 workers; needs no corpus)
 #
 # Builds the corpus under bench/out/ when it is missing (apt-get download of a Debian
 # documentation package, never installed). Peers: BENCH_PEERS=1 bench/run.sh installs them
@@ -44,7 +45,12 @@ if [[ $# -eq 0 ]]; then
   # `all` builds the corpus first when it is missing.
   exec "$bench_bin" --out "$out_dir" --bin-dir "$bin_dir" all
 fi
-"$bench_bin" --out "$out_dir" --bin-dir "$bin_dir" corpus
+for section in "$@"; do
+  if [[ "$section" != scaleout ]]; then
+    "$bench_bin" --out "$out_dir" --bin-dir "$bin_dir" corpus
+    break
+  fi
+done
 for section in "$@"; do
   [[ "$section" == corpus ]] && continue
   "$bench_bin" --out "$out_dir" --bin-dir "$bin_dir" "$section"

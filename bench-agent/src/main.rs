@@ -8,6 +8,13 @@
 //! and waits until every run completed. A run of N steps is N-1 steps that call the
 //! `get_node_context` tool, then a final text answer.
 //!
+//! The peer, LangGraph with PostgresSaver (`langgraph/steps.py`), runs the same phase
+//! right after, in the same database: as many Python processes as workers, each with the
+//! same number of runs at once, the same zero-latency model answers and a
+//! `get_node_context` tool that reads the node from Postgres. It is installed into a
+//! bench-only venv under ~/.cache/glassbox/bench-peers/langgraph by `bench/peers.sh`
+//! only when asked (`BENCH_PEERS=1`); without it the report shows DESIGN.md's reference.
+//!
 //! It reports, per phase (workers × steps per run):
 //! - steps/s: committed steps over the window between the first and the last step commit;
 //! - the mean time of one step inside a run;
@@ -37,8 +44,8 @@ use testkit::{TestApp, TestOptions};
 use tokio::process::{Child, Command};
 use uuid::Uuid;
 
-/// DESIGN.md targets and the LangGraph + PostgresSaver figures measured on this kind of
-/// machine (the peer is not installed here; these are the reference numbers).
+/// DESIGN.md targets, and the LangGraph + PostgresSaver figures measured on this kind of
+/// machine, shown when the peer is not installed.
 const TARGET_STEPS_PER_SEC: f64 = 2_500.0;
 const TARGET_COMMIT_P50_MS: f64 = 0.5;
 const TARGET_COMMIT_P99_MS: f64 = 5.0;
@@ -68,6 +75,91 @@ struct Args {
     /// Give up on a phase after this long.
     #[arg(long, default_value_t = 120)]
     phase_timeout_secs: u64,
+    /// Print one JSON object per phase on stdout (and progress on stderr) instead of the
+    /// tables.
+    #[arg(long)]
+    json: bool,
+    /// The LangGraph peer's Python; by default the bench-only venv's, when installed.
+    #[arg(long)]
+    peer_python: Option<PathBuf>,
+    /// Skip the LangGraph peer even when it is installed.
+    #[arg(long)]
+    no_peer: bool,
+    /// Messages the outbox relay is timed on after the phases (0 skips it).
+    #[arg(long, default_value_t = 2000)]
+    relay_messages: usize,
+}
+
+/// How fast api-lite's outbox relay moves committed messages to SQS.
+#[derive(Debug, Clone)]
+struct RelayFigures {
+    messages: usize,
+    secs: f64,
+    usage: testkit::cpu::Usage,
+}
+
+impl RelayFigures {
+    fn per_sec(&self) -> f64 {
+        self.messages as f64 / self.secs.max(1e-9)
+    }
+}
+
+/// Commits `messages` outbox entries in one transaction (wake-ups for executions that do
+/// not exist; no worker is up) and times the relay until the outbox is empty.
+async fn measure_relay(app: &TestApp, messages: usize) -> anyhow::Result<RelayFigures> {
+    let mut transaction = app.pool.begin().await?;
+    for _ in 0..messages {
+        shared::outbox::enqueue_job(
+            &mut transaction,
+            shared::queue::JobKind::AgentRun,
+            Uuid::now_v7(),
+            app.org_id,
+        )
+        .await?;
+    }
+    let before = cpu_snapshot(app, &[]).await?;
+    let started = Instant::now();
+    transaction.commit().await?;
+    let deadline = started + Duration::from_secs(300);
+    loop {
+        let pending: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox")
+            .fetch_one(&app.pool)
+            .await?;
+        if pending == 0 {
+            break;
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the relay left {pending} messages after 300 s"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let after = cpu_snapshot(app, &[]).await?;
+    Ok(RelayFigures {
+        messages,
+        secs,
+        usage: testkit::cpu::Usage::between(&before, &after),
+    })
+}
+
+/// What the LangGraph peer measured on one phase.
+#[derive(Debug, Clone)]
+struct PeerPhase {
+    steps: i64,
+    window_secs: f64,
+    ms_per_step_in_run: f64,
+    table_growth_bytes: i64,
+}
+
+impl PeerPhase {
+    fn steps_per_sec(&self) -> f64 {
+        if self.window_secs > 0.0 {
+            self.steps as f64 / self.window_secs
+        } else {
+            0.0
+        }
+    }
 }
 
 #[derive(Debug, Default, Clone)]
@@ -85,6 +177,9 @@ struct Phase {
     event_bytes: i64,
     ledger_bytes: i64,
     relation_growth: i64,
+    /// CPU use of the workers, Postgres, moto and this process while the runs ran.
+    usage: testkit::cpu::Usage,
+    peer: Option<PeerPhase>,
 }
 
 impl Phase {
@@ -336,6 +431,7 @@ async fn run_phase(
     }
 
     let name = format!("w{workers}-s{steps_per_run}");
+    let cpu_before = cpu_snapshot(app, &[]).await?;
     let started = Instant::now();
     let mut processes = spawn_workers(
         app,
@@ -378,6 +474,13 @@ async fn run_phase(
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     let wall_secs = started.elapsed().as_secs_f64();
+    let worker_pids: Vec<u32> = processes
+        .iter()
+        .filter_map(|worker| worker.child.id())
+        .collect();
+    let cpu_after = cpu_snapshot(app, &worker_pids).await?;
+    // Workers started after the first snapshot: they count from zero.
+    let usage = testkit::cpu::Usage::between(&cpu_before, &cpu_after);
     stop_workers(&mut processes).await?;
     // A long poll the stopped workers left open server-side can still take the next
     // phase's first messages and hide them for a visibility timeout: let it expire.
@@ -441,6 +544,200 @@ async fn run_phase(
         event_bytes,
         ledger_bytes,
         relation_growth,
+        usage,
+        peer: None,
+    })
+}
+
+/// CPU ticks now of the workers, this database's Postgres backends, the moto server
+/// (the SQS endpoint) and this process (api-lite and the model).
+async fn cpu_snapshot(
+    app: &TestApp,
+    worker_pids: &[u32],
+) -> anyhow::Result<testkit::cpu::Snapshot> {
+    let mut processes: Vec<(String, u32)> = worker_pids
+        .iter()
+        .map(|pid| ("workers".to_string(), *pid))
+        .collect();
+    for pid in testkit::cpu::database_backends(&app.pool).await? {
+        processes.push(("postgres".into(), pid));
+    }
+    let moto_port = endpoint_port(&testkit::aws_endpoint());
+    if let Some(pid) = moto_port.and_then(testkit::cpu::moto_pid) {
+        processes.push(("moto (SQS)".into(), pid));
+    }
+    processes.push(("bench (api-lite, model)".into(), std::process::id()));
+    Ok(testkit::cpu::Snapshot::take(&processes))
+}
+
+/// The port of an `http://host:port` endpoint.
+fn endpoint_port(endpoint: &str) -> Option<u16> {
+    endpoint
+        .rsplit(':')
+        .next()?
+        .trim_end_matches('/')
+        .parse()
+        .ok()
+}
+
+/// The peer venv's Python, when installed.
+fn peer_python(args: &Args) -> Option<PathBuf> {
+    if args.no_peer {
+        return None;
+    }
+    if let Some(python) = &args.peer_python {
+        return Some(python.clone());
+    }
+    let cache = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache")))?;
+    let python = cache.join("glassbox/bench-peers/langgraph/bin/python");
+    python.exists().then_some(python)
+}
+
+fn peer_script() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("langgraph/steps.py")
+}
+
+/// Runs the LangGraph peer on the same phase: `workers` processes, each with its share
+/// of the runs and `concurrency` at once.
+async fn run_peer(
+    python: &Path,
+    app: &TestApp,
+    node: Uuid,
+    workers: usize,
+    runs: usize,
+    steps_per_run: usize,
+    concurrency: usize,
+) -> anyhow::Result<PeerPhase> {
+    let mut children = Vec::new();
+    for index in 0..workers {
+        let share = runs / workers + usize::from(index < runs % workers);
+        let child = Command::new(python)
+            .arg(peer_script())
+            .args(["--database-url", &app.database_url])
+            .args(["--node-id", &node.to_string()])
+            .args(["--runs", &share.to_string()])
+            .args(["--steps", &steps_per_run.to_string()])
+            .args(["--concurrency", &concurrency.to_string()])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("starting {}", python.display()))?;
+        children.push(child);
+    }
+    let mut reports = Vec::new();
+    for child in children {
+        let output = child.wait_with_output().await?;
+        anyhow::ensure!(output.status.success(), "the LangGraph peer failed");
+        let report: Value =
+            serde_json::from_slice(&output.stdout).context("reading the LangGraph peer's JSON")?;
+        reports.push(report);
+    }
+    let started = reports
+        .iter()
+        .filter_map(|report| report["window_start"].as_f64())
+        .fold(f64::INFINITY, f64::min);
+    let finished = reports
+        .iter()
+        .filter_map(|report| report["window_end"].as_f64())
+        .fold(0.0, f64::max);
+    let field_sum = |name: &str| -> f64 {
+        reports
+            .iter()
+            .filter_map(|report| report[name].as_f64())
+            .sum::<f64>()
+    };
+    Ok(PeerPhase {
+        steps: field_sum("steps") as i64,
+        window_secs: finished - started,
+        ms_per_step_in_run: field_sum("ms_per_step_in_run") / reports.len().max(1) as f64,
+        // Every process sees the same tables grow: the largest growth is the phase's.
+        table_growth_bytes: reports
+            .iter()
+            .filter_map(|report| report["checkpoint_table_growth_bytes"].as_i64())
+            .max()
+            .unwrap_or(0),
+    })
+}
+
+/// Creates the peer's checkpoint tables before any phase.
+async fn set_up_peer(python: &Path, app: &TestApp, node: Uuid) -> anyhow::Result<()> {
+    let status = Command::new(python)
+        .arg(peer_script())
+        .args(["--database-url", &app.database_url])
+        .args(["--node-id", &node.to_string()])
+        .args(["--runs", "0", "--steps", "1", "--setup-only"])
+        .status()
+        .await?;
+    anyhow::ensure!(
+        status.success(),
+        "setting up the LangGraph peer's tables failed"
+    );
+    Ok(())
+}
+
+/// One JSON object for a phase: the figures, the peer's beside them, and the targets.
+fn phase_json(phase: &Phase, concurrency: usize) -> Value {
+    let p50 = percentile(&phase.commit_us, 0.50) / 1000.0;
+    let p99 = percentile(&phase.commit_us, 0.99) / 1000.0;
+    let peer = phase.peer.as_ref().map(|peer| {
+        json!({
+            "name": "langgraph+postgressaver",
+            "measured": true,
+            "steps": peer.steps,
+            "window_secs": peer.window_secs,
+            "steps_per_sec": peer.steps_per_sec(),
+            "ms_per_step_in_run": peer.ms_per_step_in_run,
+            "bytes_per_step": peer.table_growth_bytes as f64 / peer.steps.max(1) as f64,
+        })
+    });
+    let peer_steps_per_sec = phase
+        .peer
+        .as_ref()
+        .map_or(LANGGRAPH_STEPS_PER_SEC, PeerPhase::steps_per_sec);
+    json!({
+        "phase": format!("w{}-s{}", phase.workers, phase.steps_per_run),
+        "workers": phase.workers,
+        "concurrency_per_worker": concurrency,
+        "steps_per_run": phase.steps_per_run,
+        "runs": phase.runs,
+        "steps": phase.steps,
+        "window_secs": phase.window_secs,
+        "wall_secs": phase.wall_secs,
+        "steps_per_sec": phase.steps_per_sec(),
+        "ms_per_step_in_run": phase.step_ms_in_run,
+        "commit_p50_ms": p50,
+        "commit_p99_ms": p99,
+        "bytes_per_step": {
+            "new_messages_json": phase.per_step(phase.message_text_bytes),
+            "checkpoint_rows": phase.per_step(phase.checkpoint_bytes),
+            "trace_events": phase.per_step(phase.event_bytes),
+            "tool_ledger": phase.per_step(phase.ledger_bytes),
+            "overhead_beyond_new_messages": phase.overhead_per_step(),
+            "table_growth": phase.per_step(phase.relation_growth),
+        },
+        "peer": peer.unwrap_or_else(|| json!({
+            "name": "langgraph+postgressaver",
+            "measured": false,
+            "steps_per_sec": LANGGRAPH_STEPS_PER_SEC,
+            "ms_per_step_in_run": LANGGRAPH_MS_PER_STEP,
+        })),
+        "vs_peer": phase.steps_per_sec() / peer_steps_per_sec,
+        "cpu_cores": phase.usage.cores_by_label.iter().map(|(label, cores)| (label.clone(), json!(cores))).collect::<serde_json::Map<String, Value>>(),
+        "machine_busy_cores": phase.usage.machine_busy_cores,
+        "binding": phase.usage.binding(&["moto (SQS)"]),
+        "targets": {
+            "steps_per_sec": TARGET_STEPS_PER_SEC,
+            "commit_p50_ms": TARGET_COMMIT_P50_MS,
+            "commit_p99_ms": TARGET_COMMIT_P99_MS,
+            "overhead_bytes_per_step": TARGET_OVERHEAD_BYTES,
+            "met": phase.steps_per_sec() >= TARGET_STEPS_PER_SEC
+                && p50 <= TARGET_COMMIT_P50_MS
+                && p99 <= TARGET_COMMIT_P99_MS
+                && phase.overhead_per_step() <= TARGET_OVERHEAD_BYTES,
+        },
     })
 }
 
@@ -450,14 +747,18 @@ fn print_report(phases: &[Phase], concurrency: usize) {
         "Throughput and step-commit latency (zero-latency model, {concurrency} runs at once per worker)"
     );
     println!(
-        "| workers | steps/run | runs | steps | window s | steps/s | vs target 2,500 | vs LangGraph 247 | ms/step in a run | commit p50 ms | commit p99 ms |"
+        "| workers | steps/run | runs | steps | window s | steps/s | vs target 2,500 | LangGraph steps/s | vs LangGraph | ms/step in a run | LangGraph ms/step | commit p50 ms | commit p99 ms |"
     );
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for phase in phases {
         let p50 = percentile(&phase.commit_us, 0.50) / 1000.0;
         let p99 = percentile(&phase.commit_us, 0.99) / 1000.0;
+        let (peer_steps_per_sec, peer_ms, marker) = match &phase.peer {
+            Some(peer) => (peer.steps_per_sec(), peer.ms_per_step_in_run, ""),
+            None => (LANGGRAPH_STEPS_PER_SEC, LANGGRAPH_MS_PER_STEP, " (ref)"),
+        };
         println!(
-            "| {} | {} | {} | {} | {:.2} | {:.0} | {:.2}× | {:.1}× | {:.2} | {:.3} {} | {:.3} {} |",
+            "| {} | {} | {} | {} | {:.2} | {:.0} | {:.2}× | {:.0}{marker} | {:.1}× | {:.2} | {:.2}{marker} | {:.3} {} | {:.3} {} |",
             phase.workers,
             phase.steps_per_run,
             phase.runs,
@@ -465,8 +766,10 @@ fn print_report(phases: &[Phase], concurrency: usize) {
             phase.window_secs,
             phase.steps_per_sec(),
             phase.steps_per_sec() / TARGET_STEPS_PER_SEC,
-            phase.steps_per_sec() / LANGGRAPH_STEPS_PER_SEC,
+            peer_steps_per_sec,
+            phase.steps_per_sec() / peer_steps_per_sec,
             phase.step_ms_in_run,
+            peer_ms,
             p50,
             verdict(p50 <= TARGET_COMMIT_P50_MS),
             p99,
@@ -477,9 +780,40 @@ fn print_report(phases: &[Phase], concurrency: usize) {
     println!(
         "Targets (DESIGN.md): ≥ {TARGET_STEPS_PER_SEC:.0} steps/s; commit p50 ≤ {TARGET_COMMIT_P50_MS} ms, p99 ≤ {TARGET_COMMIT_P99_MS} ms."
     );
+    if phases.iter().all(|phase| phase.peer.is_some()) {
+        println!(
+            "LangGraph + PostgresSaver: measured in this run, same phases, same database (bench-agent/langgraph/steps.py)."
+        );
+    } else {
+        println!(
+            "LangGraph + PostgresSaver marked (ref): not installed (BENCH_PEERS=1 bench/peers.sh), DESIGN.md's {LANGGRAPH_STEPS_PER_SEC:.0} steps/s and {LANGGRAPH_MS_PER_STEP} ms per step, not re-measured."
+        );
+    }
+
+    println!();
     println!(
-        "LangGraph + PostgresSaver reference: {LANGGRAPH_STEPS_PER_SEC:.0} steps/s, {LANGGRAPH_MS_PER_STEP} ms per step (not installed here: the DESIGN.md figures, not re-measured)."
+        "Where the CPU went while the runs ran (cores in use, from /proc; the machine's busy cores include any other work on it)"
     );
+    println!(
+        "| workers | steps/run | steps/s | workers | postgres (this db) | moto (SQS) | bench (api-lite, model) | machine busy | binding |"
+    );
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---|");
+    for phase in phases {
+        let usage = &phase.usage;
+        println!(
+            "| {} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} of {} | {} |",
+            phase.workers,
+            phase.steps_per_run,
+            phase.steps_per_sec(),
+            usage.cores("workers"),
+            usage.cores("postgres"),
+            usage.cores("moto (SQS)"),
+            usage.cores("bench (api-lite, model)"),
+            usage.machine_busy_cores,
+            usage.machine_cores,
+            usage.binding(&["moto (SQS)"]),
+        );
+    }
 
     println!();
     println!("Storage per step (bytes; rows by pg_column_size, tables by pg_total_relation_size)");
@@ -488,10 +822,16 @@ fn print_report(phases: &[Phase], concurrency: usize) {
     );
     println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for phase in phases {
-        let langgraph = LANGGRAPH_BYTES_PER_STEP
-            .iter()
-            .find(|(steps, _)| *steps == phase.steps_per_run)
-            .map_or_else(|| "-".to_string(), |(_, bytes)| format!("{bytes:.0}"));
+        let langgraph = match &phase.peer {
+            Some(peer) => format!(
+                "{:.0}",
+                peer.table_growth_bytes as f64 / peer.steps.max(1) as f64
+            ),
+            None => LANGGRAPH_BYTES_PER_STEP
+                .iter()
+                .find(|(steps, _)| *steps == phase.steps_per_run)
+                .map_or_else(|| "-".to_string(), |(_, bytes)| format!("{bytes:.0} (ref)")),
+        };
         let overhead = phase.overhead_per_step();
         println!(
             "| {} | {} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} {} | {:.0} | {} |",
@@ -509,7 +849,7 @@ fn print_report(phases: &[Phase], concurrency: usize) {
     }
     println!();
     println!(
-        "Target (DESIGN.md): constant per step, the new messages plus ≤ 2 KB; LangGraph: 8.7 KB per step at 10 steps, 15 KB at 50."
+        "Target (DESIGN.md): constant per step, the new messages plus ≤ 2 KB. LangGraph: growth of its checkpoint tables incl. indexes when measured (compare with table growth), else DESIGN.md's 8.7 KB per step at 10 steps, 15 KB at 50."
     );
     let mut by_run_length: BTreeMap<usize, Vec<f64>> = BTreeMap::new();
     for phase in phases {
@@ -552,6 +892,13 @@ async fn main() -> anyhow::Result<()> {
     let app = TestApp::spawn_with(TestOptions {
         max_receive_count: 5,
         visibility_timeout_secs: 60,
+        // The bench creates its runs as fast as it can: no per-org rate limit.
+        configure: Some(std::sync::Arc::new(
+            |settings: &mut shared::config::Settings| {
+                settings.api.rate_limit_per_sec = 1e9;
+                settings.api.rate_limit_burst = u32::MAX;
+            },
+        )),
         ..TestOptions::default()
     })
     .await
@@ -574,19 +921,52 @@ async fn main() -> anyhow::Result<()> {
         node,
         logs: logs.path().to_path_buf(),
     };
-    println!(
-        "bench-agent: worker {}, database {}, {} steps per phase",
+    let peer = peer_python(&args);
+    if let Some(python) = &peer {
+        set_up_peer(python, &app, node).await?;
+    }
+    eprintln!(
+        "bench-agent: worker {}, database {}, {} steps per phase, peer {}",
         binary.display(),
         app.database_url.rsplit('/').next().unwrap_or_default(),
-        args.steps_per_phase
+        args.steps_per_phase,
+        peer.as_ref().map_or_else(
+            || "not installed (DESIGN.md reference)".to_string(),
+            |python| python.display().to_string()
+        )
     );
     let mut phases = Vec::new();
     for &workers in &args.workers {
         for &steps_per_run in &args.steps {
-            let phase = run_phase(&bench, workers, steps_per_run)
+            let mut phase = run_phase(&bench, workers, steps_per_run)
                 .await
                 .with_context(|| format!("{workers} worker(s), {steps_per_run} steps per run"))?;
-            println!(
+            if let Some(python) = &peer {
+                let measured = run_peer(
+                    python,
+                    &app,
+                    node,
+                    workers,
+                    phase.runs,
+                    steps_per_run,
+                    args.concurrency,
+                )
+                .await
+                .with_context(|| {
+                    format!("LangGraph peer, {workers} process(es), {steps_per_run} steps per run")
+                })?;
+                eprintln!(
+                    "  LangGraph: {} steps in {:.2}s, {:.0} steps/s",
+                    measured.steps,
+                    measured.window_secs,
+                    measured.steps_per_sec()
+                );
+                phase.peer = Some(measured);
+            }
+            if args.json {
+                println!("{}", phase_json(&phase, args.concurrency));
+            }
+            eprintln!(
                 "  {workers} worker(s), {steps_per_run} steps/run: {} runs, {} steps in {:.2}s of commits ({:.2}s wall incl. worker start), {:.0} steps/s",
                 phase.runs,
                 phase.steps,
@@ -597,9 +977,40 @@ async fn main() -> anyhow::Result<()> {
             phases.push(phase);
         }
     }
-    print_report(&phases, args.concurrency);
-    println!(
-        "\nmodel requests served: {}",
+    if !args.json {
+        print_report(&phases, args.concurrency);
+    }
+    if args.relay_messages > 0 {
+        let relay = measure_relay(&app, args.relay_messages).await?;
+        let binding = relay.usage.binding(&["moto (SQS)"]);
+        if args.json {
+            println!(
+                "{}",
+                json!({
+                    "phase": "outbox-relay",
+                    "messages": relay.messages,
+                    "secs": relay.secs,
+                    "messages_per_sec": relay.per_sec(),
+                    "cpu_cores": relay.usage.cores_by_label.iter().map(|(label, cores)| (label.clone(), json!(cores))).collect::<serde_json::Map<String, Value>>(),
+                    "machine_busy_cores": relay.usage.machine_busy_cores,
+                    "binding": binding,
+                })
+            );
+        } else {
+            println!();
+            println!(
+                "Outbox relay (one api-lite, SendMessageBatch of 10): {} messages in {:.2}s, {:.0} messages/s; moto {:.2} cores, postgres {:.2}, bench (api-lite) {:.2}; binding: {binding}",
+                relay.messages,
+                relay.secs,
+                relay.per_sec(),
+                relay.usage.cores("moto (SQS)"),
+                relay.usage.cores("postgres"),
+                relay.usage.cores("bench (api-lite, model)"),
+            );
+        }
+    }
+    eprintln!(
+        "model requests served: {}",
         model.requests.load(Ordering::Relaxed)
     );
     Ok(())

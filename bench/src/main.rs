@@ -14,6 +14,7 @@
 //! - [`copy`]: binary COPY against row-by-row INSERT for the store stage.
 //! - [`search`]: search quality (hit@1, hit@5, MRR) and latency, vector, text and hybrid,
 //!   against LlamaIndex's retrievers over the same chunks and model.
+//! - [`scaleout`]: files/s against 1, 2 and 4 worker-files processes, and what binds.
 //! - [`database`]: a fresh, migrated database per section.
 //! - [`rss`]: resident set sizes from `/proc`.
 //! - [`report`]: aligned tables and the findings every section hands to `all`.
@@ -44,6 +45,8 @@ mod retrieval;
 mod rss;
 /// Search quality and latency by mode, and the LlamaIndex retrievers.
 mod search;
+/// Files/s against the number of worker processes.
+mod scaleout;
 /// Word-level text similarity.
 mod similarity;
 
@@ -120,6 +123,15 @@ enum Section {
         #[arg(long)]
         skip_peer: bool,
     },
+    /// Files/s with 1, 2 and 4 worker-files processes, zero-cost embeddings; what binds.
+    Scaleout {
+        /// Files per phase.
+        #[arg(long, default_value_t = 200)]
+        files: usize,
+        /// Worker process counts, comma separated.
+        #[arg(long, value_delimiter = ',', default_value = "1,2,4")]
+        workers: Vec<usize>,
+    },
     /// Every section, each in its own process, then a summary against DESIGN's targets.
     All,
 }
@@ -137,6 +149,7 @@ impl Section {
             Section::E2e { .. } => "e2e",
             Section::Copy { .. } => "copy",
             Section::Search { .. } => "search",
+            Section::Scaleout { .. } => "scaleout",
             Section::All => "all",
         }
     }
@@ -236,6 +249,7 @@ async fn run_section(paths: &Paths, section: &Section) -> anyhow::Result<Vec<Fin
         Section::Search { chunks, skip_peer } => {
             search::run(paths, &corpus::load(&paths.out_dir)?, *chunks, *skip_peer).await
         }
+        Section::Scaleout { files, workers } => scaleout::run(paths, *files, workers).await,
         Section::All => bail!("`all` is not a single section"),
     }
 }

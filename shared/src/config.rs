@@ -588,9 +588,6 @@ pub struct AgentWorkerSettings {
     pub shutdown_deadline_secs: u64,
     /// Long-poll wait of each ReceiveMessage call.
     pub receive_wait_secs: u32,
-    /// How often a running step looks for a cancel while the model answers; a cancel
-    /// ends the run within about this long.
-    pub control_poll_ms: u64,
     /// Time limit of one model request; a timeout is retried like a 5xx.
     pub request_timeout_secs: u64,
     /// Retries of one model request after 429, 5xx or a timeout.
@@ -617,8 +614,60 @@ pub struct AgentWorkerSettings {
     pub prices: std::collections::BTreeMap<String, ModelPrice>,
     /// Checkpoints (step deltas) of executions finished longer ago than this are deleted.
     pub checkpoint_retention_days: u32,
+    /// MCP servers whose tools agents may call, by server name (lowercase letters,
+    /// digits, `-`; the model sees their tools as `<server>__<tool>`). See
+    /// docs/mcp.md.
+    pub mcp_servers: std::collections::BTreeMap<String, McpServerSettings>,
     /// Test hook: the worker stops dead at this named point (see `failpoint`).
     pub failpoint: Option<String>,
+}
+
+/// How an MCP server is reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum McpTransport {
+    /// A child process of the worker speaking JSON-RPC on its stdin and stdout.
+    Stdio,
+    /// The streamable HTTP transport: JSON-RPC POSTed to one URL.
+    Http,
+}
+
+/// One MCP server and who may use it.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct McpServerSettings {
+    pub transport: McpTransport,
+    /// Stdio: the program and its arguments.
+    pub command: Option<String>,
+    pub args: Vec<String>,
+    /// Http: the MCP endpoint.
+    pub url: Option<String>,
+    /// The orgs whose agents see this server's tools; no other org does.
+    pub orgs: Vec<uuid::Uuid>,
+    /// Tools safe to run again when a crash left their outcome unknown (reads). Any
+    /// other tool is treated as having an effect: its answer is recorded before it runs,
+    /// and after a crash with an unknown outcome it is not run again.
+    pub idempotent_tools: Vec<String>,
+    /// Per-tool policy by the server's own tool name. Unlisted tools: `allow` when
+    /// idempotent, `require_approval` otherwise.
+    pub tool_policy: std::collections::BTreeMap<String, ToolPolicy>,
+    /// Time limit of one request to the server.
+    pub timeout_secs: u64,
+}
+
+impl Default for McpServerSettings {
+    fn default() -> Self {
+        Self {
+            transport: McpTransport::Http,
+            command: None,
+            args: Vec::new(),
+            url: None,
+            orgs: Vec::new(),
+            idempotent_tools: Vec::new(),
+            tool_policy: std::collections::BTreeMap::new(),
+            timeout_secs: 30,
+        }
+    }
 }
 
 impl Default for AgentWorkerSettings {
@@ -640,7 +689,6 @@ impl Default for AgentWorkerSettings {
             lease_secs: 60,
             shutdown_deadline_secs: 100,
             receive_wait_secs: 20,
-            control_poll_ms: 200,
             request_timeout_secs: 120,
             max_retries: 4,
             retry_base_ms: 500,
@@ -654,6 +702,7 @@ impl Default for AgentWorkerSettings {
             allowed_models: vec!["gpt-4o-mini".into(), "gpt-4o".into()],
             prices,
             checkpoint_retention_days: 30,
+            mcp_servers: std::collections::BTreeMap::new(),
             failpoint: None,
         }
     }
@@ -680,6 +729,27 @@ impl AgentWorkerSettings {
             return Err(ConfigError::Invalid(
                 "GLASSBOX_AGENT_WORKER__MAX_OUTPUT_TOKENS must be positive".into(),
             ));
+        }
+        for (name, server) in &self.mcp_servers {
+            let well_named = !name.is_empty()
+                && name.chars().all(|character| {
+                    character.is_ascii_lowercase() || character.is_ascii_digit() || character == '-'
+                });
+            if !well_named {
+                return Err(ConfigError::Invalid(format!(
+                    "MCP server name {name:?} must be lowercase letters, digits and '-'"
+                )));
+            }
+            let reachable = match server.transport {
+                McpTransport::Stdio => server.command.is_some(),
+                McpTransport::Http => server.url.is_some(),
+            };
+            if !reachable {
+                return Err(ConfigError::Invalid(format!(
+                    "MCP server {name}: a stdio server needs GLASSBOX_AGENT_WORKER__MCP_SERVERS__{upper}__COMMAND, an http one __URL",
+                    upper = name.to_ascii_uppercase()
+                )));
+            }
         }
         Ok(())
     }
@@ -809,6 +879,61 @@ mod tests {
             Ok(())
         });
         outcome
+    }
+
+    #[test]
+    fn mcp_servers_are_read_from_the_environment_and_checked() {
+        let org = "0191a5a3-7c2e-7a00-8000-000000000001";
+        let orgs = format!("[{org}]");
+        let settings = with_env(&[
+            (
+                "GLASSBOX_AGENT_WORKER__MCP_SERVERS__DOCS__TRANSPORT",
+                "stdio",
+            ),
+            (
+                "GLASSBOX_AGENT_WORKER__MCP_SERVERS__DOCS__COMMAND",
+                "/bin/docs-mcp",
+            ),
+            (
+                "GLASSBOX_AGENT_WORKER__MCP_SERVERS__DOCS__ARGS",
+                "[\"/tmp/calls log\", --quiet]",
+            ),
+            (
+                "GLASSBOX_AGENT_WORKER__MCP_SERVERS__DOCS__ORGS",
+                orgs.as_str(),
+            ),
+            (
+                "GLASSBOX_AGENT_WORKER__MCP_SERVERS__DOCS__IDEMPOTENT_TOOLS",
+                "[lookup]",
+            ),
+            (
+                "GLASSBOX_AGENT_WORKER__MCP_SERVERS__DOCS__TOOL_POLICY__PURGE",
+                "deny",
+            ),
+            (
+                "GLASSBOX_AGENT_WORKER__MCP_SERVERS__WIKI__URL",
+                "http://127.0.0.1:9/mcp",
+            ),
+        ])
+        .unwrap();
+        let docs = &settings.agent_worker.mcp_servers["docs"];
+        assert_eq!(docs.transport, McpTransport::Stdio);
+        assert_eq!(docs.command.as_deref(), Some("/bin/docs-mcp"));
+        assert_eq!(docs.args, ["/tmp/calls log", "--quiet"]);
+        assert_eq!(docs.orgs, [org.parse::<uuid::Uuid>().unwrap()]);
+        assert_eq!(docs.idempotent_tools, ["lookup"]);
+        assert_eq!(docs.tool_policy["purge"], ToolPolicy::Deny);
+        let wiki = &settings.agent_worker.mcp_servers["wiki"];
+        assert_eq!(wiki.transport, McpTransport::Http);
+        assert!(settings.agent_worker.validate().is_ok());
+
+        let unreachable = with_env(&[(
+            "GLASSBOX_AGENT_WORKER__MCP_SERVERS__DOCS__TRANSPORT",
+            "stdio",
+        )])
+        .unwrap();
+        let refused = unreachable.agent_worker.validate().unwrap_err().to_string();
+        assert!(refused.contains("MCP_SERVERS__DOCS__COMMAND"), "{refused}");
     }
 
     #[test]

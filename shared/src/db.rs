@@ -25,6 +25,10 @@ pub async fn connect(settings: &DatabaseSettings) -> Result<PgPool, DbError> {
     let url = settings.connection_url()?;
     PgPoolOptions::new()
         .max_connections(settings.max_connections)
+        // No ping before every checkout: it is a round trip per statement (an agent step
+        // would pay it on its commit). A connection the server dropped fails its next
+        // statement instead, which every caller treats as a transient error and retries.
+        .test_before_acquire(false)
         .acquire_timeout(Duration::from_secs(settings.acquire_timeout_secs))
         .connect(url.expose_secret())
         .await

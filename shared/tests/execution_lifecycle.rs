@@ -132,6 +132,9 @@ fn commit(outcome: StepOutcome) -> StepCommit {
         new_inputs: Vec::new(),
         consumed_inputs: Vec::new(),
         active_ms: 5,
+        tokens_in: 0,
+        tokens_out: 0,
+        cost_usd: 0.0,
         outcome,
     }
 }
@@ -301,20 +304,23 @@ async fn a_model_answer_is_paid_for_before_its_step_commits() {
     assert_eq!(events(&pool, id).await, ["queued", "claimed", "model_call"]);
 
     assert!(
-        !step::commit_step(&pool, stale, 0, &commit(StepOutcome::Continue))
+        step::commit_step(&pool, stale, 0, &commit(StepOutcome::Continue))
             .await
             .unwrap()
+            .is_none()
     );
     assert!(
-        !step::commit_step(&pool, run, 1, &commit(StepOutcome::Continue))
+        step::commit_step(&pool, run, 1, &commit(StepOutcome::Continue))
             .await
-            .unwrap(),
+            .unwrap()
+            .is_none(),
         "a step number that moved on is refused"
     );
     assert!(
         step::commit_step(&pool, run, 0, &commit(StepOutcome::Continue))
             .await
             .unwrap()
+            .is_some()
     );
     let (step_now, status_now, pending, tokens_in): (i32, String, Option<Value>, i64) =
         sqlx::query_as(
@@ -329,9 +335,10 @@ async fn a_model_answer_is_paid_for_before_its_step_commits() {
         (1, "running", None, 100)
     );
     assert!(
-        !step::commit_step(&pool, run, 0, &commit(StepOutcome::Continue))
+        step::commit_step(&pool, run, 0, &commit(StepOutcome::Continue))
             .await
-            .unwrap(),
+            .unwrap()
+            .is_none(),
         "a step commits once"
     );
 }
@@ -348,6 +355,7 @@ async fn steps_end_in_completion_or_a_wait_for_input() {
         step::commit_step(&pool, run, 0, &commit(completed))
             .await
             .unwrap()
+            .is_some()
     );
     let (status_now, result, token, finished): (String, Option<String>, Option<Uuid>, bool) = sqlx::query_as(
         "SELECT status, result, lease_token, finished_at IS NOT NULL FROM executions WHERE id = $1",
@@ -365,9 +373,10 @@ async fn steps_end_in_completion_or_a_wait_for_input() {
         ["queued", "claimed", "tool_call", "completed"]
     );
     assert!(
-        !step::commit_step(&pool, run, 1, &commit(StepOutcome::Continue))
+        step::commit_step(&pool, run, 1, &commit(StepOutcome::Continue))
             .await
-            .unwrap(),
+            .unwrap()
+            .is_none(),
         "completed → running is refused"
     );
 
@@ -382,7 +391,12 @@ async fn steps_end_in_completion_or_a_wait_for_input() {
         arguments: json!({ "question": "why?" }),
         question: Some("why?".into()),
     });
-    assert!(step::commit_step(&pool, run, 0, &asking).await.unwrap());
+    assert!(
+        step::commit_step(&pool, run, 0, &asking)
+            .await
+            .unwrap()
+            .is_some()
+    );
     assert_eq!(status(&pool, waiting).await, "awaiting_input");
     assert!(
         messages(&pool, waiting).await == 1,

@@ -7,6 +7,9 @@
 //!   and wait for them.
 //! - [`WorkerProcess`]: a real worker binary started against that app, killable with
 //!   SIGTERM or SIGKILL.
+//! - [`cpu`]: CPU time of workers, Postgres backends and moto, for scale-out benchmarks.
+//! - [`mcp`]: a small MCP server (stdio and streamable HTTP) for agent tests.
+//! - [`pg_counter`]: a Postgres proxy that counts round trips, for tests that bound them.
 //! - [`scripted`]: scripted OpenAI-compatible servers (embeddings, chat with tool calls).
 //! - [`fixtures`]: generated documents, good and hostile.
 //! - [`webhook_receiver`]: a webhook receiver on loopback that records and answers by script.
@@ -15,8 +18,14 @@
 //!
 //! Set `TEST_LOG=1` to see the app's logs.
 
+/// CPU use per process from `/proc`.
+pub mod cpu;
 /// Generated document fixtures.
 pub mod fixtures;
+/// An MCP server for tests.
+pub mod mcp;
+/// Counts Postgres round trips through a loopback proxy.
+pub mod pg_counter;
 /// A private Postgres cluster and moto server that a test may restart.
 pub mod private_stack;
 /// Scripted OpenAI-compatible HTTP servers.
@@ -245,7 +254,6 @@ impl TestApp {
         settings.agent_worker.lease_secs = 3;
         settings.agent_worker.receive_wait_secs = 1;
         settings.agent_worker.shutdown_deadline_secs = 10;
-        settings.agent_worker.control_poll_ms = 100;
         settings.agent_worker.request_timeout_secs = 60;
         settings.agent_worker.retry_base_ms = 50;
         settings.api.scheduler_tick_ms = 200;

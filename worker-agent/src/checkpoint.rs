@@ -3,7 +3,11 @@
 //! node, and the conversation rebuilt from the checkpoint: the opening messages, then
 //! every committed step's delta in step order. Storage grows by each step's new
 //! messages only.
+//!
+//! Also the step head: what a step starts from (the control request, whether a question
+//! or approval is pending, the answered ones), in one read.
 
+use serde::Deserialize;
 use serde_json::{Value, json};
 use shared::error::JobError;
 use shared::executions::budget::Spent;
@@ -48,6 +52,60 @@ impl ExecutionRow {
             .then(|| pending["message"].clone())
             .filter(Value::is_object)
     }
+}
+
+/// An answered question or a decided approval, waiting to be turned into a tool result.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ResolvedInput {
+    pub id: Uuid,
+    pub step: i32,
+    pub call_index: i32,
+    pub tool_call_id: String,
+    pub kind: String,
+    pub tool: String,
+    pub arguments: Value,
+    pub status: String,
+    pub answer: Option<String>,
+}
+
+/// What a step starts from.
+#[derive(Debug, Clone, Default)]
+pub struct Head {
+    /// `pause` or `cancel` when asked for.
+    pub control: Option<String>,
+    /// A question or approval still waits for a person: the run parks.
+    pub pending_input: bool,
+    /// Answered questions and decided approvals, in the order of their calls.
+    pub resolved: Vec<ResolvedInput>,
+}
+
+/// The step head of the run under `lease`, in ONE statement. A lost lease is an error.
+pub async fn read_head(pool: &PgPool, execution_id: Uuid, lease: Uuid) -> Result<Head, JobError> {
+    let row: Option<(Option<String>, bool, Value)> = sqlx::query_as(
+        "SELECT e.control, \
+                EXISTS (SELECT 1 FROM execution_inputs i WHERE i.execution_id = e.id AND i.status = 'pending'), \
+                COALESCE((SELECT jsonb_agg(jsonb_build_object('id', i.id, 'step', i.step, 'call_index', i.call_index, \
+                                 'tool_call_id', i.tool_call_id, 'kind', i.kind, 'tool', i.tool, 'arguments', i.arguments, \
+                                 'status', i.status, 'answer', i.answer) ORDER BY i.step, i.call_index) \
+                          FROM execution_inputs i WHERE i.execution_id = e.id AND i.status IN ('answered', 'approved', 'rejected')), '[]'::jsonb) \
+         FROM executions e WHERE e.id = $1 AND e.lease_token = $2",
+    )
+    .bind(execution_id)
+    .bind(lease)
+    .fetch_optional(pool)
+    .await?;
+    let (control, pending_input, resolved) = row.ok_or_else(lease_lost)?;
+    let resolved = serde_json::from_value(resolved).map_err(|error| {
+        JobError::permanent(
+            "bad_input_row",
+            format!("an input row does not read back: {error}"),
+        )
+    })?;
+    Ok(Head {
+        control,
+        pending_input,
+        resolved,
+    })
 }
 
 /// The task node the run works on.

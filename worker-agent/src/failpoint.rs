@@ -8,6 +8,8 @@ use tokio_util::sync::CancellationToken;
 
 /// A tool call is in the ledger as `started`; its body has not run.
 pub const BEFORE_TOOL_EFFECT: &str = "before_tool_effect";
+/// A tool's body has run (its effect happened); its outcome is not in the ledger yet.
+pub const AFTER_TOOL_EFFECT: &str = "after_tool_effect";
 /// Tools of the step have run (their effects are in the ledger); the step is not committed.
 pub const AFTER_TOOL_CALLS: &str = "after_tool_calls";
 /// The step is committed; the next one has not started.

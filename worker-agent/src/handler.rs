@@ -17,14 +17,20 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::llm::ChatModel;
+use crate::mcp::McpServers;
 use crate::tools::{Registry, ToolContext};
+use crate::wakes::ControlWakes;
 
 pub struct AgentHandler {
     pub pool: PgPool,
     pub model: Arc<dyn ChatModel>,
     pub registry: Registry,
+    /// The MCP servers whose tools runs may call, per org.
+    pub mcp: McpServers,
     pub tools: ToolContext,
     pub settings: AgentWorkerSettings,
+    /// Wakes a run when its control changes (pause, cancel).
+    pub wakes: Arc<ControlWakes>,
     /// The process's shutdown: a run stops at its next step boundary and is re-enqueued.
     pub shutdown: CancellationToken,
 }

@@ -6,12 +6,16 @@
 //! (The step loop also reuses the model's recorded answer when it redoes a step, so the
 //! same calls come back anyway.)
 //!
+//! - A read-only (idempotent) tool keeps no ledger row: it has no effect to keep once,
+//!   and its result is in the step's checkpoint delta when the step commits. A step
+//!   redone after a crash just reads again.
 //! - A call that finished returns its recorded outcome (a replay) instead of running.
 //! - A call left `started` by a crash has an unknown outcome: it runs again only if the
 //!   tool is idempotent (reads) or its effect commits with its ledger entry
 //!   (`write_output`: the node's output and the entry change in one fenced
 //!   transaction, so `started` proves the effect never happened). Any other tool answers
-//!   the model that its outcome is unknown.
+//!   the model that its outcome is unknown. MCP tools are never atomic with the ledger:
+//!   one not declared idempotent is not run again.
 
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
@@ -24,7 +28,7 @@ use uuid::Uuid;
 
 use crate::failpoint;
 use crate::handler::lease_lost;
-use crate::tools::{Tool, ToolArgs, ToolContext, ToolOutcome};
+use crate::tools::{AnyTool, ToolArgs, ToolContext, ToolOutcome};
 
 /// Runs tool calls of one run under the ledger.
 pub struct Ledger<'a> {
@@ -42,11 +46,11 @@ pub fn call_key(
     execution_id: Uuid,
     step: i32,
     call_index: i32,
-    tool: Tool,
+    tool_name: &str,
     arguments: &Value,
 ) -> String {
     let mut content = Sha256::new();
-    content.update(tool.name().as_bytes());
+    content.update(tool_name.as_bytes());
     content.update([0]);
     // serde_json's maps are sorted: equal arguments always hash alike.
     content.update(arguments.to_string().as_bytes());
@@ -61,11 +65,20 @@ impl Ledger<'_> {
         &self,
         step: i32,
         call_index: i32,
-        tool: Tool,
+        tool: &AnyTool,
         args: &ToolArgs,
         arguments: &Value,
     ) -> Result<(ToolOutcome, bool), JobError> {
-        let key = call_key(self.run.execution_id, step, call_index, tool, arguments);
+        if tool.is_idempotent() {
+            return Ok((self.run_body(tool, args).await?, false));
+        }
+        let key = call_key(
+            self.run.execution_id,
+            step,
+            call_index,
+            tool.name(),
+            arguments,
+        );
         let recorded: Option<(String, Option<Value>)> =
             sqlx::query_as("SELECT status, result FROM tool_calls WHERE idempotency_key = $1")
                 .bind(&key)
@@ -98,16 +111,36 @@ impl Ledger<'_> {
                 key: output_key,
                 value,
             } => self.write_output(&key, output_key, value).await?,
-            read => {
-                let outcome = self
-                    .tools
-                    .run_read(self.run.org_id, self.run.node_id, read)
-                    .await?;
+            other => {
+                let outcome = self.run_body(tool, other).await?;
+                failpoint::hit(
+                    self.failpoint,
+                    failpoint::AFTER_TOOL_EFFECT,
+                    step,
+                    self.shutdown,
+                )
+                .await;
                 self.record(&key, &outcome).await?;
                 outcome
             }
         };
         Ok((outcome, false))
+    }
+
+    /// Runs a tool body other than `write_output`'s. An MCP server that cannot be reached
+    /// is a transient error: the step is redone, and the call's ledger row (if any) says
+    /// its outcome is unknown.
+    async fn run_body(&self, tool: &AnyTool, args: &ToolArgs) -> Result<ToolOutcome, JobError> {
+        match (tool, args) {
+            (AnyTool::Mcp(tool), ToolArgs::Mcp { arguments }) => tool
+                .call(arguments)
+                .await
+                .map_err(|error| JobError::transient("mcp_unavailable", error.to_string())),
+            (_, args) => Ok(self
+                .tools
+                .run_read(self.run.org_id, self.run.node_id, args)
+                .await?),
+        }
     }
 
     /// Writes the ledger row as `started`, fenced by the lease.
@@ -116,7 +149,7 @@ impl Ledger<'_> {
         key: &str,
         step: i32,
         call_index: i32,
-        tool: Tool,
+        tool: &AnyTool,
         arguments: &Value,
     ) -> Result<(), JobError> {
         let inserted = sqlx::query(
@@ -269,24 +302,21 @@ mod tests {
     fn keys_tell_calls_apart_by_content_not_only_position() {
         let execution = Uuid::nil();
         let write_a = json!({ "key": "a", "value": 1 });
-        let key = call_key(execution, 0, 0, Tool::WriteOutput, &write_a);
-        assert_eq!(key, call_key(execution, 0, 0, Tool::WriteOutput, &write_a));
+        let key = call_key(execution, 0, 0, "write_output", &write_a);
+        assert_eq!(key, call_key(execution, 0, 0, "write_output", &write_a));
         assert_ne!(
             key,
             call_key(
                 execution,
                 0,
                 0,
-                Tool::WriteOutput,
+                "write_output",
                 &json!({ "key": "b", "value": 1 })
             )
         );
-        assert_ne!(key, call_key(execution, 0, 1, Tool::WriteOutput, &write_a));
-        assert_ne!(key, call_key(execution, 0, 0, Tool::SearchFiles, &write_a));
+        assert_ne!(key, call_key(execution, 0, 1, "write_output", &write_a));
+        assert_ne!(key, call_key(execution, 0, 0, "search_files", &write_a));
         let reordered: Value = serde_json::from_str(r#"{"value":1,"key":"a"}"#).unwrap();
-        assert_eq!(
-            key,
-            call_key(execution, 0, 0, Tool::WriteOutput, &reordered)
-        );
+        assert_eq!(key, call_key(execution, 0, 0, "write_output", &reordered));
     }
 }

@@ -11,6 +11,8 @@
 //! - [`llm`]: the [`llm::ChatModel`] trait and the OpenAI-compatible chat client, and the
 //!   cost of a call.
 //! - [`tools`]: the tool registry: schemas, policies, argument checks, tool bodies.
+//! - [`mcp`]: tools from MCP servers (stdio and streamable HTTP), configured per org.
+//! - [`wakes`]: LISTEN/NOTIFY wake-ups that bring a pause or cancel to a running run.
 //! - [`retention`]: deletes the checkpoints of long-finished executions.
 //! - [`failpoint`]: named stopping points for crash tests.
 //!
@@ -27,12 +29,16 @@ pub mod handler;
 pub mod ledger;
 /// The model client.
 pub mod llm;
+/// MCP servers and their tools.
+pub mod mcp;
 /// Checkpoint retention.
 pub mod retention;
 /// The step loop.
 pub mod step;
 /// The tool registry.
 pub mod tools;
+/// Control wake-ups by LISTEN/NOTIFY.
+pub mod wakes;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -48,7 +54,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::handler::AgentHandler;
 use crate::llm::OpenAiChat;
+use crate::mcp::McpServers;
 use crate::tools::{Registry, ToolContext};
+use crate::wakes::ControlWakes;
 
 /// Runs the worker until `shutdown` fires and in-flight steps are done or released.
 pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
@@ -77,16 +85,19 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         max_backoff: Duration::from_secs(30),
     })
     .context("building the model client")?;
+    let wakes = ControlWakes::new();
     let handler = AgentHandler {
         pool: pool.clone(),
         model: Arc::new(model),
         registry: Registry::new(&worker_settings.tool_policy),
+        mcp: McpServers::new(&worker_settings.mcp_servers),
         tools: ToolContext {
             pool: pool.clone(),
             embedding: settings.embedding.clone(),
             embedder: Default::default(),
         },
         settings: worker_settings.clone(),
+        wakes: wakes.clone(),
         shutdown: shutdown.clone(),
     };
     // Only agent runs: a clock tick here is misrouted (poison).
@@ -103,6 +114,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     let metrics_address = shared::metrics::serve(&settings.metrics.listen, background.clone())
         .await
         .context("binding the metrics listener")?;
+    let listener = tokio::spawn(wakes.listen(pool.clone(), background.clone()));
     let retention = tokio::spawn(retention::run(
         pool,
         Duration::from_secs(u64::from(worker_settings.checkpoint_retention_days) * 24 * 3600),
@@ -113,5 +125,6 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     run_worker(queue, handlers, options, shutdown).await;
     background.cancel();
     let _ = retention.await;
+    let _ = listener.await;
     Ok(())
 }

@@ -2,14 +2,25 @@
 //! completes, parks (paused, awaiting_input), is cancelled or fails.
 //!
 //! One step is: control check → budget check → resolve answered questions and decided
-//! approvals → the model's answer (asked for, raced against a cancel poll, the wall-time
-//! budget and the worker's own cancel; or, for a step redone after a crash, the answer
-//! recorded before) → record it with its spend → tool calls under the ledger → ONE
-//! transaction, fenced by the lease and the step number, committing the checkpoint
-//! delta, the trace events, new questions and the run's next status. Every write is a
-//! transition of `shared::executions`.
+//! approvals → the model's answer (asked for, raced against a cancel wake-up, the
+//! wall-time budget and the worker's own cancel; or, for a step redone after a crash, the
+//! answer recorded before) → tool calls → ONE statement, fenced by the lease and the step
+//! number, committing the checkpoint delta, the trace events, the spend, new questions
+//! and the run's next status. Every write is a transition of `shared::executions`.
+//!
+//! # Round trips
+//! A step costs at most three: one read of its head (control request, pending input,
+//! answered input), the model call, and the commit. Most steps need no read at all: the
+//! commit returns the control request as it found it, which is all the next step needs
+//! (a step that opens an input parks the run), and a change after it wakes the run by
+//! LISTEN/NOTIFY ([`crate::wakes`]); only the first step of a run and a woken one read.
+//! Tools add their own work: a read-only tool its query, a tool with an effect its
+//! ledger entries and, before it runs, the model's answer recorded with its spend, so a
+//! step redone after a crash asks the same calls (see [`crate::ledger`]). Without such a
+//! tool the spend commits with the step: a crash before the commit redoes the step and
+//! counts only the call that committed.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use serde_json::{Value, json};
 use shared::error::JobError;
@@ -21,12 +32,13 @@ use shared::queue::JobMessage;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::checkpoint;
+use crate::checkpoint::{self, Head, ResolvedInput};
 use crate::failpoint;
 use crate::handler::{AgentHandler, interrupted, lease_lost};
 use crate::ledger::{Ledger, result_event, tool_message};
 use crate::llm::{self, Completion, LlmError, ToolCall};
-use crate::tools::{Plan, Tool};
+use crate::mcp::McpTool;
+use crate::tools::{AnyTool, Plan, ToolArgs};
 
 /// Metric: agent steps committed.
 pub const STEPS_COMMITTED: &str = "glassbox_agent_steps_total";
@@ -43,19 +55,6 @@ fn llm_error(error: LlmError) -> JobError {
         },
         LlmError::Permanent { code, message } => JobError::permanent(code, message),
     }
-}
-
-#[derive(Debug, sqlx::FromRow)]
-struct ResolvedInput {
-    id: Uuid,
-    step: i32,
-    call_index: i32,
-    tool_call_id: String,
-    kind: String,
-    tool: String,
-    arguments: Value,
-    status: String,
-    answer: Option<String>,
 }
 
 /// What a step gathered before its commit.
@@ -100,7 +99,8 @@ impl AgentHandler {
             lease,
         };
         let budget = Budget::resolve(&execution.budget, &self.settings);
-        let schemas = self.registry.schemas();
+        let mcp_tools = self.mcp.tools_for(run.org_id).await;
+        let schemas = self.registry.schemas_with(&mcp_tools);
         let mut messages = checkpoint::conversation(&self.pool, run.execution_id, &node).await?;
         let mut spent = execution.spent();
         let mut recorded_answer = execution.recorded_answer();
@@ -112,10 +112,19 @@ impl AgentHandler {
             failpoint,
             shutdown: &self.shutdown,
         };
+        // Registered before the first head read: a change of control after it wakes us.
+        let wake = self.wakes.register(run.execution_id);
+        let mut head: Option<Head> = None;
         loop {
             let step = spent.steps;
             let step_started = Instant::now();
-            match self.control(run).await?.as_deref() {
+            // A wake-up since the last commit means the control may have changed: read.
+            let woken = wake.take();
+            let current = match head.take() {
+                Some(known) if !woken => known,
+                _ => checkpoint::read_head(&self.pool, run.execution_id, run.lease).await?,
+            };
+            match current.control.as_deref() {
                 Some("cancel") => return self.finish_cancelled(run, step, false).await,
                 Some("pause") => return self.park(run, step, Park::Paused).await,
                 _ => {}
@@ -136,18 +145,17 @@ impl AgentHandler {
             {
                 return Err(error);
             }
-            let pending: i64 = sqlx::query_scalar("SELECT count(*) FROM execution_inputs WHERE execution_id = $1 AND status = 'pending'")
-                .bind(run.execution_id)
-                .fetch_one(&self.pool)
-                .await?;
-            if pending > 0 {
+            if current.pending_input {
                 return self.park(run, step, Park::AwaitingInput).await;
             }
 
             let mut gathered = Gathered::default();
-            self.resolve_inputs(&ledger, run, &mut gathered).await?;
+            self.resolve_inputs(&ledger, &mcp_tools, current.resolved, &mut gathered)
+                .await?;
             messages.extend(gathered.delta.iter().cloned());
 
+            // The spend the commit adds: none when the answer was recorded ahead.
+            let mut unrecorded_spend = (0_i64, 0_i64, 0.0_f64);
             let completion = match recorded_answer.take() {
                 Some(message) => {
                     // Its events, and those gathered before it, were recorded with it.
@@ -158,24 +166,44 @@ impl AgentHandler {
                 None => {
                     let max_tokens =
                         budget.max_output_tokens(&spent, self.settings.max_output_tokens);
-                    let completion = tokio::select! {
-                        completion = self.model.complete(&execution.model, &messages, &schemas, max_tokens) => completion.map_err(llm_error)?,
-                        () = self.cancel_requested(run.execution_id) => return self.finish_cancelled(run, step, true).await,
-                        () = tokio::time::sleep(budget.wall_left(&spent)) => return Err(budget.wall_time_exceeded()),
-                        () = cancel.cancelled() => return Err(interrupted()),
+                    let model_call =
+                        self.model
+                            .complete(&execution.model, &messages, &schemas, max_tokens);
+                    tokio::pin!(model_call);
+                    let wall_time = tokio::time::sleep(budget.wall_left(&spent));
+                    tokio::pin!(wall_time);
+                    let completion = loop {
+                        tokio::select! {
+                            completion = &mut model_call => break completion.map_err(llm_error)?,
+                            () = wake.woken() => {
+                                // A pause waits for the step's end: the commit returns it.
+                                let fresh = checkpoint::read_head(&self.pool, run.execution_id, run.lease).await?;
+                                if fresh.control.as_deref() == Some("cancel") {
+                                    return self.finish_cancelled(run, step, true).await;
+                                }
+                            }
+                            () = &mut wall_time => return Err(budget.wall_time_exceeded()),
+                            () = cancel.cancelled() => return Err(interrupted()),
+                        }
                     };
                     let cost =
                         llm::cost_usd(Some(&price), completion.tokens_in, completion.tokens_out)
                             .unwrap_or(0.0);
-                    self.record_answer(
-                        run,
-                        step,
-                        &execution.model,
-                        &completion,
-                        cost,
-                        &mut gathered,
-                    )
-                    .await?;
+                    self.model_call_event(&execution.model, &completion, cost, &mut gathered);
+                    let has_effects = completion
+                        .tool_calls
+                        .iter()
+                        .any(|call| self.registry.has_effect(call, &mcp_tools));
+                    if has_effects {
+                        self.record_answer(run, step, &completion, cost, &mut gathered)
+                            .await?;
+                    } else {
+                        unrecorded_spend = (
+                            completion.tokens_in as i64,
+                            completion.tokens_out as i64,
+                            cost,
+                        );
+                    }
                     spent.tokens_in += completion.tokens_in as i64;
                     spent.tokens_out += completion.tokens_out as i64;
                     spent.cost_usd += cost;
@@ -185,7 +213,7 @@ impl AgentHandler {
             gathered.delta.push(completion.message.clone());
             let answered_at = gathered.delta.len();
             for (index, call) in completion.tool_calls.iter().enumerate() {
-                self.plan_and_run(&ledger, step, index as i32, call, &mut gathered)
+                self.plan_and_run(&ledger, &mcp_tools, step, index as i32, call, &mut gathered)
                     .await?;
             }
             messages.extend(gathered.delta[answered_at - 1..].iter().cloned());
@@ -203,18 +231,22 @@ impl AgentHandler {
             } else {
                 StepOutcome::Continue
             };
+            let (tokens_in, tokens_out, cost_usd) = unrecorded_spend;
             let commit = StepCommit {
                 delta: gathered.delta,
                 events: gathered.events,
                 new_inputs: gathered.new_inputs,
                 consumed_inputs: gathered.consumed_inputs,
                 active_ms: step_started.elapsed().as_millis() as i64,
+                tokens_in,
+                tokens_out,
+                cost_usd,
                 outcome: outcome.clone(),
             };
             let commit_started = Instant::now();
-            if !steps::commit_step(&self.pool, run, step, &commit).await? {
+            let Some(committed) = steps::commit_step(&self.pool, run, step, &commit).await? else {
                 return Err(lease_lost());
-            }
+            };
             let commit_time = commit_started.elapsed();
             metrics::histogram!(shared::metrics::STAGE_SECONDS, "kind" => "agent.run", "stage" => "commit").record(commit_time.as_secs_f64());
             metrics::counter!(STEPS_COMMITTED).increment(1);
@@ -225,7 +257,7 @@ impl AgentHandler {
                 outcome = ?outcome,
                 tokens_in = completion.tokens_in,
                 tokens_out = completion.tokens_out,
-                // The fenced commit transaction, begin to commit; bench-agent reads it.
+                // The fenced commit statement, sent to answered; bench-agent reads it.
                 commit_us = commit_time.as_micros() as u64,
                 "step committed"
             );
@@ -233,20 +265,21 @@ impl AgentHandler {
             if outcome != StepOutcome::Continue {
                 return Ok(());
             }
+            head = Some(Head {
+                control: committed.control,
+                ..Head::default()
+            });
         }
     }
 
-    /// Records the model's answer and its spend before any tool runs, with the events
-    /// the step gathered so far and the `model_call` event.
-    async fn record_answer(
+    /// Adds the `model_call` event to the step's events, and counts the call.
+    fn model_call_event(
         &self,
-        run: Run,
-        step: i32,
         model: &str,
         completion: &Completion,
         cost: f64,
         gathered: &mut Gathered,
-    ) -> Result<(), JobError> {
+    ) {
         metrics::histogram!(shared::metrics::STAGE_SECONDS, "kind" => "agent.run", "stage" => "model").record(completion.latency.as_secs_f64());
         metrics::counter!(shared::metrics::LLM_TOKENS, "model" => model.to_string(), "direction" => "in").increment(completion.tokens_in);
         metrics::counter!(shared::metrics::LLM_TOKENS, "model" => model.to_string(), "direction" => "out").increment(completion.tokens_out);
@@ -266,6 +299,18 @@ impl AgentHandler {
                 "tool_calls": completion.tool_calls.len(),
             }),
         ));
+    }
+
+    /// Records the model's answer and its spend before a tool with an effect runs, with
+    /// the events the step gathered so far (the `model_call` event last).
+    async fn record_answer(
+        &self,
+        run: Run,
+        step: i32,
+        completion: &Completion,
+        cost: f64,
+        gathered: &mut Gathered,
+    ) -> Result<(), JobError> {
         let call = ModelCall {
             message: &completion.message,
             tokens_in: completion.tokens_in as i64,
@@ -283,6 +328,7 @@ impl AgentHandler {
     async fn plan_and_run(
         &self,
         ledger: &Ledger<'_>,
+        mcp_tools: &[McpTool],
         step: i32,
         call_index: i32,
         call: &ToolCall,
@@ -292,7 +338,7 @@ impl AgentHandler {
             "tool_call".into(),
             json!({ "tool_call_id": call.id, "tool": call.name, "arguments": call.arguments, "index": call_index }),
         ));
-        match self.registry.plan(call) {
+        match self.registry.plan_with(call, mcp_tools) {
             Plan::Refuse { reason, message } => {
                 let outcome: crate::tools::ToolOutcome = Err(message);
                 let mut event = result_event(&call.id, &call.name, &outcome, false);
@@ -315,11 +361,10 @@ impl AgentHandler {
                     .new_inputs
                     .push(new_input(call, call_index, "approval", None));
             }
-            Plan::Run { args } => {
-                let tool = Tool::from_name(&call.name).expect("planned tools exist");
+            Plan::Run { tool, args } => {
                 let arguments: Value = serde_json::from_str(&call.arguments).unwrap_or(Value::Null);
                 let (outcome, replayed) = ledger
-                    .run_call(step, call_index, tool, &args, &arguments)
+                    .run_call(step, call_index, &tool, &args, &arguments)
                     .await?;
                 gathered.tool_result(&call.id, &call.name, &outcome, replayed);
             }
@@ -331,16 +376,10 @@ impl AgentHandler {
     async fn resolve_inputs(
         &self,
         ledger: &Ledger<'_>,
-        run: Run,
+        mcp_tools: &[McpTool],
+        resolved: Vec<ResolvedInput>,
         gathered: &mut Gathered,
     ) -> Result<(), JobError> {
-        let resolved: Vec<ResolvedInput> = sqlx::query_as(
-            "SELECT id, step, call_index, tool_call_id, kind, tool, arguments, status, answer FROM execution_inputs \
-             WHERE execution_id = $1 AND status IN ('answered', 'approved', 'rejected') ORDER BY step, call_index",
-        )
-        .bind(run.execution_id)
-        .fetch_all(&self.pool)
-        .await?;
         for input in resolved {
             let (outcome, replayed) = match (input.kind.as_str(), input.status.as_str()) {
                 ("question", _) => (
@@ -348,17 +387,24 @@ impl AgentHandler {
                     false,
                 ),
                 ("approval", "approved") => {
-                    let tool = Tool::from_name(&input.tool);
-                    let args = tool.and_then(|tool| {
-                        crate::tools::parse_arguments(tool, &input.arguments.to_string()).ok()
-                    });
+                    let tool = self.registry.lookup(&input.tool, mcp_tools);
+                    let args = match &tool {
+                        Some(AnyTool::Builtin(builtin)) => {
+                            crate::tools::parse_arguments(*builtin, &input.arguments.to_string())
+                                .ok()
+                        }
+                        Some(AnyTool::Mcp(_)) => Some(ToolArgs::Mcp {
+                            arguments: input.arguments.clone(),
+                        }),
+                        None => None,
+                    };
                     match (tool, args) {
                         (Some(tool), Some(args)) => {
                             ledger
                                 .run_call(
                                     input.step,
                                     input.call_index,
-                                    tool,
+                                    &tool,
                                     &args,
                                     &input.arguments,
                                 )
@@ -382,34 +428,6 @@ impl AgentHandler {
             gathered.consumed_inputs.push(input.id);
         }
         Ok(())
-    }
-
-    async fn control(&self, run: Run) -> Result<Option<String>, JobError> {
-        let row: Option<(Option<String>,)> =
-            sqlx::query_as("SELECT control FROM executions WHERE id = $1 AND lease_token = $2")
-                .bind(run.execution_id)
-                .bind(run.lease)
-                .fetch_optional(&self.pool)
-                .await?;
-        Ok(row.ok_or_else(lease_lost)?.0)
-    }
-
-    /// Returns once a cancel has been asked for; polls every `control_poll_ms`.
-    async fn cancel_requested(&self, execution_id: Uuid) {
-        let period = Duration::from_millis(self.settings.control_poll_ms.max(10));
-        loop {
-            tokio::time::sleep(period).await;
-            let control: Result<Option<(Option<String>,)>, _> =
-                sqlx::query_as("SELECT control FROM executions WHERE id = $1")
-                    .bind(execution_id)
-                    .fetch_optional(&self.pool)
-                    .await;
-            match control {
-                Ok(Some((Some(control),))) if control == "cancel" => return,
-                Ok(_) => {}
-                Err(error) => tracing::warn!(%error, "control poll failed"),
-            }
-        }
     }
 
     async fn finish_cancelled(

@@ -3,6 +3,9 @@
 //! parsing, and the tool bodies themselves. Passages `search_files` returns from uploaded
 //! files reach the model marked as untrusted data, never as instructions.
 //!
+//! Tools from MCP servers ([`crate::mcp`]) join the built-in ones as [`AnyTool`]: the
+//! same planning (policy, argument check), the same ledger, the same trace.
+//!
 //! Tool bodies run under the ledger (`crate::ledger`): one row per call, keyed by its
 //! execution, step, position and content. A call that already finished returns its
 //! recorded result instead of running again; a call left `started` by a crash (outcome
@@ -21,6 +24,47 @@ use tokio::sync::OnceCell;
 use uuid::Uuid;
 
 use crate::llm::ToolCall;
+use crate::mcp::McpTool;
+
+/// A tool a run may call: built in, or from an MCP server.
+#[derive(Debug, Clone)]
+pub enum AnyTool {
+    Builtin(Tool),
+    Mcp(McpTool),
+}
+
+impl PartialEq for AnyTool {
+    fn eq(&self, other: &Self) -> bool {
+        self.name() == other.name()
+    }
+}
+
+impl AnyTool {
+    /// The name the model calls it by.
+    pub fn name(&self) -> &str {
+        match self {
+            Self::Builtin(tool) => tool.name(),
+            Self::Mcp(tool) => &tool.name,
+        }
+    }
+
+    /// Safe to run again when its outcome is unknown (reads).
+    pub fn is_idempotent(&self) -> bool {
+        match self {
+            Self::Builtin(tool) => tool.is_idempotent(),
+            Self::Mcp(tool) => tool.idempotent,
+        }
+    }
+
+    /// Its effect commits with its ledger entry (only `write_output`: an MCP tool's
+    /// effect happens on another system).
+    pub fn effect_commits_with_ledger(&self) -> bool {
+        match self {
+            Self::Builtin(tool) => tool.effect_commits_with_ledger(),
+            Self::Mcp(_) => false,
+        }
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Tool {
@@ -129,10 +173,22 @@ impl Tool {
 /// Parsed, validated arguments.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ToolArgs {
-    SearchFiles { query: String, top_k: i64 },
+    SearchFiles {
+        query: String,
+        top_k: i64,
+    },
     GetNodeContext,
-    AskHuman { question: String },
-    WriteOutput { key: String, value: Value },
+    AskHuman {
+        question: String,
+    },
+    WriteOutput {
+        key: String,
+        value: Value,
+    },
+    /// An MCP tool's arguments: a JSON object, checked by its server.
+    Mcp {
+        arguments: Value,
+    },
 }
 
 #[derive(Deserialize)]
@@ -219,9 +275,11 @@ pub enum Plan {
     },
     /// Hold for a person's approval, then run.
     HoldForApproval {
+        tool: AnyTool,
         args: ToolArgs,
     },
     Run {
+        tool: AnyTool,
         args: ToolArgs,
     },
 }
@@ -253,6 +311,87 @@ impl Registry {
             .collect()
     }
 
+    /// Whether running `call` now would do more than read: the step then records the
+    /// model's answer before any tool runs, so a redo asks the same calls.
+    pub fn has_effect(&self, call: &ToolCall, mcp: &[McpTool]) -> bool {
+        matches!(self.plan_with(call, mcp), Plan::Run { tool, .. } if !tool.is_idempotent())
+    }
+
+    /// The schemas of every tool a run may call: the built-in ones and its org's MCP
+    /// tools, denied ones left out.
+    pub fn schemas_with(&self, mcp: &[McpTool]) -> Vec<Value> {
+        let mut schemas = self.schemas();
+        schemas.extend(
+            mcp.iter()
+                .filter(|tool| tool.policy != ToolPolicy::Deny)
+                .map(McpTool::schema),
+        );
+        schemas
+    }
+
+    /// The tool a name stands for, built in or among `mcp`.
+    pub fn lookup(&self, name: &str, mcp: &[McpTool]) -> Option<AnyTool> {
+        Tool::from_name(name).map(AnyTool::Builtin).or_else(|| {
+            mcp.iter()
+                .find(|tool| tool.name == name)
+                .cloned()
+                .map(AnyTool::Mcp)
+        })
+    }
+
+    /// Like [`Self::plan`], MCP tools included.
+    pub fn plan_with(&self, call: &ToolCall, mcp: &[McpTool]) -> Plan {
+        if Tool::from_name(&call.name).is_some() {
+            return self.plan(call);
+        }
+        let Some(tool) = mcp.iter().find(|tool| tool.name == call.name) else {
+            let mut names: Vec<&str> = Tool::ALL.iter().map(|tool| tool.name()).collect();
+            names.extend(
+                mcp.iter()
+                    .filter(|tool| tool.policy != ToolPolicy::Deny)
+                    .map(|tool| tool.name.as_str()),
+            );
+            return Plan::Refuse {
+                reason: "unknown_tool",
+                message: format!(
+                    "unknown tool {:?}; available tools: {}",
+                    call.name,
+                    names.join(", ")
+                ),
+            };
+        };
+        if tool.policy == ToolPolicy::Deny {
+            return Plan::Refuse {
+                reason: "denied_by_policy",
+                message: format!("tool {} is denied by policy", tool.name),
+            };
+        }
+        let raw = if call.arguments.trim().is_empty() {
+            "{}"
+        } else {
+            call.arguments.as_str()
+        };
+        let arguments = match serde_json::from_str::<Value>(raw) {
+            Ok(arguments) if arguments.is_object() => arguments,
+            _ => {
+                return Plan::Refuse {
+                    reason: "invalid_arguments",
+                    message: format!(
+                        "invalid arguments for {}: a JSON object is expected",
+                        tool.name
+                    ),
+                };
+            }
+        };
+        let args = ToolArgs::Mcp { arguments };
+        let policy = tool.policy;
+        let tool = AnyTool::Mcp(tool.clone());
+        match policy {
+            ToolPolicy::RequireApproval => Plan::HoldForApproval { tool, args },
+            _ => Plan::Run { tool, args },
+        }
+    }
+
     pub fn plan(&self, call: &ToolCall) -> Plan {
         let Some(tool) = Tool::from_name(&call.name) else {
             return Plan::Refuse {
@@ -280,10 +419,11 @@ impl Registry {
                 };
             }
         };
+        let tool = AnyTool::Builtin(tool);
         match (args, policy) {
             (ToolArgs::AskHuman { question }, _) => Plan::Ask { question },
-            (args, ToolPolicy::RequireApproval) => Plan::HoldForApproval { args },
-            (args, _) => Plan::Run { args },
+            (args, ToolPolicy::RequireApproval) => Plan::HoldForApproval { tool, args },
+            (args, _) => Plan::Run { tool, args },
         }
     }
 }
@@ -362,46 +502,36 @@ impl ToolContext {
                 }
             }
             ToolArgs::GetNodeContext => self.node_context(org_id, node_id).await.map(Ok),
-            ToolArgs::AskHuman { .. } | ToolArgs::WriteOutput { .. } => {
+            ToolArgs::AskHuman { .. } | ToolArgs::WriteOutput { .. } | ToolArgs::Mcp { .. } => {
                 Ok(Err("not a read-only tool".into()))
             }
         }
     }
 
+    /// The node, its parent chain and its siblings, in one statement.
     async fn node_context(&self, org_id: Uuid, node_id: Uuid) -> Result<Value, sqlx::Error> {
-        let node: (Value,) = sqlx::query_as(
-            "SELECT jsonb_build_object('id', id, 'title', title, 'instructions', instructions, 'inputs', inputs, 'outputs', outputs, 'parent_id', parent_id) \
-             FROM nodes WHERE id = $1 AND org_id = $2",
+        let (context,): (Value,) = sqlx::query_as(
+            "SELECT jsonb_build_object( \
+                 'node', (SELECT jsonb_build_object('id', id, 'title', title, 'instructions', instructions, 'inputs', inputs, 'outputs', outputs, 'parent_id', parent_id) \
+                          FROM nodes WHERE id = $1 AND org_id = $2), \
+                 'parents', COALESCE((WITH RECURSIVE chain AS ( \
+                         SELECT p.id, p.parent_id, p.title, p.outputs, 1 AS depth FROM nodes n JOIN nodes p ON p.id = n.parent_id WHERE n.id = $1 AND n.org_id = $2 \
+                         UNION ALL \
+                         SELECT p.id, p.parent_id, p.title, p.outputs, c.depth + 1 FROM chain c JOIN nodes p ON p.id = c.parent_id WHERE c.depth < 10 AND p.org_id = $2) \
+                     SELECT jsonb_agg(jsonb_build_object('id', id, 'title', title, 'outputs', outputs) ORDER BY depth) FROM chain), '[]'::jsonb), \
+                 'siblings', COALESCE((SELECT jsonb_agg(sibling.context ORDER BY sibling.id) FROM ( \
+                         SELECT s.id, jsonb_build_object('id', s.id, 'title', s.title, 'outputs', s.outputs) AS context FROM nodes n \
+                         JOIN nodes s ON s.parent_id = n.parent_id AND s.id <> n.id AND s.org_id = n.org_id \
+                         WHERE n.id = $1 AND n.org_id = $2 ORDER BY s.id LIMIT 20) sibling), '[]'::jsonb))",
         )
         .bind(node_id)
         .bind(org_id)
         .fetch_one(&self.pool)
         .await?;
-        let parents: Vec<(Value,)> = sqlx::query_as(
-            "WITH RECURSIVE chain AS ( \
-                 SELECT p.id, p.parent_id, p.title, p.outputs, 1 AS depth FROM nodes n JOIN nodes p ON p.id = n.parent_id WHERE n.id = $1 AND n.org_id = $2 \
-                 UNION ALL \
-                 SELECT p.id, p.parent_id, p.title, p.outputs, c.depth + 1 FROM chain c JOIN nodes p ON p.id = c.parent_id WHERE c.depth < 10 AND p.org_id = $2) \
-             SELECT jsonb_build_object('id', id, 'title', title, 'outputs', outputs) FROM chain ORDER BY depth",
-        )
-        .bind(node_id)
-        .bind(org_id)
-        .fetch_all(&self.pool)
-        .await?;
-        let siblings: Vec<(Value,)> = sqlx::query_as(
-            "SELECT jsonb_build_object('id', s.id, 'title', s.title, 'outputs', s.outputs) FROM nodes n \
-             JOIN nodes s ON s.parent_id = n.parent_id AND s.id <> n.id AND s.org_id = n.org_id \
-             WHERE n.id = $1 AND n.org_id = $2 ORDER BY s.id LIMIT 20",
-        )
-        .bind(node_id)
-        .bind(org_id)
-        .fetch_all(&self.pool)
-        .await?;
-        Ok(json!({
-            "node": node.0,
-            "parents": parents.into_iter().map(|row| row.0).collect::<Vec<_>>(),
-            "siblings": siblings.into_iter().map(|row| row.0).collect::<Vec<_>>(),
-        }))
+        if context["node"].is_null() {
+            return Err(sqlx::Error::RowNotFound);
+        }
+        Ok(context)
     }
 }
 

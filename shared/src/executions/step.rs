@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use super::{ExecutionStatus, Moved, Transition, append_events, record};
+use super::{ExecutionStatus, Moved, Transition, record};
 
 /// The run a worker holds: the execution, its org and node, and the lease.
 #[derive(Debug, Clone, Copy)]
@@ -101,30 +101,50 @@ pub enum StepOutcome {
     Completed { result: Option<String> },
 }
 
-/// Everything one step commits, in one transaction.
+/// Everything one step commits, in one statement.
 #[derive(Debug, Clone)]
 pub struct StepCommit {
     /// The messages the step added to the conversation: the checkpoint delta.
     pub delta: Vec<Value>,
-    /// The step's trace events after the model call (tool calls and results, questions).
+    /// The step's trace events not yet recorded (the model call's, when its answer was
+    /// not recorded ahead, then tool calls and results, questions).
     pub events: Vec<(String, Value)>,
     pub new_inputs: Vec<NewInput>,
     /// Answered questions and decided approvals whose results the step used.
     pub consumed_inputs: Vec<Uuid>,
     /// Time the step ran, for the wall-time budget.
     pub active_ms: i64,
+    /// The model call's spend when it was not recorded ahead with its answer
+    /// ([`record_model_call`]); zero when it was.
+    pub tokens_in: i64,
+    pub tokens_out: i64,
+    pub cost_usd: f64,
     pub outcome: StepOutcome,
 }
 
-/// Commits `step`: advances the run, stores the checkpoint delta, its events, new
-/// questions and approvals, consumes the inputs it used, clears the pending completion,
-/// and moves the run to its next status. False when the lease or the step moved on.
+/// What a committed step tells the next one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Committed {
+    /// The run's control request as the commit found it (a pause or cancel asked for
+    /// while the step ran): the next step's control check, without a read of its own.
+    pub control: Option<String>,
+}
+
+/// Commits `step` in ONE statement (one round trip, one implicit transaction): advances
+/// the run, adds the step's spend, stores the checkpoint delta, its events (the
+/// transition's last, when the run parks or completes), new questions and approvals,
+/// consumes the inputs it used, clears the pending completion, and moves the run to its
+/// next status. None when the lease or the step moved on.
+///
+/// A `Continue` commit leaves no pending or answered input behind (a step that opens one
+/// parks the run), so the control request it returns is all the next step needs to
+/// know; a change of it after the commit is notified (migration 0010).
 pub async fn commit_step(
     pool: &PgPool,
     run: Run,
     step: i32,
     commit: &StepCommit,
-) -> sqlx::Result<bool> {
+) -> sqlx::Result<Option<Committed>> {
     let (status, transition) = match &commit.outcome {
         StepOutcome::Continue => (ExecutionStatus::Running, None),
         StepOutcome::AwaitingInput => (
@@ -137,15 +157,70 @@ pub async fn commit_step(
         StepOutcome::Completed { result } => result.as_deref(),
         _ => None,
     };
-    let mut transaction = pool.begin().await?;
-    let advanced = sqlx::query(
-        "UPDATE executions SET step = step + 1, active_ms = active_ms + $4, status = $5, result = COALESCE($6, result), \
-                pending_completion = NULL, \
-                control = CASE WHEN $5 = $7 THEN NULL ELSE control END, \
-                lease_token = CASE WHEN $5 = $8 THEN lease_token ELSE NULL END, \
-                lease_expires_at = CASE WHEN $5 = $8 THEN lease_expires_at ELSE NULL END, \
-                finished_at = CASE WHEN $5 = $7 THEN now() ELSE finished_at END, updated_at = now() \
-         WHERE id = $1 AND lease_token = $2 AND step = $3",
+    let mut kinds: Vec<&str> = commit
+        .events
+        .iter()
+        .map(|(kind, _)| kind.as_str())
+        .collect();
+    let mut data: Vec<Value> = commit.events.iter().map(|(_, data)| data.clone()).collect();
+    if let Some(transition) = transition {
+        // The transition's event row goes with the others; neither transition enqueues,
+        // so `record` would write nothing else.
+        debug_assert!(!transition.enqueues());
+        kinds.push(transition.as_str());
+        data.push(json!({}));
+    }
+    let input_ids: Vec<Uuid> = commit.new_inputs.iter().map(|_| Uuid::now_v7()).collect();
+    let input_call_ids: Vec<&str> = commit
+        .new_inputs
+        .iter()
+        .map(|input| input.tool_call_id.as_str())
+        .collect();
+    let input_indexes: Vec<i32> = commit
+        .new_inputs
+        .iter()
+        .map(|input| input.call_index)
+        .collect();
+    let input_kinds: Vec<&str> = commit.new_inputs.iter().map(|input| input.kind).collect();
+    let input_tools: Vec<&str> = commit
+        .new_inputs
+        .iter()
+        .map(|input| input.tool.as_str())
+        .collect();
+    let input_arguments: Vec<Value> = commit
+        .new_inputs
+        .iter()
+        .map(|input| input.arguments.clone())
+        .collect();
+    let input_questions: Vec<Option<String>> = commit
+        .new_inputs
+        .iter()
+        .map(|input| input.question.clone())
+        .collect();
+    let committed: Option<(Option<String>,)> = sqlx::query_as(
+        "WITH advanced AS ( \
+             UPDATE executions SET step = step + 1, active_ms = active_ms + $4, status = $5, result = COALESCE($6, result), \
+                    tokens_in = tokens_in + $9, tokens_out = tokens_out + $10, cost_usd = cost_usd + $11, \
+                    pending_completion = NULL, \
+                    control = CASE WHEN $5 = $7 THEN NULL ELSE control END, \
+                    lease_token = CASE WHEN $5 = $8 THEN lease_token ELSE NULL END, \
+                    lease_expires_at = CASE WHEN $5 = $8 THEN lease_expires_at ELSE NULL END, \
+                    finished_at = CASE WHEN $5 = $7 THEN now() ELSE finished_at END, updated_at = now() \
+             WHERE id = $1 AND lease_token = $2 AND step = $3 RETURNING id, org_id, control), \
+         checkpoint AS ( \
+             INSERT INTO execution_steps (execution_id, step, messages) SELECT id, $3, $12 FROM advanced), \
+         events AS ( \
+             INSERT INTO execution_events (execution_id, org_id, step, kind, data) \
+             SELECT advanced.id, advanced.org_id, $3, event.kind, event.data \
+             FROM advanced, UNNEST($13::text[], $14::jsonb[]) WITH ORDINALITY AS event(kind, data, position) ORDER BY event.position), \
+         inputs AS ( \
+             INSERT INTO execution_inputs (id, execution_id, org_id, step, tool_call_id, call_index, kind, tool, arguments, question) \
+             SELECT input.id, advanced.id, advanced.org_id, $3, input.tool_call_id, input.call_index, input.kind, input.tool, input.arguments, input.question \
+             FROM advanced, UNNEST($15::uuid[], $16::text[], $17::int[], $18::text[], $19::text[], $20::jsonb[], $21::text[]) \
+                  AS input(id, tool_call_id, call_index, kind, tool, arguments, question)), \
+         consumed AS ( \
+             UPDATE execution_inputs SET status = 'consumed' WHERE id = ANY($22) AND execution_id IN (SELECT id FROM advanced)) \
+         SELECT control FROM advanced",
     )
     .bind(run.execution_id)
     .bind(run.lease)
@@ -155,47 +230,23 @@ pub async fn commit_step(
     .bind(result)
     .bind(ExecutionStatus::Completed.as_str())
     .bind(ExecutionStatus::Running.as_str())
-    .execute(&mut *transaction)
+    .bind(commit.tokens_in)
+    .bind(commit.tokens_out)
+    .bind(commit.cost_usd)
+    .bind(Value::Array(commit.delta.clone()))
+    .bind(&kinds)
+    .bind(&data)
+    .bind(&input_ids)
+    .bind(&input_call_ids)
+    .bind(&input_indexes)
+    .bind(&input_kinds)
+    .bind(&input_tools)
+    .bind(&input_arguments)
+    .bind(&input_questions)
+    .bind(&commit.consumed_inputs)
+    .fetch_optional(pool)
     .await?;
-    if advanced.rows_affected() == 0 {
-        return Ok(false);
-    }
-    sqlx::query("INSERT INTO execution_steps (execution_id, step, messages) VALUES ($1, $2, $3)")
-        .bind(run.execution_id)
-        .bind(step)
-        .bind(Value::Array(commit.delta.clone()))
-        .execute(&mut *transaction)
-        .await?;
-    append_events(&mut transaction, run.at(step), &commit.events).await?;
-    for input in &commit.new_inputs {
-        sqlx::query(
-            "INSERT INTO execution_inputs (id, execution_id, org_id, step, tool_call_id, call_index, kind, tool, arguments, question) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-        )
-        .bind(Uuid::now_v7())
-        .bind(run.execution_id)
-        .bind(run.org_id)
-        .bind(step)
-        .bind(&input.tool_call_id)
-        .bind(input.call_index)
-        .bind(input.kind)
-        .bind(&input.tool)
-        .bind(&input.arguments)
-        .bind(&input.question)
-        .execute(&mut *transaction)
-        .await?;
-    }
-    if !commit.consumed_inputs.is_empty() {
-        sqlx::query("UPDATE execution_inputs SET status = 'consumed' WHERE id = ANY($1)")
-            .bind(&commit.consumed_inputs)
-            .execute(&mut *transaction)
-            .await?;
-    }
-    if let Some(transition) = transition {
-        record(&mut transaction, run.at(step), transition, json!({})).await?;
-    }
-    transaction.commit().await?;
-    Ok(true)
+    Ok(committed.map(|(control,)| Committed { control }))
 }
 
 /// Why a run parks between steps.
