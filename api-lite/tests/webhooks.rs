@@ -77,6 +77,7 @@ async fn fail_a_file(app: &TestApp, disposition: Disposition) -> Uuid {
             content_type: "text/plain",
             size_bytes: 1,
             object_key: "orgs/x/files/y",
+            metadata: &serde_json::json!({}),
         },
     )
     .await

@@ -43,10 +43,10 @@ mod report;
 mod retrieval;
 /// Memory figures from `/proc`.
 mod rss;
-/// Search quality and latency by mode, and the LlamaIndex retrievers.
-mod search;
 /// Files/s against the number of worker processes.
 mod scaleout;
+/// Search quality and latency by mode, and the LlamaIndex retrievers.
+mod search;
 /// Word-level text similarity.
 mod similarity;
 
