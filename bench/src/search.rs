@@ -6,7 +6,7 @@
 //!   cached under `OUT/search/`) are added as distractors until the index holds at least
 //!   `--chunks` chunks. Chunked by the fleet's `Chunker` (200/20 tokens), embedded once by
 //!   the local all-MiniLM-L6-v2 (vectors cached under `OUT/search/`), stored in a fresh
-//!   database with migration 0007's trigger and the online indexes, one org.
+//!   database with migration 0008's trigger and the online indexes, one org.
 //! - **Questions** (deterministic, see bench/README.md): from each answering PDF,
 //!   [`SENTENCES_PER_FILE`] sentences spread over the text, each asked three ways: the
 //!   sentence; its key phrase (its four rarest content words across the index's

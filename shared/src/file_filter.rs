@@ -3,7 +3,7 @@
 //!
 //! A [`FileFilter`] is checked once, when it is built from a request ([`FilterInput`]),
 //! and then appends its conditions to a query on `files` aliased `f`, as bound
-//! parameters. Each condition has an index (migration 0007 and `online_migrations`):
+//! parameters. Each condition has an index (migration 0008 and `online_migrations`):
 //! the metadata ones use the GIN `(org_id, metadata jsonb_path_ops)` index through `@>`,
 //! the name prefix a byte-order range on `(org_id, name COLLATE "C")`, the created-at
 //! range `(org_id, created_at)`.
@@ -257,20 +257,21 @@ impl FileFilter {
                     equalities.insert(key.clone(), value.clone());
                 }
                 MetadataCondition::In { key, values } => {
-                    // One containment per value, OR-ed: each can use the GIN index.
-                    builder.push(" AND (");
-                    for (position, value) in values.iter().enumerate() {
-                        if position > 0 {
-                            builder.push(" OR ");
-                        }
-                        let mut single = Map::new();
-                        single.insert(key.clone(), value.clone());
-                        builder
-                            .push("f.metadata @> ")
-                            .push_bind(Value::Object(single))
-                            .push("::jsonb");
-                    }
-                    builder.push(")");
+                    // `@> ANY(array)`, not OR-ed containments: the planner turns an array
+                    // into one bitmap scan of the GIN index, org and values together, where
+                    // an OR of `@>` conditions ends in a scan of every row of the org.
+                    let singles: Vec<Value> = values
+                        .iter()
+                        .map(|value| {
+                            let mut single = Map::new();
+                            single.insert(key.clone(), value.clone());
+                            Value::Object(single)
+                        })
+                        .collect();
+                    builder
+                        .push(" AND f.metadata @> ANY(")
+                        .push_bind(singles)
+                        .push("::jsonb[])");
                 }
             }
         }

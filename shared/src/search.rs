@@ -29,7 +29,7 @@ use uuid::Uuid;
 use crate::embed::Embedder;
 use crate::file_filter::FileFilter;
 
-/// The text search configuration of `chunks.search_vector` (its trigger, migration 0007)
+/// The text search configuration of `chunks.search_vector` (its trigger, migration 0008)
 /// and of every query against it; both must agree for the index to match.
 pub const TEXT_SEARCH_CONFIG: &str = "english";
 
