@@ -404,13 +404,45 @@ fn error_response(description: &str) -> Response {
         .build()
 }
 
+/// utoipa 5 writes a Link Object's fields in snake case (`operation_id`), which no tool
+/// reads: the specification's names are camel case (`operationId`). Renames them in every
+/// response's links.
+fn spell_link_fields(document: &mut serde_json::Value) {
+    const RENAMES: [(&str, &str); 3] = [
+        ("operation_id", "operationId"),
+        ("operation_ref", "operationRef"),
+        ("request_body", "requestBody"),
+    ];
+    let Some(paths) = document["paths"].as_object_mut() else {
+        return;
+    };
+    let links = paths
+        .values_mut()
+        .filter_map(serde_json::Value::as_object_mut)
+        .flat_map(|item| item.values_mut())
+        .filter_map(|operation| operation["responses"].as_object_mut())
+        .flat_map(|responses| responses.values_mut())
+        .filter_map(|response| response.get_mut("links")?.as_object_mut())
+        .flat_map(|links| links.values_mut())
+        .filter_map(serde_json::Value::as_object_mut);
+    for link in links {
+        for (from, to) in RENAMES {
+            if let Some(value) = link.remove(from) {
+                link.insert(to.to_string(), value);
+            }
+        }
+    }
+}
+
 /// The document as served and committed: pretty JSON with a final newline.
 pub fn document_json() -> &'static str {
     static DOCUMENT: OnceLock<String> = OnceLock::new();
     DOCUMENT.get_or_init(|| {
-        let mut json = ApiDoc::openapi()
-            .to_pretty_json()
-            .expect("the OpenAPI document serializes");
+        let mut document =
+            serde_json::to_value(ApiDoc::openapi()).expect("the OpenAPI document serializes");
+        spell_link_fields(&mut document);
+        let mut json =
+            serde_json::to_string_pretty(&document).expect("the OpenAPI document serializes");
         json.push('\n');
         json
     })

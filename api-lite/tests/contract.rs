@@ -61,7 +61,10 @@ async fn schemathesis_finds_no_server_error_and_no_answer_outside_the_document()
         .args(["--phases", "examples,coverage,fuzzing,stateful"])
         .args(["--max-examples", &max_examples.to_string()])
         .args(["--max-time", &MAX_SECS.to_string()])
-        .args(["--workers", "2"])
+        // One worker: with two, Hypothesis (4.32.5's generator) raced on a cache of its
+        // own and reported a flaky "runtime error" for POST /v1/files that no API answer
+        // caused.
+        .args(["--workers", "1"])
         .args(["--seed", "13"])
         .args(["--request-timeout", "10"])
         .args(["--max-redirects", "0"])

@@ -204,3 +204,39 @@ async fn the_document_and_a_self_contained_reference_page_are_served() {
         );
     }
 }
+
+#[test]
+fn every_link_names_an_operation_of_the_document_by_its_operation_id() {
+    let document = document();
+    let mut operation_ids = BTreeSet::new();
+    for item in document["paths"].as_object().unwrap().values() {
+        for operation in item.as_object().unwrap().values() {
+            if let Some(id) = operation["operationId"].as_str() {
+                assert!(operation_ids.insert(id.to_string()), "{id} twice");
+            }
+        }
+    }
+    let mut links = 0;
+    for (path, item) in document["paths"].as_object().unwrap() {
+        for (method, operation) in item.as_object().unwrap() {
+            for (status, response) in operation["responses"].as_object().unwrap() {
+                let Some(response_links) = response.get("links") else {
+                    continue;
+                };
+                for (name, link) in response_links.as_object().unwrap() {
+                    links += 1;
+                    // The specification's spelling: tools ignore `operation_id`.
+                    let target = link["operationId"].as_str().unwrap_or_else(|| {
+                        panic!("{method} {path} {status} link {name} has no operationId: {link}")
+                    });
+                    assert!(
+                        operation_ids.contains(target),
+                        "{method} {path} {status} link {name} opens {target}, which is no operation"
+                    );
+                    assert!(link.get("operation_id").is_none(), "{link}");
+                }
+            }
+        }
+    }
+    assert!(links >= 20, "only {links} links");
+}

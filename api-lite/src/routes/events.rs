@@ -188,11 +188,25 @@ fn deadline(max_lifetime: Duration, token_expires_at: u64) -> (Duration, Deadlin
     }
 }
 
+/// One Server-Sent Event of the stream, as its fields (the schema of each event, as
+/// OpenAPI 3.1 reads the schema of `text/event-stream`).
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)] // documents the wire format; the stream writes it with axum's `Event`
+pub struct SseEvent {
+    /// The trace event's id (resume after it with `Last-Event-ID`); absent on `stream_closed`.
+    id: Option<String>,
+    /// The trace event's kind, or `stream_closed`.
+    event: String,
+    /// The trace event (`id`, `step`, `kind`, `data`, `created_at`) as JSON, or, for
+    /// `stream_closed`, `{"reason": ...}`.
+    data: String,
+}
+
 /// The execution's trace as Server-Sent Events, live until it finishes.
 #[utoipa::path(get, path = "/v1/executions/{id}/events", tag = "executions",
     params(("id" = Uuid, Path, description = "The execution's id"), crate::routes::executions::TraceQuery,
            ("Last-Event-ID" = Option<String>, Header, description = "Resume after this event id")),
-    responses((status = 200, description = "`event: trace` frames whose data is a trace event, then `event: end`", body = String, content_type = "text/event-stream")))]
+    responses((status = 200, description = "Server-Sent Events, one per trace event: `id` is the event's id, `event` its kind (`queued`, `model_call`, `tool_call`, ..., `completed`), `data` the trace event as JSON; a last `stream_closed` event says why the stream ended. The schema describes one event.", body = SseEvent, content_type = "text/event-stream")))]
 pub async fn stream(
     State(state): State<AppState>,
     caller: Caller,

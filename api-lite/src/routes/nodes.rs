@@ -57,7 +57,8 @@ pub struct CreateNode {
 
 /// Creates a node (a task an agent executes).
 #[utoipa::path(post, path = "/v1/nodes", tag = "nodes", request_body = CreateNode,
-    responses((status = 201, description = "Created", body = NodeView)))]
+    responses((status = 201, description = "Created", body = NodeView),
+        (status = 404, description = "`parent_id` names no node of the caller's org", body = crate::error::ErrorBody)))]
 pub async fn create(
     State(state): State<AppState>,
     caller: Caller,
