@@ -32,6 +32,9 @@ lint:
 	cargo clippy --workspace --all-targets --locked -- -D warnings
 
 unit-and-integration: clean-test-dbs
+	# Every binary of the workspace first: tests start other packages' binaries too
+	# (api-lite, testkit's mcp-test-server), which a test build alone does not build.
+	cargo build --workspace --bins --locked
 	$(STACK_ENV); if cargo nextest --version >/dev/null 2>&1; then \
 		cargo nextest run --workspace --locked --no-fail-fast; \
 	else \
