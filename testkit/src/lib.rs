@@ -13,6 +13,7 @@
 //! - [`scripted`]: scripted OpenAI-compatible servers (embeddings, chat with tool calls).
 //! - [`fixtures`]: generated documents, good and hostile.
 //! - [`webhook_receiver`]: a webhook receiver on loopback that records and answers by script.
+//! - [`otlp`]: an OTLP/HTTP trace receiver on loopback that keeps the spans it is sent.
 //! - [`private_stack`]: a Postgres cluster and a moto server of the test's own, for tests
 //!   that restart them (fault tests); [`TestOptions::stack`] points an app at them.
 //!
@@ -24,6 +25,8 @@ pub mod cpu;
 pub mod fixtures;
 /// An MCP server for tests.
 pub mod mcp;
+/// A tiny OTLP/HTTP (JSON) trace receiver on loopback.
+pub mod otlp;
 /// Counts Postgres round trips through a loopback proxy.
 pub mod pg_counter;
 /// A private Postgres cluster and moto server that a test may restart.
