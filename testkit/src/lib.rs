@@ -414,6 +414,41 @@ impl TestApp {
         })
     }
 
+    /// Starts api-lite as a process of its own on this app's stack, with `overrides`
+    /// (tests of what only a real process shows: its exported spans), and waits for its
+    /// `/health`. Returns the process and its base URL.
+    pub async fn spawn_api_process(
+        &self,
+        overrides: &[(&str, &str)],
+    ) -> anyhow::Result<(WorkerProcess, String)> {
+        let listen = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .to_string();
+        let outbox_poll = self.settings.api.outbox_poll_ms.to_string();
+        let mut all_overrides = vec![
+            ("GLASSBOX_API__LISTEN", listen.as_str()),
+            ("GLASSBOX_AUTH__JWT_SECRET", JWT_SECRET),
+            ("GLASSBOX_API__OUTBOX_POLL_MS", outbox_poll.as_str()),
+        ];
+        all_overrides.extend_from_slice(overrides);
+        let binary = workspace_binary("api-lite");
+        let process = self.spawn_worker(
+            binary.to_str().context("the api-lite path is UTF-8")?,
+            &all_overrides,
+        )?;
+        let base_url = format!("http://{listen}");
+        wait_until(Duration::from_secs(60), || async {
+            self.http
+                .get(format!("{base_url}/health"))
+                .send()
+                .await
+                .is_ok_and(|response| response.status().is_success())
+        })
+        .await
+        .context("the api-lite process did not come up")?;
+        Ok((process, base_url))
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base_url)
     }

@@ -74,6 +74,22 @@ impl OtlpReceiver {
         self.spans.lock().expect("not poisoned").clone()
     }
 
+    /// The spans of one trace received so far.
+    pub fn trace(&self, trace_id: &str) -> Vec<ReceivedSpan> {
+        self.spans()
+            .into_iter()
+            .filter(|span| span.trace_id == trace_id)
+            .collect()
+    }
+
+    /// A client's own W3C trace: `(trace id, span id, traceparent header value)`.
+    pub fn client_trace() -> (String, String, String) {
+        let trace_id = uuid::Uuid::new_v4().simple().to_string();
+        let span_id = uuid::Uuid::new_v4().simple().to_string()[..16].to_string();
+        let traceparent = format!("00-{trace_id}-{span_id}-01");
+        (trace_id, span_id, traceparent)
+    }
+
     /// Waits until `condition` holds over the spans received so far.
     pub async fn wait_for(
         &self,

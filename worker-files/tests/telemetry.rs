@@ -25,40 +25,15 @@ fn in_trace<'a>(spans: &'a [ReceivedSpan], trace_id: &str) -> Vec<&'a ReceivedSp
 async fn one_upload_is_one_trace_across_api_lite_and_worker_files() {
     let mut app = TestApp::spawn().await.unwrap();
     let receiver = OtlpReceiver::start().await.unwrap();
-    let otel: Vec<(&str, String)> = receiver.env();
-
+    let otel = receiver.env();
+    let otel: Vec<(&str, &str)> = otel.iter().map(|(k, v)| (*k, v.as_str())).collect();
     // api-lite as a process of its own, exporting spans; the client talks to it alone.
-    let listen = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .to_string();
-    let mut api_env: Vec<(&str, String)> = otel.clone();
-    api_env.push(("GLASSBOX_API__LISTEN", listen.clone()));
-    api_env.push(("GLASSBOX_AUTH__JWT_SECRET", testkit::JWT_SECRET.into()));
-    api_env.push(("GLASSBOX_API__OUTBOX_POLL_MS", "200".into()));
-    let api_env: Vec<(&str, &str)> = api_env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let api_binary = testkit::workspace_binary("api-lite");
-    let _api = app
-        .spawn_worker(api_binary.to_str().unwrap(), &api_env)
-        .unwrap();
-    let worker_env: Vec<(&str, &str)> = otel.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let _worker = app.spawn_worker(WORKER, &worker_env).unwrap();
-    app.base_url = format!("http://{listen}");
-    testkit::wait_until(Duration::from_secs(60), || async {
-        app.http
-            .get(app.url("/health"))
-            .send()
-            .await
-            .is_ok_and(|response| response.status().is_success())
-    })
-    .await
-    .expect("the api-lite process comes up");
+    let (_api, api_url) = app.spawn_api_process(&otel).await.unwrap();
+    let _worker = app.spawn_worker(WORKER, &otel).unwrap();
+    app.base_url = api_url;
 
     // The client's own trace: every request of the upload carries it.
-    let trace_id = Uuid::new_v4().simple().to_string();
-    let client_span = &Uuid::new_v4().simple().to_string()[..16];
-    let traceparent = format!("00-{trace_id}-{client_span}-01");
+    let (trace_id, client_span, traceparent) = OtlpReceiver::client_trace();
     let text = "Tide tables for the northern harbour, with the ferry times of each season.";
     let created: serde_json::Value = app
         .http
@@ -100,7 +75,8 @@ async fn one_upload_is_one_trace_across_api_lite_and_worker_files() {
     let spans = receiver
         .wait_for(Duration::from_secs(30), |spans| {
             let trace = in_trace(spans, &trace_id);
-            stages.iter().all(|stage| {
+            // A span is exported when it ends: the job's after the file's last commit.
+            ["job"].iter().chain(&stages).all(|stage| {
                 trace
                     .iter()
                     .any(|span| span.service == "worker-files" && span.name == *stage)
@@ -108,7 +84,7 @@ async fn one_upload_is_one_trace_across_api_lite_and_worker_files() {
         })
         .await
         .unwrap();
-    let trace = in_trace(&spans, &trace_id);
+    let trace: Vec<&ReceivedSpan> = in_trace(&spans, &trace_id);
 
     // api-lite: both requests, children of the client's span.
     let requests: Vec<_> = trace
