@@ -272,7 +272,21 @@ pub fn app(state: AppState) -> Router {
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))
         .layer(TraceLayer::new_for_http().make_span_with(|request: &Request<_>| {
             let request_id = request.headers().get(REQUEST_ID).and_then(|value| value.to_str().ok()).unwrap_or("-");
-            tracing::info_span!("request", method = %request.method(), path = %request.uri().path(), request_id, org_id = tracing::field::Empty)
+            let span = tracing::info_span!("request", method = %request.method(), path = %request.uri().path(), request_id, org_id = tracing::field::Empty);
+            // A caller's own trace (a W3C `traceparent` header) continues through the request.
+            shared::telemetry::set_parent(&span, &trace_headers(request.headers()));
+            span
         }))
         .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
+}
+
+/// The W3C trace-context headers of a request.
+fn trace_headers(headers: &axum::http::HeaderMap) -> shared::telemetry::TraceCarrier {
+    ["traceparent", "tracestate"]
+        .into_iter()
+        .filter_map(|name| {
+            let value = headers.get(name)?.to_str().ok()?;
+            Some((name.to_string(), value.to_string()))
+        })
+        .collect()
 }

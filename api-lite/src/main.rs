@@ -56,9 +56,11 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    shared::telemetry::init(
+    // Dropped at the end of main: flushes the spans of the shutdown.
+    let _telemetry = shared::telemetry::init(
         &settings.telemetry,
         "info,sqlx=warn,aws=warn,tower_http=info",
+        "api-lite",
     );
     let outcome = match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => serve(settings).await,

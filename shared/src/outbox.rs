@@ -14,7 +14,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use crate::metrics as names;
-use crate::queue::{JobKind, JobMessage, Queue};
+use crate::queue::{JobKind, JobMessage, Outgoing, Queue};
+use crate::telemetry::TraceCarrier;
+use sqlx::types::Json;
 use uuid::Uuid;
 
 /// The NOTIFY channel that wakes relays when a message is enqueued.
@@ -26,10 +28,15 @@ pub use crate::queue::{AGENT_JOBS, FILE_JOBS};
 /// Adds `message` to the outbox inside the caller's transaction, for the queue its kind
 /// travels on ([`JobKind::queue`]). This is the one way a job is enqueued: the row change
 /// and its message commit together or not at all.
+///
+/// The current span's trace context (when spans are exported) is stored with the message
+/// and sent as its attributes, so the job's trace continues in the worker.
 pub async fn enqueue(connection: &mut PgConnection, message: &JobMessage) -> sqlx::Result<()> {
-    sqlx::query("INSERT INTO outbox (queue, body) VALUES ($1, $2)")
+    let trace_context = crate::telemetry::inject_current();
+    sqlx::query("INSERT INTO outbox (queue, body, trace_context) VALUES ($1, $2, $3)")
         .bind(message.kind.queue())
         .bind(message.to_body())
+        .bind((!trace_context.is_empty()).then_some(Json(trace_context)))
         .execute(&mut *connection)
         .await?;
     sqlx::query("SELECT pg_notify($1, '')")
@@ -117,27 +124,31 @@ impl OutboxRelay {
 
     async fn relay_batch(&self) -> sqlx::Result<(usize, usize)> {
         let mut transaction = self.pool.begin().await?;
-        let rows: Vec<(i64, String, String)> = sqlx::query_as(
-            "SELECT id, queue, body FROM outbox WHERE available_at <= now() ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
+        let rows: Vec<(i64, String, String, Option<Json<TraceCarrier>>)> = sqlx::query_as(
+            "SELECT id, queue, body, trace_context FROM outbox WHERE available_at <= now() ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
         )
         .bind(BATCH)
         .fetch_all(&mut *transaction)
         .await?;
         let fetched = rows.len();
-        let mut by_queue: HashMap<&str, Vec<(String, String)>> = HashMap::new();
-        for (id, queue, body) in &rows {
-            by_queue
-                .entry(queue.as_str())
-                .or_default()
-                .push((id.to_string(), body.clone()));
+        let mut by_queue: HashMap<&str, Vec<Outgoing>> = HashMap::new();
+        for (id, queue, body, trace_context) in &rows {
+            by_queue.entry(queue.as_str()).or_default().push(Outgoing {
+                id: id.to_string(),
+                body: body.clone(),
+                trace_context: trace_context
+                    .as_ref()
+                    .map(|carrier| carrier.0.clone())
+                    .unwrap_or_default(),
+            });
         }
         let mut sent_ids: Vec<i64> = Vec::new();
         let mut failures: Vec<(i64, String)> = Vec::new();
         for (queue_name, entries) in by_queue {
             let Some(queue) = self.queues.get(queue_name) else {
-                failures.extend(entries.iter().map(|(id, _)| {
+                failures.extend(entries.iter().map(|entry| {
                     (
-                        id.parse().unwrap_or_default(),
+                        entry.id.parse().unwrap_or_default(),
                         format!("no queue configured for {queue_name}"),
                     )
                 }));
@@ -145,9 +156,9 @@ impl OutboxRelay {
             };
             match queue.send_batch(&entries).await {
                 Ok(accepted) => {
-                    for (id, _) in &entries {
-                        let id_number: i64 = id.parse().unwrap_or_default();
-                        if accepted.contains(id) {
+                    for entry in &entries {
+                        let id_number: i64 = entry.id.parse().unwrap_or_default();
+                        if accepted.contains(&entry.id) {
                             sent_ids.push(id_number);
                         } else {
                             failures.push((id_number, "rejected by SendMessageBatch".into()));
@@ -157,7 +168,7 @@ impl OutboxRelay {
                 Err(error) => failures.extend(
                     entries
                         .iter()
-                        .map(|(id, _)| (id.parse().unwrap_or_default(), error.to_string())),
+                        .map(|entry| (entry.id.parse().unwrap_or_default(), error.to_string())),
                 ),
             }
         }

@@ -13,6 +13,33 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::aws::describe_sdk_error;
+use crate::telemetry::TraceCarrier;
+
+/// The message attributes that carry W3C trace context (the header names of the spec).
+const TRACEPARENT: &str = "traceparent";
+const TRACESTATE: &str = "tracestate";
+
+/// `carrier`'s trace-context fields as SQS String attributes; anything else in it, and
+/// values SQS would refuse (empty, over 512 bytes), are left out.
+fn trace_attributes(
+    carrier: &TraceCarrier,
+) -> impl Iterator<Item = (String, aws_sdk_sqs::types::MessageAttributeValue)> + '_ {
+    carrier
+        .iter()
+        .filter(|(name, value)| {
+            (name.as_str() == TRACEPARENT || name.as_str() == TRACESTATE)
+                && !value.is_empty()
+                && value.len() <= 512
+        })
+        .filter_map(|(name, value)| {
+            let attribute = aws_sdk_sqs::types::MessageAttributeValue::builder()
+                .data_type("String")
+                .string_value(value)
+                .build()
+                .ok()?;
+            Some((name.clone(), attribute))
+        })
+}
 
 /// What a job message says: which job, of which org, and which kind of work.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -156,6 +183,19 @@ pub struct Delivery {
     pub receive_count: u32,
     /// When the message was first sent, for queue-wait metrics.
     pub sent_at_epoch_ms: Option<u64>,
+    /// The W3C trace context the message carries as attributes (`traceparent`,
+    /// `tracestate`); empty when the sender exported no trace.
+    pub trace_context: TraceCarrier,
+}
+
+/// One message for [`Queue::send_batch`].
+#[derive(Debug, Clone)]
+pub struct Outgoing {
+    /// The caller's id for the entry, unique within the batch.
+    pub id: String,
+    pub body: String,
+    /// Sent as String message attributes, so the consumer's spans join the trace.
+    pub trace_context: TraceCarrier,
 }
 
 /// A source queue together with its DLQ and redrive settings.
@@ -305,19 +345,18 @@ impl Queue {
         Ok(output.message_id.unwrap_or_default())
     }
 
-    /// Sends up to ten bodies keyed by caller ids; returns the ids that SQS accepted.
-    pub async fn send_batch(
-        &self,
-        entries: &[(String, String)],
-    ) -> Result<Vec<String>, QueueError> {
+    /// Sends up to ten messages; returns the ids of the entries SQS accepted.
+    pub async fn send_batch(&self, entries: &[Outgoing]) -> Result<Vec<String>, QueueError> {
         let request_entries = entries
             .iter()
-            .map(|(id, body)| {
-                SendMessageBatchRequestEntry::builder()
-                    .id(id)
-                    .message_body(body)
-                    .build()
-                    .expect("id and body are set")
+            .map(|entry| {
+                let mut builder = SendMessageBatchRequestEntry::builder()
+                    .id(&entry.id)
+                    .message_body(&entry.body);
+                for (name, value) in trace_attributes(&entry.trace_context) {
+                    builder = builder.message_attributes(name, value);
+                }
+                builder.build().expect("id and body are set")
             })
             .collect::<Vec<_>>();
         let output = self
@@ -345,6 +384,8 @@ impl Queue {
             .wait_time_seconds(wait.as_secs().min(20) as i32)
             .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
             .message_system_attribute_names(MessageSystemAttributeName::SentTimestamp)
+            .message_attribute_names(TRACEPARENT)
+            .message_attribute_names(TRACESTATE)
             .send()
             .await
             .map_err(sqs_error("ReceiveMessage"))?;
@@ -355,6 +396,13 @@ impl Queue {
             .map(|message| {
                 let attributes: HashMap<MessageSystemAttributeName, String> =
                     message.attributes.unwrap_or_default();
+                let trace_context = message
+                    .message_attributes
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter(|(name, _)| name == TRACEPARENT || name == TRACESTATE)
+                    .filter_map(|(name, value)| Some((name, value.string_value?)))
+                    .collect();
                 Delivery {
                     message_id: message.message_id.unwrap_or_default(),
                     receipt_handle: message.receipt_handle.unwrap_or_default(),
@@ -366,6 +414,7 @@ impl Queue {
                     sent_at_epoch_ms: attributes
                         .get(&MessageSystemAttributeName::SentTimestamp)
                         .and_then(|value| value.parse().ok()),
+                    trace_context,
                 }
             })
             .collect())

@@ -250,6 +250,8 @@ async fn handle_delivery(
         return dead_letter_poison(queue, &delivery, &reason).await;
     };
     let span = info_span!("job", kind = job.kind.as_str(), job_id = %job.job_id, org_id = %job.org_id, receive_count = delivery.receive_count);
+    // The trace of the request that enqueued the job continues here (when exported).
+    crate::telemetry::set_parent(&span, &delivery.trace_context);
     process_job(queue, handler.as_ref(), options, &delivery, &job, hard_stop)
         .instrument(span)
         .await;

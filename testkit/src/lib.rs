@@ -13,6 +13,7 @@
 //! - [`scripted`]: scripted OpenAI-compatible servers (embeddings, chat with tool calls).
 //! - [`fixtures`]: generated documents, good and hostile.
 //! - [`webhook_receiver`]: a webhook receiver on loopback that records and answers by script.
+//! - [`otlp`]: an OTLP/HTTP trace receiver on loopback that keeps the spans it is sent.
 //! - [`private_stack`]: a Postgres cluster and a moto server of the test's own, for tests
 //!   that restart them (fault tests); [`TestOptions::stack`] points an app at them.
 //!
@@ -24,6 +25,8 @@ pub mod cpu;
 pub mod fixtures;
 /// An MCP server for tests.
 pub mod mcp;
+/// A tiny OTLP/HTTP (JSON) trace receiver on loopback.
+pub mod otlp;
 /// Counts Postgres round trips through a loopback proxy.
 pub mod pg_counter;
 /// A private Postgres cluster and moto server that a test may restart.
@@ -409,6 +412,41 @@ impl TestApp {
             metrics_address,
             http: self.http.clone(),
         })
+    }
+
+    /// Starts api-lite as a process of its own on this app's stack, with `overrides`
+    /// (tests of what only a real process shows: its exported spans), and waits for its
+    /// `/health`. Returns the process and its base URL.
+    pub async fn spawn_api_process(
+        &self,
+        overrides: &[(&str, &str)],
+    ) -> anyhow::Result<(WorkerProcess, String)> {
+        let listen = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .to_string();
+        let outbox_poll = self.settings.api.outbox_poll_ms.to_string();
+        let mut all_overrides = vec![
+            ("GLASSBOX_API__LISTEN", listen.as_str()),
+            ("GLASSBOX_AUTH__JWT_SECRET", JWT_SECRET),
+            ("GLASSBOX_API__OUTBOX_POLL_MS", outbox_poll.as_str()),
+        ];
+        all_overrides.extend_from_slice(overrides);
+        let binary = workspace_binary("api-lite");
+        let process = self.spawn_worker(
+            binary.to_str().context("the api-lite path is UTF-8")?,
+            &all_overrides,
+        )?;
+        let base_url = format!("http://{listen}");
+        wait_until(Duration::from_secs(60), || async {
+            self.http
+                .get(format!("{base_url}/health"))
+                .send()
+                .await
+                .is_ok_and(|response| response.status().is_success())
+        })
+        .await
+        .context("the api-lite process did not come up")?;
+        Ok((process, base_url))
     }
 
     pub fn url(&self, path: &str) -> String {

@@ -12,7 +12,12 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    shared::telemetry::init(&settings.telemetry, "info,sqlx=warn,aws=warn");
+    // Dropped last (after the runtime): flushes the spans of the shutdown.
+    let _telemetry = shared::telemetry::init(
+        &settings.telemetry,
+        "info,sqlx=warn,aws=warn",
+        "worker-agent",
+    );
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(error) => {

@@ -30,6 +30,7 @@ use shared::executions::step::{
 };
 use shared::queue::JobMessage;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::checkpoint::{self, Head, ResolvedInput};
@@ -118,6 +119,9 @@ impl AgentHandler {
         loop {
             let step = spent.steps;
             let step_started = Instant::now();
+            // The step's span (in the job's trace): the model call and tool calls are its
+            // children. It ends when the iteration does.
+            let step_span = tracing::info_span!("step", step);
             // A wake-up since the last commit means the control may have changed: read.
             let woken = wake.take();
             let current = match head.take() {
@@ -166,9 +170,10 @@ impl AgentHandler {
                 None => {
                     let max_tokens =
                         budget.max_output_tokens(&spent, self.settings.max_output_tokens);
-                    let model_call =
-                        self.model
-                            .complete(&execution.model, &messages, &schemas, max_tokens);
+                    let model_call = self
+                        .model
+                        .complete(&execution.model, &messages, &schemas, max_tokens)
+                        .instrument(tracing::info_span!(parent: &step_span, "model_call", model = %execution.model));
                     tokio::pin!(model_call);
                     let wall_time = tokio::time::sleep(budget.wall_left(&spent));
                     tokio::pin!(wall_time);
@@ -214,6 +219,9 @@ impl AgentHandler {
             let answered_at = gathered.delta.len();
             for (index, call) in completion.tool_calls.iter().enumerate() {
                 self.plan_and_run(&ledger, &mcp_tools, step, index as i32, call, &mut gathered)
+                    .instrument(
+                        tracing::info_span!(parent: &step_span, "tool_call", tool = %call.name),
+                    )
                     .await?;
             }
             messages.extend(gathered.delta[answered_at - 1..].iter().cloned());
@@ -408,6 +416,7 @@ impl AgentHandler {
                                     &args,
                                     &input.arguments,
                                 )
+                                .instrument(tracing::info_span!("tool_call", tool = %input.tool))
                                 .await?
                         }
                         _ => (

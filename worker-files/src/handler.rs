@@ -16,6 +16,7 @@ use shared::queue::{JobKind, JobMessage};
 use shared::worker::{Claim, Disposition, JobHandler, Receipt};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, info_span};
 use uuid::Uuid;
 
 use crate::ExtractionSetup;
@@ -143,7 +144,8 @@ impl FileHandler {
                 &row.object_key,
                 self.settings.max_file_bytes,
                 &self.spool_dir,
-            ),
+            )
+            .instrument(info_span!("download")),
         )
         .await?;
         timings.record("download", started);
@@ -171,9 +173,11 @@ impl FileHandler {
             chunking: Some(setup.chunking.clone()),
             include_texts: false,
         };
-        let extraction = until_cancelled(cancel, async {
-            setup.sandbox.run(&request).await.map_err(extract_error)
-        })
+        let extraction = until_cancelled(
+            cancel,
+            async { setup.sandbox.run(&request).await.map_err(extract_error) }
+                .instrument(info_span!("extract_and_chunk")),
+        )
         .await?;
         drop(downloaded);
         // The child's own split between the two; the rest (start, transfer) counts as extraction.
@@ -197,8 +201,12 @@ impl FileHandler {
             .iter()
             .map(|chunk| store::text_sha256(&chunk.text))
             .collect();
-        let vectors =
-            until_cancelled(cancel, self.embed_with_reuse(row.org_id, &chunks, &hashes)).await?;
+        let vectors = until_cancelled(
+            cancel,
+            self.embed_with_reuse(row.org_id, &chunks, &hashes)
+                .instrument(info_span!("embed", chunks = chunks.len())),
+        )
+        .await?;
         timings.record("embed", started);
 
         self.enter_stage(file_id, lease, "store", &timings).await?;
@@ -221,38 +229,43 @@ impl FileHandler {
                 embedding: &vectors[hash],
             })
             .collect();
-        let mut transaction = self.pool.begin().await?;
-        if !files::fence(&mut transaction, file_id, lease).await? {
-            return Err(lease_lost());
-        }
-        sqlx::query("DELETE FROM chunks WHERE file_id = $1")
-            .bind(file_id)
-            .execute(&mut *transaction)
-            .await?;
-        store::copy_chunks(
-            &mut transaction,
-            row.org_id,
-            file_id,
-            self.embedder.model_id(),
-            &embedded,
-        )
-        .await?;
-        timings.record("store", started);
         let page_count = document.page_count() as i32;
-        let stored = Stored {
-            detected_type: kind.as_str(),
-            pages: page_count,
-            chunk_count: chunks.len() as i32,
-            embedding_model: self.embedder.model_id(),
-            extractor_version: document.extractor_version as i32,
-            content_sha256: &content_sha256,
-            stage_durations_ms: timings.to_json(),
-            extraction_engine: &document.engine,
-        };
-        if !files::mark_ready(&mut transaction, file_id, lease, &stored).await? {
-            return Err(lease_lost());
+        async {
+            let mut transaction = self.pool.begin().await?;
+            if !files::fence(&mut transaction, file_id, lease).await? {
+                return Err(lease_lost());
+            }
+            sqlx::query("DELETE FROM chunks WHERE file_id = $1")
+                .bind(file_id)
+                .execute(&mut *transaction)
+                .await?;
+            store::copy_chunks(
+                &mut transaction,
+                row.org_id,
+                file_id,
+                self.embedder.model_id(),
+                &embedded,
+            )
+            .await?;
+            timings.record("store", started);
+            let stored = Stored {
+                detected_type: kind.as_str(),
+                pages: page_count,
+                chunk_count: chunks.len() as i32,
+                embedding_model: self.embedder.model_id(),
+                extractor_version: document.extractor_version as i32,
+                content_sha256: &content_sha256,
+                stage_durations_ms: timings.to_json(),
+                extraction_engine: &document.engine,
+            };
+            if !files::mark_ready(&mut transaction, file_id, lease, &stored).await? {
+                return Err(lease_lost());
+            }
+            transaction.commit().await?;
+            Ok::<(), JobError>(())
         }
-        transaction.commit().await?;
+        .instrument(info_span!("store", chunks = chunks.len()))
+        .await?;
         tracing::info!(
             chunks = chunks.len(),
             pages = page_count,
