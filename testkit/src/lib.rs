@@ -487,6 +487,24 @@ impl TestApp {
         read_json(response).await
     }
 
+    /// `POST` as the app's org, carrying the client's W3C `traceparent` header.
+    pub async fn post_traced(
+        &self,
+        path: &str,
+        body: Value,
+        traceparent: &str,
+    ) -> anyhow::Result<(u16, Value)> {
+        let response = self
+            .http
+            .post(self.url(path))
+            .bearer_auth(&self.token)
+            .header("traceparent", traceparent)
+            .json(&body)
+            .send()
+            .await?;
+        read_json(response).await
+    }
+
     /// Creates a file, PUTs the bytes to the presigned URL, and confirms it.
     pub async fn upload(
         &self,

@@ -35,17 +35,15 @@ async fn an_agent_run_is_one_trace_through_its_steps_model_calls_and_tool_calls(
         .await
         .unwrap();
     let (trace_id, client_span, traceparent) = OtlpReceiver::client_trace();
-    let started = app
-        .http
-        .post(app.url(&format!("/v1/nodes/{node}/execute")))
-        .bearer_auth(&app.token)
-        .header("traceparent", &traceparent)
-        .json(&json!({}))
-        .send()
+    let (status, execution) = app
+        .post_traced(
+            &format!("/v1/nodes/{node}/execute"),
+            json!({}),
+            &traceparent,
+        )
         .await
         .unwrap();
-    assert_eq!(started.status(), 202);
-    let execution: serde_json::Value = started.json().await.unwrap();
+    assert_eq!(status, 202, "{execution}");
     let id: Uuid = execution["id"].as_str().unwrap().parse().unwrap();
     let done = app
         .wait_for_execution(id, &["completed", "failed", "cancelled"], RUN)

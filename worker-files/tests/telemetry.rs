@@ -35,18 +35,15 @@ async fn one_upload_is_one_trace_across_api_lite_and_worker_files() {
     // The client's own trace: every request of the upload carries it.
     let (trace_id, client_span, traceparent) = OtlpReceiver::client_trace();
     let text = "Tide tables for the northern harbour, with the ferry times of each season.";
-    let created: serde_json::Value = app
-        .http
-        .post(app.url("/v1/files"))
-        .bearer_auth(&app.token)
-        .header("traceparent", &traceparent)
-        .json(&json!({ "name": "tides.txt", "content_type": "text/plain", "size": text.len() }))
-        .send()
-        .await
-        .unwrap()
-        .json()
+    let (status, created) = app
+        .post_traced(
+            "/v1/files",
+            json!({ "name": "tides.txt", "content_type": "text/plain", "size": text.len() }),
+            &traceparent,
+        )
         .await
         .unwrap();
+    assert_eq!(status, 201, "{created}");
     let file_id: Uuid = created["id"].as_str().unwrap().parse().unwrap();
     let put = app
         .http
@@ -57,16 +54,15 @@ async fn one_upload_is_one_trace_across_api_lite_and_worker_files() {
         .await
         .unwrap();
     assert!(put.status().is_success());
-    let confirmed = app
-        .http
-        .post(app.url(&format!("/v1/files/{file_id}/confirm")))
-        .bearer_auth(&app.token)
-        .header("traceparent", &traceparent)
-        .json(&json!({}))
-        .send()
+    let (status, confirmed) = app
+        .post_traced(
+            &format!("/v1/files/{file_id}/confirm"),
+            json!({}),
+            &traceparent,
+        )
         .await
         .unwrap();
-    assert_eq!(confirmed.status(), 202);
+    assert_eq!(status, 202, "{confirmed}");
     app.wait_for_file(file_id, &["ready"], PROCESSING)
         .await
         .unwrap();
