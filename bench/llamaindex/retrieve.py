@@ -37,6 +37,7 @@ def main() -> None:
 
     import torch
     from llama_index.core import StorageContext, VectorStoreIndex
+    from llama_index.core.llms import MockLLM
     from llama_index.core.retrievers import QueryFusionRetriever
     from llama_index.core.schema import TextNode
     from llama_index.embeddings.huggingface import HuggingFaceEmbedding
@@ -91,6 +92,9 @@ def main() -> None:
         similarity_top_k=top_k,
         num_queries=1,
         use_async=False,
+        # With one query no LLM writes variants; MockLLM stops LlamaIndex from resolving
+        # its default (OpenAI) model, which is neither installed nor reachable here.
+        llm=MockLLM(),
     )
     retrievers = {"vector": vector, "text": text, "hybrid": hybrid}
 
