@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The Python peers the benchmarks compare against, each in its own venv under
 # ~/.cache/glassbox/bench-peers/<peer> (outside the clone, kept between runs and checkouts).
-# Nothing is installed unless BENCH_PEERS=1: without it, sections print DESIGN.md's
+# Nothing is installed unless BENCH_PEERS=1: without it, sections print bench/README.md's
 # reference figures instead of a same-run peer.
 #
 #   BENCH_PEERS=1 bench/peers.sh     install every peer that is missing (pinned versions)
@@ -38,7 +38,7 @@ for entry in "${PEERS[@]}"; do
   rm -rf "${peers_dir:?}/$name"
   # shellcheck disable=SC2086 # the package list is split on purpose
   if ! { python3 -m venv "$peers_dir/$name" && "$peers_dir/$name/bin/pip" install --quiet --disable-pip-version-check $packages; }; then
-    echo "peer $name: install failed; its sections fall back to DESIGN's reference" >&2
+    echo "peer $name: install failed; its sections fall back to the reference in bench/README.md" >&2
     rm -rf "${peers_dir:?}/$name"
   fi
 done

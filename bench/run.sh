@@ -2,7 +2,7 @@
 # The ingestion benchmark (see bench/README.md). `make bench` runs it after
 # `cargo build --release --bins --benches`, with .stack/env sourced.
 #
-#   bench/run.sh             every section, then the summary against DESIGN.md's targets
+#   bench/run.sh             every section, then the summary against the targets in bench/README.md
 #   bench/run.sh extract     one section: corpus, extract, pipeline, embed, e2e, copy,
 #                            scaleout (files/s against 1, 2, 4 workers; needs no corpus)
 #
@@ -32,7 +32,7 @@ fi
 
 # The Python peers live outside the clone (~/.cache/glassbox/bench-peers) and are
 # installed only when BENCH_PEERS=1 (see bench/peers.sh); sections without one print
-# DESIGN.md's reference instead.
+# the reference figures of bench/README.md instead.
 "$repo_root/bench/peers.sh"
 
 # The peers of the model sections (embed, e2e): sentence-transformers and LlamaIndex with

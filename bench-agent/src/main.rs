@@ -13,7 +13,7 @@
 //! same number of runs at once, the same zero-latency model answers and a
 //! `get_node_context` tool that reads the node from Postgres. It is installed into a
 //! bench-only venv under ~/.cache/glassbox/bench-peers/langgraph by `bench/peers.sh`
-//! only when asked (`BENCH_PEERS=1`); without it the report shows DESIGN.md's reference.
+//! only when asked (`BENCH_PEERS=1`); without it the report shows the reference in bench-agent/README.md.
 //!
 //! It reports, per phase (workers × steps per run):
 //! - steps/s: committed steps over the window between the first and the last step commit;
@@ -44,7 +44,7 @@ use testkit::{TestApp, TestOptions};
 use tokio::process::{Child, Command};
 use uuid::Uuid;
 
-/// DESIGN.md targets, and the LangGraph + PostgresSaver figures measured on this kind of
+/// The targets (bench-agent/README.md), and the LangGraph + PostgresSaver figures measured on this kind of
 /// machine, shown when the peer is not installed.
 const TARGET_STEPS_PER_SEC: f64 = 2_500.0;
 const TARGET_COMMIT_P50_MS: f64 = 0.5;
@@ -778,7 +778,7 @@ fn print_report(phases: &[Phase], concurrency: usize) {
     }
     println!();
     println!(
-        "Targets (DESIGN.md): ≥ {TARGET_STEPS_PER_SEC:.0} steps/s; commit p50 ≤ {TARGET_COMMIT_P50_MS} ms, p99 ≤ {TARGET_COMMIT_P99_MS} ms."
+        "Targets (bench-agent/README.md): ≥ {TARGET_STEPS_PER_SEC:.0} steps/s; commit p50 ≤ {TARGET_COMMIT_P50_MS} ms, p99 ≤ {TARGET_COMMIT_P99_MS} ms."
     );
     if phases.iter().all(|phase| phase.peer.is_some()) {
         println!(
@@ -786,7 +786,7 @@ fn print_report(phases: &[Phase], concurrency: usize) {
         );
     } else {
         println!(
-            "LangGraph + PostgresSaver marked (ref): not installed (BENCH_PEERS=1 bench/peers.sh), DESIGN.md's {LANGGRAPH_STEPS_PER_SEC:.0} steps/s and {LANGGRAPH_MS_PER_STEP} ms per step, not re-measured."
+            "LangGraph + PostgresSaver marked (ref): not installed (BENCH_PEERS=1 bench/peers.sh), the reference's {LANGGRAPH_STEPS_PER_SEC:.0} steps/s and {LANGGRAPH_MS_PER_STEP} ms per step, not re-measured."
         );
     }
 
@@ -849,7 +849,7 @@ fn print_report(phases: &[Phase], concurrency: usize) {
     }
     println!();
     println!(
-        "Target (DESIGN.md): constant per step, the new messages plus ≤ 2 KB. LangGraph: growth of its checkpoint tables incl. indexes when measured (compare with table growth), else DESIGN.md's 8.7 KB per step at 10 steps, 15 KB at 50."
+        "Target: constant per step, the new messages plus ≤ 2 KB. LangGraph: growth of its checkpoint tables incl. indexes when measured (compare with table growth), else the reference's 8.7 KB per step at 10 steps, 15 KB at 50."
     );
     let mut by_run_length: BTreeMap<usize, Vec<f64>> = BTreeMap::new();
     for phase in phases {
@@ -931,7 +931,7 @@ async fn main() -> anyhow::Result<()> {
         app.database_url.rsplit('/').next().unwrap_or_default(),
         args.steps_per_phase,
         peer.as_ref().map_or_else(
-            || "not installed (DESIGN.md reference)".to_string(),
+            || "not installed (the reference)".to_string(),
             |python| python.display().to_string()
         )
     );

@@ -132,7 +132,7 @@ enum Section {
         #[arg(long, value_delimiter = ',', default_value = "1,2,4")]
         workers: Vec<usize>,
     },
-    /// Every section, each in its own process, then a summary against DESIGN's targets.
+    /// Every section, each in its own process, then a summary against the targets (bench/README.md).
     All,
 }
 

@@ -30,7 +30,7 @@ use crate::report::{self, Finding, Table, heading};
 /// peer's PGVectorStore builds none by default either).
 const STAND_IN_MODEL: &str = "bench-stand-in";
 const DIMENSIONS: usize = 384;
-/// DESIGN's reference, measured on this kind of machine on its own corpus.
+/// The reference (bench/README.md, Targets), measured on this kind of machine on its own corpus.
 const REFERENCE_FILES: f64 = 57.0;
 const REFERENCE_SECONDS: f64 = 12.7;
 const TARGET_SPEEDUP: f64 = 3.0;
@@ -266,13 +266,13 @@ pub async fn run(
         None => {
             println!();
             println!(
-                "Peer did not run (it needs a working venv at {}); DESIGN's reference: LlamaIndex 57 files in 12.7 s = {reference_rate:.2} files/s on another corpus.",
+                "Peer did not run (it needs a working venv at {}); the reference (bench/README.md): LlamaIndex 57 files in 12.7 s = {reference_rate:.2} files/s on another corpus.",
                 peer_python(paths).display()
             );
             findings.push(Finding {
                 what: "Pipeline w/o model, one file at a time (files/s)".into(),
                 ours: report::rate(sequential.files as f64, sequential.wall_seconds),
-                reference: format!("LlamaIndex {reference_rate:.2} (DESIGN, other corpus)"),
+                reference: format!("LlamaIndex {reference_rate:.2} (reference, other corpus)"),
                 comparison: format!(
                     "{} (not same-run)",
                     report::ratio(

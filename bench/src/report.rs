@@ -76,7 +76,7 @@ pub fn heading(text: &str) {
     println!("== {text} ==");
 }
 
-/// One line of the final summary: our figure next to DESIGN's reference and target.
+/// One line of the final summary: our figure next to the reference and target of bench/README.md.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Finding {
     pub what: String,
@@ -119,7 +119,7 @@ pub fn clear_findings(out_dir: &Path) -> anyhow::Result<()> {
 }
 
 pub fn print_summary(findings: &[Finding]) {
-    heading("Summary against DESIGN.md targets");
+    heading("Summary against the targets (bench/README.md)");
     let mut table = Table::new(
         "",
         &["what", "ours", "reference", "comparison", "target", "met"],

@@ -46,7 +46,7 @@ pub const SENTENCES_PER_FILE: usize = 10;
 pub const TOP_K: usize = 10;
 /// Words in a key phrase.
 const KEY_PHRASE_WORDS: usize = 4;
-/// The latency goal for 10k chunks, and DESIGN's retrieval targets.
+/// The latency goal for 10k chunks, and the retrieval targets (bench/README.md).
 const P95_TARGET_MS: f64 = 50.0;
 const FIRST_TARGET: f64 = 0.85;
 const TOP5_TARGET: f64 = 0.95;
@@ -436,7 +436,7 @@ fn findings(
     });
     let sentences = scores("ours, hybrid/sentence");
     findings.push(Finding {
-        what: "Search: sentences searched back, hybrid (DESIGN's retrieval target)".into(),
+        what: "Search: sentences searched back, hybrid (the retrieval target)".into(),
         ours: format!(
             "first {}, top 5 {}",
             percent(sentences.hit_at_1),
