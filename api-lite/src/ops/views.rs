@@ -26,8 +26,13 @@ pub struct FailureGroup {
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct FailuresQuery {
+    /// How far back to look, in seconds: 1 to 90 days' worth (default one day).
+    #[param(minimum = 1, maximum = 7_776_000)]
     pub since_secs: Option<u64>,
 }
+
+/// The longest window `GET /v1/ops/failures` looks back over: 90 days.
+const MAX_SINCE_SECS: u64 = 90 * 24 * 3600;
 
 /// Recent failures grouped by kind and error.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -44,6 +49,11 @@ pub async fn failures(
     ApiQuery(query): ApiQuery<FailuresQuery>,
 ) -> Result<ApiJson<FailureGroups>, ApiError> {
     let since_secs = query.since_secs.unwrap_or(24 * 3600);
+    if !(1..=MAX_SINCE_SECS).contains(&since_secs) {
+        return Err(ApiError::invalid(format!(
+            "since_secs must be between 1 and {MAX_SINCE_SECS} (90 days)"
+        )));
+    }
     let groups: Vec<FailureGroup> = sqlx::query_as(
         "SELECT 'file.process' AS kind, error_class, error_code, count(*) AS count, max(updated_at) AS last_at, \
                 (array_agg(id ORDER BY updated_at DESC))[1] AS sample_id, \
