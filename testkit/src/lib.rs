@@ -875,6 +875,22 @@ async fn read_json(response: reqwest::Response) -> anyhow::Result<(u16, Value)> 
     Ok((status, body))
 }
 
+/// Serves `router` on `listener` in a task until the returned token is cancelled (the
+/// scripted servers and receivers of the tests; dropping the handle does not stop it).
+pub fn serve_until_stopped(
+    listener: tokio::net::TcpListener,
+    router: axum::Router,
+) -> (CancellationToken, tokio::task::JoinHandle<()>) {
+    let stop = CancellationToken::new();
+    let stopped = stop.clone();
+    let task = tokio::spawn(async move {
+        let _ = axum::serve(listener, router)
+            .with_graceful_shutdown(stopped.cancelled_owned())
+            .await;
+    });
+    (stop, task)
+}
+
 /// Polls `condition` every 100 ms until it holds or `timeout` passes.
 pub async fn wait_until<F, Fut>(timeout: Duration, mut condition: F) -> anyhow::Result<()>
 where

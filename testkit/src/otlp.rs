@@ -42,13 +42,7 @@ impl OtlpReceiver {
         let router = Router::new()
             .route("/v1/traces", post(receive))
             .with_state(spans.clone());
-        let stop = CancellationToken::new();
-        let stopped = stop.clone();
-        tokio::spawn(async move {
-            let _ = axum::serve(listener, router)
-                .with_graceful_shutdown(stopped.cancelled_owned())
-                .await;
-        });
+        let (stop, _task) = crate::serve_until_stopped(listener, router);
         Ok(Self {
             address,
             spans,

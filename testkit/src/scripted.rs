@@ -61,14 +61,8 @@ impl ScriptedEmbeddings {
         let router = Router::new()
             .route("/v1/embeddings", post(embeddings))
             .with_state(self.state.clone());
-        let stop = CancellationToken::new();
-        let stopped = stop.clone();
-        let task = tokio::spawn(async move {
-            let _ = axum::serve(listener, router)
-                .with_graceful_shutdown(stopped.cancelled_owned())
-                .await;
-        });
-        *self.server.lock().expect("not poisoned") = Some((stop, task));
+        *self.server.lock().expect("not poisoned") =
+            Some(crate::serve_until_stopped(listener, router));
     }
 
     /// The base URL to configure (`GLASSBOX_EMBEDDING__BASE_URL`).

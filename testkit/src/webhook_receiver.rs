@@ -69,14 +69,8 @@ impl WebhookReceiver {
         let router = Router::new()
             .route("/hook", post(receive))
             .with_state(self.inner.clone());
-        let stop = CancellationToken::new();
-        let stopped = stop.clone();
-        let task = tokio::spawn(async move {
-            let _ = axum::serve(listener, router)
-                .with_graceful_shutdown(stopped.cancelled_owned())
-                .await;
-        });
-        *self.server.lock().expect("not poisoned") = Some((stop, task));
+        *self.server.lock().expect("not poisoned") =
+            Some(crate::serve_until_stopped(listener, router));
     }
 
     pub fn url(&self) -> String {
