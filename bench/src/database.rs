@@ -46,8 +46,14 @@ impl FreshDatabase {
         Ok((name, url))
     }
 
+    /// Drops the database, unless `BENCH_KEEP_DATABASE=1` asks to keep it for a look at
+    /// the plans (its name is printed).
     pub async fn drop_now(self) -> anyhow::Result<()> {
         self.pool.close().await;
+        if std::env::var("BENCH_KEEP_DATABASE").as_deref() == Ok("1") {
+            println!("database kept (BENCH_KEEP_DATABASE=1): {}", self.name);
+            return Ok(());
+        }
         drop_database(&self.name).await
     }
 }
