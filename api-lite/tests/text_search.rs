@@ -89,7 +89,10 @@ async fn common_words_still_answer_when_the_rare_ones_find_nothing() {
     let hits = text_search(&app, "lighthouse of the northern office").await;
     assert_eq!(hits.len(), 5, "{hits:#?}");
     for hit in &hits {
-        assert!(hit["text"].as_str().unwrap().contains("northern office"), "{hit}");
+        assert!(
+            hit["text"].as_str().unwrap().contains("northern office"),
+            "{hit}"
+        );
     }
     // A question of common words only is answered by them alone.
     let hits = text_search(&app, "quarterly figures").await;

@@ -7,6 +7,11 @@
 //! `Sync` (the end of an extended-protocol exchange, which sqlx sends once per
 //! statement, after Parse/Bind/Describe/Execute) or a simple `Query`. Point clients at
 //! [`RoundTripCounter::database_url`]; it turns TLS off, as the proxy reads plain text.
+//!
+//! Round trips are of two kinds: statements, and pings. A ping is a `Sync` with no
+//! statement before it; sqlx 0.8 sends one each time a connection goes back to its pool
+//! (`PoolConnection::return_to_pool`, unconditionally, on a background task after the
+//! caller has its answer), to check the connection before another caller gets it.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -21,7 +26,7 @@ const GSS_ENCRYPTION_REQUEST: u32 = 80_877_104;
 
 /// A running proxy and its count.
 pub struct RoundTripCounter {
-    round_trips: Arc<AtomicU64>,
+    counts: Arc<Counts>,
     address: std::net::SocketAddr,
     upstream_url: String,
 }
@@ -37,8 +42,8 @@ impl RoundTripCounter {
         );
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let address = listener.local_addr()?;
-        let round_trips = Arc::new(AtomicU64::new(0));
-        let counter = round_trips.clone();
+        let counts = Arc::new(Counts::default());
+        let counter = counts.clone();
         tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
                 let upstream = upstream.clone();
@@ -51,7 +56,7 @@ impl RoundTripCounter {
             }
         });
         Ok(Self {
-            round_trips,
+            counts,
             address,
             upstream_url: database_url.to_string(),
         })
@@ -75,17 +80,29 @@ impl RoundTripCounter {
         url.to_string()
     }
 
-    /// Round trips counted so far, over every connection.
+    /// Round trips counted so far, over every connection: statements and pings.
     pub fn round_trips(&self) -> u64 {
-        self.round_trips.load(Ordering::SeqCst)
+        self.statements() + self.pings()
+    }
+
+    /// Statements (extended-protocol exchanges and simple queries) so far.
+    pub fn statements(&self) -> u64 {
+        self.counts.statements.load(Ordering::SeqCst)
+    }
+
+    /// Pings (a `Sync` alone) so far.
+    pub fn pings(&self) -> u64 {
+        self.counts.pings.load(Ordering::SeqCst)
     }
 }
 
-async fn proxy(
-    client: TcpStream,
-    server: TcpStream,
-    counter: Arc<AtomicU64>,
-) -> anyhow::Result<()> {
+#[derive(Default)]
+struct Counts {
+    statements: AtomicU64,
+    pings: AtomicU64,
+}
+
+async fn proxy(client: TcpStream, server: TcpStream, counter: Arc<Counts>) -> anyhow::Result<()> {
     client.set_nodelay(true)?;
     server.set_nodelay(true)?;
     let (mut client_read, mut client_write) = client.into_split();
@@ -104,7 +121,7 @@ async fn proxy(
 async fn forward_counting(
     from_client: &mut (impl AsyncReadExt + Unpin),
     to_server: &mut (impl AsyncWriteExt + Unpin),
-    counter: &AtomicU64,
+    counter: &Counts,
 ) -> anyhow::Result<()> {
     // Untyped messages until the startup packet itself.
     loop {
@@ -121,6 +138,8 @@ async fn forward_counting(
             break;
         }
     }
+    // Whether an extended-protocol message came since the last `Sync`.
+    let mut in_statement = false;
     loop {
         let kind = match from_client.read_u8().await {
             Ok(kind) => kind,
@@ -130,8 +149,19 @@ async fn forward_counting(
         let length = from_client.read_u32().await?;
         let mut body = vec![0; (length as usize).saturating_sub(4)];
         from_client.read_exact(&mut body).await?;
-        if kind == b'S' || kind == b'Q' {
-            counter.fetch_add(1, Ordering::SeqCst);
+        match kind {
+            b'Q' => {
+                counter.statements.fetch_add(1, Ordering::SeqCst);
+            }
+            b'S' if in_statement => {
+                counter.statements.fetch_add(1, Ordering::SeqCst);
+                in_statement = false;
+            }
+            b'S' => {
+                counter.pings.fetch_add(1, Ordering::SeqCst);
+            }
+            b'P' | b'B' | b'D' | b'E' | b'C' | b'H' => in_statement = true,
+            _ => {}
         }
         to_server.write_u8(kind).await?;
         to_server.write_u32(length).await?;
