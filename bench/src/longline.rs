@@ -73,7 +73,8 @@ pub async fn run(paths: &Paths) -> anyhow::Result<Vec<Finding>> {
             worker.display()
         );
     }
-    let folder = paths.out_dir.join("longline");
+    // Absolute: the confined child runs in its own working folder.
+    let folder = std::path::absolute(paths.out_dir.join("longline"))?;
     std::fs::create_dir_all(&folder)?;
     let files: Vec<(usize, PathBuf)> = SIZES_MB
         .iter()
