@@ -20,6 +20,8 @@
 //! Offsets are byte offsets into the document text: the pages joined by a form feed (`\f`), as
 //! pdftotext does.
 
+/// BERT's uncased WordPiece on plain ASCII runs, the same token ranges as the tokenizers crate.
+pub mod ascii_wordpiece;
 /// Reads `tokenizer.json` without the tokenizers crate's slow path (each child loads it once).
 pub mod tokenizer_file;
 
@@ -82,6 +84,8 @@ enum Boundary {
 /// The tokenizer and the chunk sizes; built once per child.
 pub struct Chunker {
     tokenizer: Tokenizer,
+    /// The fast path for plain ASCII, when the tokenizer is BERT's uncased one.
+    ascii: Option<ascii_wordpiece::AsciiWordPiece>,
     max_tokens: usize,
     overlap_tokens: usize,
 }
@@ -102,6 +106,7 @@ impl Chunker {
             });
         }
         Ok(Self {
+            ascii: ascii_wordpiece::AsciiWordPiece::for_tokenizer(&tokenizer),
             tokenizer,
             max_tokens,
             overlap_tokens,
@@ -146,8 +151,10 @@ impl Chunker {
         while segment_start < text.len() {
             let segment_end = segment_end(text, segment_start);
             let segment = &text[segment_start..segment_end];
+            if let Some(ascii) = &self.ascii {
+                ascii.tokenize(&self.tokenizer, segment, segment_start, tokens);
             // An encoding error (none is known for valid UTF-8) drops the segment, never the file.
-            if let Ok(encoding) = self.tokenizer.encode(segment, false) {
+            } else if let Ok(encoding) = self.tokenizer.encode(segment, false) {
                 for &(start, end) in encoding.get_offsets() {
                     if end > start {
                         tokens.push((segment_start + start, segment_start + end));
