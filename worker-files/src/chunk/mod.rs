@@ -4,7 +4,9 @@
 //!
 //! - **Tokenize once.** Each page is cut into bounded segments (at most [`SEGMENT_BYTES`], ended at a
 //!   paragraph break, else a line break, else a space, else anywhere) and each segment is tokenized
-//!   once, keeping every token's byte offsets. A 20 MB line with no break costs one pass.
+//!   once, keeping every token's byte offsets. A 20 MB line with no break costs one pass. Runs of
+//!   plain ASCII go through [`ascii_wordpiece`] (BERT's uncased WordPiece, the same ranges as the
+//!   tokenizers crate, several times faster); every other run through the tokenizers crate.
 //! - **Sections first.** A chunk ends where a new section starts (a heading the extractor found:
 //!   Markdown, HTML `h1`–`h6`, DOCX heading styles; a PDF page, whose outline entries sit at its
 //!   start), once it holds more than heading lines; the next chunk starts at that heading, without
