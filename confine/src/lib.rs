@@ -276,6 +276,25 @@ pub fn detect_network_confinement(
     ))
 }
 
+/// Gives the C library's free memory back to the system (`malloc_trim(0)`); a no-op
+/// where the C library is not glibc. The worker calls it once, after loading the local
+/// model.
+///
+/// Building the model's ONNX Runtime session copies about 90 MiB of weights; the copies
+/// it frees stay in glibc's heaps (glibc raises its mmap threshold after the first large
+/// block is freed, so later ones come from the heap, which it rarely shrinks). Measured:
+/// the worker idled at 218 MiB with the model loaded before this call (bench/README.md,
+/// "Where the worker's peak comes from").
+#[allow(unsafe_code)]
+pub fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: `malloc_trim` takes no pointer and only returns free pages of malloc's own
+    // heaps to the system; glibc makes it safe to call from any thread at any time.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -369,24 +388,5 @@ mod tests {
             outcome.is_err() || !outcome.unwrap().success(),
             "a program cannot start in one byte of address space"
         );
-    }
-}
-
-/// Gives the C library's free memory back to the system (`malloc_trim(0)`); a no-op
-/// where the C library is not glibc. The worker calls it once, after loading the local
-/// model.
-///
-/// Building the model's ONNX Runtime session copies about 90 MiB of weights; the copies
-/// it frees stay in glibc's heaps (glibc raises its mmap threshold after the first large
-/// block is freed, so later ones come from the heap, which it rarely shrinks). Measured:
-/// the worker idled at 218 MiB with the model loaded before this call (bench/README.md,
-/// "Where the worker's peak comes from").
-#[allow(unsafe_code)]
-pub fn release_free_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: `malloc_trim` takes no pointer and only returns free pages of malloc's own
-    // heaps to the system; glibc makes it safe to call from any thread at any time.
-    unsafe {
-        libc::malloc_trim(0);
     }
 }
