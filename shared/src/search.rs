@@ -598,11 +598,23 @@ mod tests {
         // 7 is first by vector, 8 first by text: equal fused scores.
         let ranked = fuse(SearchMode::Hybrid, &[(7, 0.3)], &[(8, 9.0)], 10);
         assert_eq!(ranked[0].chunk_id, 7);
-        let ranked = fuse(SearchMode::Text, &[], &[(9, 0.5), (8, 0.5)], 10);
+    }
+
+    #[test]
+    fn one_leg_keeps_its_own_order() {
+        // The text leg puts a chunk with an uncommon word (score 0.02) before one with
+        // only common words (0.05); its SQL breaks score ties by id.
+        let ranked = fuse(
+            SearchMode::Text,
+            &[],
+            &[(9, 0.02), (3, 0.05), (4, 0.05)],
+            10,
+        );
         assert_eq!(
             ranked.iter().map(|hit| hit.chunk_id).collect::<Vec<_>>(),
-            [8, 9]
+            [9, 3, 4]
         );
+        assert_eq!(ranked[0].score, 0.02);
     }
 
     #[test]
