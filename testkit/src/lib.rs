@@ -477,14 +477,7 @@ impl TestApp {
         body: Value,
         token: &str,
     ) -> anyhow::Result<(u16, Value)> {
-        let response = self
-            .http
-            .post(self.url(path))
-            .bearer_auth(token)
-            .json(&body)
-            .send()
-            .await?;
-        read_json(response).await
+        self.post_with_headers(path, body, token, &[]).await
     }
 
     /// `POST` as the app's org, carrying the client's W3C `traceparent` header.
@@ -494,15 +487,22 @@ impl TestApp {
         body: Value,
         traceparent: &str,
     ) -> anyhow::Result<(u16, Value)> {
-        let response = self
-            .http
-            .post(self.url(path))
-            .bearer_auth(&self.token)
-            .header("traceparent", traceparent)
-            .json(&body)
-            .send()
-            .await?;
-        read_json(response).await
+        self.post_with_headers(path, body, &self.token, &[("traceparent", traceparent)])
+            .await
+    }
+
+    async fn post_with_headers(
+        &self,
+        path: &str,
+        body: Value,
+        token: &str,
+        headers: &[(&str, &str)],
+    ) -> anyhow::Result<(u16, Value)> {
+        let mut request = self.http.post(self.url(path)).bearer_auth(token);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        read_json(request.json(&body).send().await?).await
     }
 
     /// Creates a file, PUTs the bytes to the presigned URL, and confirms it.
