@@ -237,8 +237,10 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     let embedder = shared::embedders::from_settings(&settings.embedding)
         .await
         .context("loading the embedding model")?;
-    // The model's load freed about as much as it keeps: give it back to the system.
-    confine::release_free_memory();
+    // Loading the local model freed about as much as it keeps: give it back to the system.
+    if settings.embedding.provider == shared::config::EmbeddingProvider::Local {
+        confine::release_free_memory();
+    }
     shared::embedders::ensure_index(&pool, embedder.as_ref())
         .await
         .context("creating the model's vector index")?;
