@@ -437,7 +437,7 @@ impl Default for EmbeddingSettings {
             provider: EmbeddingProvider::Local,
             model_dir: PathBuf::from(".stack/models/all-MiniLM-L6-v2"),
             batch_size: 32,
-            max_batch_tokens: 2048,
+            max_batch_tokens: 512,
             engine: LocalEngine::Auto,
             onnxruntime_library: PathBuf::from(DEFAULT_ONNXRUNTIME_LIBRARY),
             threads: 0,
