@@ -184,9 +184,14 @@ pub async fn run(
         }
 
         // Context: the worker's defaults (token budget per batch), and the fallback engine.
+        let defaults = LocalOptions::default();
+        let worker_defaults = format!(
+            "ours, worker defaults (batch {}, <= {} padded tokens)",
+            defaults.batch_size, defaults.max_batch_tokens
+        );
         for (label, options) in [
             (
-                "ours, worker defaults (batch 32, <= 2048 padded tokens)",
+                worker_defaults.as_str(),
                 LocalOptions {
                     threads,
                     engine: LocalEngine::Onnxruntime,

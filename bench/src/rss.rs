@@ -22,6 +22,17 @@ pub fn memory_of(pid: u32) -> Option<Memory> {
     Some(memory)
 }
 
+/// Proportional set size of a process in KiB (`Pss` of `/proc/<pid>/smaps_rollup`): its
+/// private pages plus its share of pages it maps with others (the worker binary's code, which
+/// every extraction child maps too, libpdfium). The sum over processes is what they use together.
+pub fn proportional_kib(pid: u32) -> Option<u64> {
+    let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
+    rollup
+        .lines()
+        .find_map(|line| line.strip_prefix("Pss:"))
+        .and_then(parse_kib)
+}
+
 pub fn own_memory() -> Option<Memory> {
     memory_of(std::process::id())
 }

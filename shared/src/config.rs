@@ -489,6 +489,11 @@ pub struct FilesWorkerSettings {
     pub spool_dir: Option<PathBuf>,
     /// The program run for sandboxed extraction; the worker binary itself when unset.
     pub extractor_program: Option<PathBuf>,
+    /// Extraction children running at once. 0 (the default) picks: 1 with the local
+    /// embedding model (its engine already spreads each batch over every core, and
+    /// extraction is about 1 % of a file's time, so more children only add memory),
+    /// otherwise one per core the worker may use.
+    pub extract_concurrency: usize,
     pub extract_timeout_secs: u64,
     pub extract_memory_mb: u64,
     pub extract_max_pages: u32,
@@ -512,6 +517,7 @@ impl Default for FilesWorkerSettings {
             receive_wait_secs: 20,
             spool_dir: None,
             extractor_program: None,
+            extract_concurrency: 0,
             extract_timeout_secs: 120,
             extract_memory_mb: 2048,
             extract_max_pages: 5000,

@@ -175,8 +175,14 @@ impl FileHandler {
         };
         let extraction = until_cancelled(
             cancel,
-            async { setup.sandbox.run(&request).await.map_err(extract_error) }
-                .instrument(info_span!("extract_and_chunk")),
+            async {
+                // Waiting for a slot counts as extraction time; a cancel ends the wait too.
+                let _slot = setup.slots.acquire().await.map_err(|_| {
+                    JobError::transient("io_error", "the extraction slots are closed")
+                })?;
+                setup.sandbox.run(&request).await.map_err(extract_error)
+            }
+            .instrument(info_span!("extract_and_chunk")),
         )
         .await?;
         drop(downloaded);

@@ -39,7 +39,8 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use shared::aws::AwsClients;
 use shared::config::{
-    ChunkingSettings, EmbeddingSettings, FilesWorkerSettings, PdfEngineChoice, Settings,
+    ChunkingSettings, EmbeddingProvider, EmbeddingSettings, FilesWorkerSettings, PdfEngineChoice,
+    Settings,
 };
 use shared::queue::Queue;
 use shared::schedules::ScheduleTickHandler;
@@ -63,13 +64,18 @@ pub const PDFIUM_SEARCH_PATH: [&str; 4] = [
     "/opt/pdfium/lib",
 ];
 
-/// What every extraction of this worker shares: the sandbox, the PDF engine, the limits, the chunking.
+/// What every extraction of this worker shares: the sandbox, the PDF engine, the limits, the chunking,
+/// and the slots that bound how many children run at once.
 #[derive(Debug, Clone)]
 pub struct ExtractionSetup {
     pub sandbox: Sandbox,
     pub pdf_engine: PdfEngine,
     pub limits: ExtractLimits,
     pub chunking: ChunkingRequest,
+    /// One permit per child allowed to run at once (`extract_concurrency`).
+    pub slots: Arc<tokio::sync::Semaphore>,
+    /// The number of those permits.
+    pub max_children: usize,
 }
 
 impl ExtractionSetup {
@@ -95,9 +101,12 @@ impl ExtractionSetup {
         .map_err(anyhow::Error::msg)
         .context("confining the extraction child")?;
         let pdf_engine = resolve_pdf_engine(settings, &program)?;
+        let slots = extraction_slots(settings.extract_concurrency, embedding.provider);
         Ok(ExtractionSetup {
             sandbox,
             pdf_engine,
+            slots: Arc::new(tokio::sync::Semaphore::new(slots)),
+            max_children: slots,
             limits: ExtractLimits {
                 max_pages: settings.extract_max_pages,
                 child_memory_bytes: settings.extract_memory_mb * 1024 * 1024,
@@ -116,6 +125,18 @@ impl ExtractionSetup {
 
     pub fn network(&self) -> NetworkConfinement {
         self.sandbox.network
+    }
+}
+
+/// Children allowed at once: `configured`, or when it is 0, one with the local model (its engine
+/// already keeps every core busy, and each child is 25-60 MiB more) and one per usable core otherwise.
+fn extraction_slots(configured: usize, embedder: EmbeddingProvider) -> usize {
+    if configured > 0 {
+        return configured;
+    }
+    match embedder {
+        EmbeddingProvider::Local => 1,
+        EmbeddingProvider::Openai => std::thread::available_parallelism().map_or(1, usize::from),
     }
 }
 
@@ -238,7 +259,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         .await
         .context("loading the embedding model")?;
     // Loading the local model freed about as much as it keeps: give it back to the system.
-    if settings.embedding.provider == shared::config::EmbeddingProvider::Local {
+    if settings.embedding.provider == EmbeddingProvider::Local {
         confine::release_free_memory();
     }
     shared::embedders::ensure_index(&pool, embedder.as_ref())
@@ -266,6 +287,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     };
     let network_confinement = extraction.network().as_str();
     let pdf_engine = extraction.pdf_engine.name();
+    let extraction_children = extraction.max_children;
     let handler = FileHandler {
         pool,
         s3: aws.s3.clone(),
@@ -287,6 +309,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         model = handler.embedder.model_id(),
         network_confinement,
         pdf_engine,
+        extraction_children,
         stale_spool_folders_removed = stale_folders,
         "worker-files ready"
     );
@@ -297,4 +320,18 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     metrics_shutdown.cancel();
     drop(worker_folder);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn extraction_slots_follow_the_setting_then_the_embedder() {
+        assert_eq!(extraction_slots(3, EmbeddingProvider::Local), 3);
+        assert_eq!(extraction_slots(3, EmbeddingProvider::Openai), 3);
+        assert_eq!(extraction_slots(0, EmbeddingProvider::Local), 1);
+        let cores = std::thread::available_parallelism().map_or(1, usize::from);
+        assert_eq!(extraction_slots(0, EmbeddingProvider::Openai), cores);
+    }
 }
