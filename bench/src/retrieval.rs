@@ -126,8 +126,7 @@ pub async fn run(paths: &Paths, corpus: &Corpus) -> anyhow::Result<Vec<Finding>>
     let mib = |kib: u64| kib as f64 / 1024.0;
     let peak_sum_mib = mib(peaks.resident.total_kib());
     let peak_pss_mib = mib(peaks.proportional.total_kib());
-    let worker_peak_mib =
-        rss::memory_of(worker_pid).map_or(0.0, |memory| mib(memory.peak_kib));
+    let worker_peak_mib = rss::memory_of(worker_pid).map_or(0.0, |memory| mib(memory.peak_kib));
     println!(
         "ingested {} PDFs in {ingest_seconds:.1} s; peak RSS worker + children {peak_sum_mib:.1} MiB \
          (worker {:.1} + {} children {:.1}), worker alone (VmHWM) {worker_peak_mib:.1} MiB; \
