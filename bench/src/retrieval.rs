@@ -11,8 +11,8 @@
 //!   that sum is the figure. It is summed as PSS (each process's private pages plus its share of
 //!   pages it maps with others): a sum of RSS counts shared pages once per process, and a child
 //!   between fork and exec (while its network namespace is made) maps all of the worker's memory,
-//!   so it would count the worker twice. The RSS sum is printed beside it, and the worker's own
-//!   peak (VmHWM).
+//!   so it would count the worker twice. The RSS sum (children counted once they have exec'd) is
+//!   printed beside it, and the worker's own peak (VmHWM).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -253,10 +253,16 @@ impl GroupSample {
     /// Resident and proportional sizes of `worker_pid` and its children, now.
     fn take(worker_pid: u32) -> (GroupSample, GroupSample) {
         let children = rss::children_of(worker_pid);
+        // A child that has not reached exec yet maps the worker's pages: its RSS is not its own.
+        let exec_ed: Vec<u32> = children
+            .iter()
+            .copied()
+            .filter(|&child| rss::has_exec_ed(child, worker_pid))
+            .collect();
         let resident = GroupSample {
             worker_kib: rss::memory_of(worker_pid).map_or(0, |memory| memory.rss_kib),
-            children: children.len(),
-            children_kib: children
+            children: exec_ed.len(),
+            children_kib: exec_ed
                 .iter()
                 .filter_map(|&child| rss::memory_of(child))
                 .map(|memory| memory.rss_kib)

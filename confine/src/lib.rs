@@ -280,11 +280,11 @@ pub fn detect_network_confinement(
 /// where the C library is not glibc. The worker calls it once, after loading the local
 /// model.
 ///
-/// Building the model's ONNX Runtime session copies about 90 MiB of weights; the copies
-/// it frees stay in glibc's heaps (glibc raises its mmap threshold after the first large
-/// block is freed, so later ones come from the heap, which it rarely shrinks). Measured:
-/// the worker idled at 218 MiB with the model loaded before this call (bench/README.md,
-/// "Where the worker's peak comes from").
+/// Loading the model frees about 44 MiB of buffers (the weights as read and transposed,
+/// ONNX Runtime's graph building) that stay in glibc's heaps: glibc raises its mmap
+/// threshold after the first large block is freed, so later ones come from the heap, which
+/// it rarely shrinks. Measured in a process that loads the model alone: 174 MiB resident
+/// before this call, 130 MiB after (bench/README.md, "Where the worker's peak comes from").
 #[allow(unsafe_code)]
 pub fn release_free_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
