@@ -258,7 +258,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     let embedder = shared::embedders::from_settings(&settings.embedding)
         .await
         .context("loading the embedding model")?;
-    // Loading the local model freed about as much as it keeps: give it back to the system.
+    // Loading the local model leaves about 44 MiB of freed buffers in the heap: return them.
     if settings.embedding.provider == EmbeddingProvider::Local {
         confine::release_free_memory();
     }
