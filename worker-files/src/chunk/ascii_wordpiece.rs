@@ -116,13 +116,8 @@ impl AsciiWordPiece {
             let run = &segment[run_start..position];
             if plain {
                 self.tokenize_run(run.as_bytes(), offset + run_start, &mut lowered, tokens);
-            } else if let Ok(encoding) = tokenizer.encode(run, false) {
-                // An encoding error (none is known for valid UTF-8) drops the run, never the file.
-                for &(start, end) in encoding.get_offsets() {
-                    if end > start {
-                        tokens.push((offset + run_start + start, offset + run_start + end));
-                    }
-                }
+            } else {
+                super::push_encoded(tokenizer, run, offset + run_start, tokens);
             }
         }
     }

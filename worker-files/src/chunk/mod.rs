@@ -153,15 +153,9 @@ impl Chunker {
         while segment_start < text.len() {
             let segment_end = segment_end(text, segment_start);
             let segment = &text[segment_start..segment_end];
-            if let Some(ascii) = &self.ascii {
-                ascii.tokenize(&self.tokenizer, segment, segment_start, tokens);
-            // An encoding error (none is known for valid UTF-8) drops the segment, never the file.
-            } else if let Ok(encoding) = self.tokenizer.encode(segment, false) {
-                for &(start, end) in encoding.get_offsets() {
-                    if end > start {
-                        tokens.push((segment_start + start, segment_start + end));
-                    }
-                }
+            match &self.ascii {
+                Some(ascii) => ascii.tokenize(&self.tokenizer, segment, segment_start, tokens),
+                None => push_encoded(&self.tokenizer, segment, segment_start, tokens),
             }
             segment_start = segment_end;
         }
@@ -351,6 +345,23 @@ fn boundary_before(
         Boundary::Word
     } else {
         Boundary::None
+    }
+}
+
+/// Byte ranges of `text`'s tokens by the tokenizers crate, offset by `offset`, pushed onto
+/// `tokens`. An encoding error (none is known for valid UTF-8) drops the text, never the file.
+fn push_encoded(
+    tokenizer: &Tokenizer,
+    text: &str,
+    offset: usize,
+    tokens: &mut Vec<(usize, usize)>,
+) {
+    if let Ok(encoding) = tokenizer.encode(text, false) {
+        for &(start, end) in encoding.get_offsets() {
+            if end > start {
+                tokens.push((offset + start, offset + end));
+            }
+        }
     }
 }
 
