@@ -254,11 +254,7 @@ impl GroupSample {
     fn take(worker_pid: u32) -> (GroupSample, GroupSample) {
         let children = rss::children_of(worker_pid);
         // A child that has not reached exec yet maps the worker's pages: its RSS is not its own.
-        let exec_ed: Vec<u32> = children
-            .iter()
-            .copied()
-            .filter(|&child| rss::has_exec_ed(child, worker_pid))
-            .collect();
+        let exec_ed = rss::exec_ed(worker_pid, &children);
         let resident = GroupSample {
             worker_kib: rss::memory_of(worker_pid).map_or(0, |memory| memory.rss_kib),
             children: exec_ed.len(),

@@ -59,15 +59,20 @@ pub fn children_of(pid: u32) -> Vec<u32> {
     children
 }
 
-/// Whether `child` has run its own program yet. Between fork and exec (while the worker confines
-/// it) a child still maps every page of its parent, copy-on-write, so its `VmRSS` and `VmHWM` are
-/// the parent's memory, not its own; until exec its command line is the parent's too.
-pub fn has_exec_ed(child: u32, parent: u32) -> bool {
+/// Those of `children` (of `parent`) that have run their own program. Between fork and exec (while
+/// the worker confines it) a child still maps every page of its parent, copy-on-write, so its
+/// `VmRSS` and `VmHWM` are the parent's memory, not its own; until exec its command line is the
+/// parent's too.
+pub fn exec_ed(parent: u32, children: &[u32]) -> Vec<u32> {
     let command_line = |pid: u32| std::fs::read(format!("/proc/{pid}/cmdline")).ok();
-    match (command_line(child), command_line(parent)) {
-        (Some(child_line), Some(parent_line)) => child_line != parent_line,
-        _ => false,
-    }
+    let Some(parent_line) = command_line(parent) else {
+        return Vec::new();
+    };
+    children
+        .iter()
+        .copied()
+        .filter(|&child| command_line(child).is_some_and(|line| line != parent_line))
+        .collect()
 }
 
 /// Peak memory seen per process while sampling.
@@ -79,10 +84,7 @@ pub struct PeakTracker {
 impl PeakTracker {
     /// Records the current `VmHWM` of every child of `parent` that has run its own program.
     pub fn sample_children(&mut self, parent: u32) {
-        for child in children_of(parent) {
-            if !has_exec_ed(child, parent) {
-                continue;
-            }
+        for child in exec_ed(parent, &children_of(parent)) {
             if let Some(memory) = memory_of(child) {
                 let peak = self.peaks.entry(child).or_default();
                 *peak = (*peak).max(memory.peak_kib);
