@@ -322,7 +322,11 @@ fn add_weight(
     }
     data.copy_from_slice(values);
     graph
-        .add_initializer(name, tensor, values.len() * 4 >= SHARED_INITIALIZER_BYTES)
+        .add_initializer(
+            name,
+            tensor,
+            std::mem::size_of_val(values) >= SHARED_INITIALIZER_BYTES,
+        )
         .map_err(|error| error.to_string())
 }
 
