@@ -14,9 +14,13 @@
 //!
 //! Everything here is kept to those calls, made in one function
 //! ([`Confinement::apply_to`]) with no allocation after `fork`; the filter is compiled
-//! before. One more bound on what the worker holds lives here for the same reason:
-//! [`release_free_memory`] (`malloc_trim`). Every other crate of the workspace stays
-//! unsafe-free.
+//! before. Two more calls live here for the same reason:
+//! - [`fork_single_threaded`]: the extraction server (a confined process with pdfium
+//!   loaded) forks a fresh child per file, and `fork` is sound only in a process with one
+//!   thread, which the function checks;
+//! - [`release_free_memory`] (`malloc_trim`), one more bound on what the worker holds.
+//!
+//! Every other crate of the workspace stays unsafe-free.
 //!
 //! # Layout
 //! - [`ResourceLimits`]: the rlimits a child gets.
@@ -171,6 +175,13 @@ fn confine_current_process(
             return Err(std::io::Error::from_raw_os_error(libc::EINVAL));
         }
     }
+    limit_current_process(limits)
+}
+
+/// Applies `limits` to the calling process, as [`Confinement::apply_to`] does to a child
+/// before `exec`: each limit can only go down (a limit above the current hard one stays
+/// at the hard one). The extraction server's forked children call it first thing.
+pub fn limit_current_process(limits: ResourceLimits) -> std::io::Result<()> {
     set_limit(libc::RLIMIT_AS, limits.address_space_bytes, 0)?;
     // A hard limit one second above the soft one: SIGXCPU first, SIGKILL if ignored.
     set_limit(libc::RLIMIT_CPU, limits.cpu_seconds, 1)?;
@@ -178,6 +189,41 @@ fn confine_current_process(
     set_limit(libc::RLIMIT_NOFILE, limits.open_files, 0)?;
     set_limit(libc::RLIMIT_NPROC, limits.processes, 0)?;
     Ok(())
+}
+
+/// Which side of a [`fork_single_threaded`] this is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Forked {
+    /// The new process.
+    Child,
+    /// The calling process; the new one has this process id.
+    Parent { child: i32 },
+}
+
+/// `fork()`, refused unless the calling process has exactly one thread.
+///
+/// In a single-threaded process the child is a complete copy: no lock can be held by a
+/// thread that does not exist in it, so it may allocate, spawn threads and run any code,
+/// which is what the extraction server's children do. A multi-threaded process gets an
+/// error (`EBUSY`) and nothing is forked.
+#[allow(unsafe_code)]
+pub fn fork_single_threaded() -> std::io::Result<Forked> {
+    if own_thread_count()? != 1 {
+        return Err(std::io::Error::from_raw_os_error(libc::EBUSY));
+    }
+    // SAFETY: the process has one thread (checked above; only this thread could start
+    // another, and it is here), so the child inherits no lock held elsewhere and every
+    // Rust object it holds is in a consistent state.
+    match unsafe { libc::fork() } {
+        -1 => Err(std::io::Error::last_os_error()),
+        0 => Ok(Forked::Child),
+        child => Ok(Forked::Parent { child }),
+    }
+}
+
+/// Threads of this process (the entries of `/proc/self/task`).
+fn own_thread_count() -> std::io::Result<usize> {
+    Ok(std::fs::read_dir("/proc/self/task")?.count())
 }
 
 /// Sets soft = `soft` and hard = `soft + hard_headroom`, never above the current hard

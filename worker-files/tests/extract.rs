@@ -6,7 +6,9 @@ use std::sync::OnceLock;
 use std::time::Instant;
 
 use testkit::fixtures;
-use worker_files::extract::sandbox::{ChildRequest, ChunkingRequest, Extraction, ProbeReport};
+use worker_files::extract::sandbox::{
+    ChildRequest, ChunkingRequest, Extraction, Launch, ProbeReport,
+};
 use worker_files::extract::{
     DocumentKind, ExtractError, ExtractLimits, ExtractedDocument, PdfEngine, Sandbox, TextPart,
     detect_kind, extract_path, normalize_text,
@@ -47,6 +49,7 @@ fn script_sandbox(script: &Path) -> Sandbox {
         program_args: vec![script.display().to_string()],
         network: sandbox().network,
         scratch_root: scratch_root(),
+        launch: Launch::Exec,
     }
 }
 

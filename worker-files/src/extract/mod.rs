@@ -48,6 +48,9 @@ mod pdf;
 mod pptx;
 /// The confined child process: spawning, limits, outcome mapping, and its entry point.
 pub mod sandbox;
+/// The extraction server: a confined process with pdfium and the tokenizer loaded that forks a
+/// child per file.
+pub mod server;
 /// XLSX and CSV: rows as text with their headers.
 mod spreadsheet;
 /// Headings of a text: marks readers put around them, Markdown headings, heading paths.

@@ -2,8 +2,16 @@
 //! extraction (pdfium, pdf-extract, the DOCX, PPTX, XLSX, EPUB, HTML, CSV and text readers,
 //! Tesseract OCR) and chunking.
 //!
-//! **Worker side** ([`Sandbox::run`]): starts `program program_args… <request-json>` (the worker binary
-//! itself with [`crate::EXTRACT_CHILD_ARG`]) with
+//! **Worker side** ([`Sandbox::run`]): each file gets its own confined child. How it starts is the
+//! sandbox's [`Launch`]:
+//! - [`Launch::Server`] (what the worker uses): forked from the extraction server, one confined
+//!   process per worker that keeps pdfium and the tokenizer loaded ([`super::server`]), so a file
+//!   does not pay for a process start, library loads and warm-up;
+//! - [`Launch::Exec`]: `program program_args… <request-json>` exec'd per file (any program: tests
+//!   stand misbehaving scripts in for the extractor).
+//!
+//! Either way the child (or the server it forks from) starts as `program program_args…` (the worker
+//! binary itself with [`crate::EXTRACT_CHILD_ARG`]) with
 //! - a cleared environment plus an allowlist ([`CHILD_ENVIRONMENT`], [`INHERITED_ENVIRONMENT`], `TMPDIR`/`HOME` = its scratch
 //!   folder): no database URL, JWT secret or AWS credentials can leak into it;
 //! - limits set between fork and exec by the `confine` crate: address space, CPU, file size, open
@@ -12,22 +20,27 @@
 //! - a private scratch folder as its working directory, removed when it exits;
 //! - a wall-clock timeout, after which it is killed, and a cap on its output.
 //!
-//! The result travels as one JSON line on stdout, which the worker drains while the child runs.
+//! The result travels as one JSON line on the child's stdout, a pipe the worker drains while the
+//! child runs; the tail of its stderr explains a crash.
 //!
 //! **Child side** ([`child_main`]): runs on a thread with a known stack size, turns a panic into
 //! `extract_crashed`, and prints the `Result`.
 
 use std::io::Write;
+use std::os::fd::OwnedFd;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{ExitCode, ExitStatus, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::net::unix::pipe;
 use tokio::process::Command;
 
 use super::error::human_bytes;
+use super::server::{Job, ServerSlot};
 use super::{
     DocumentKind, ExtractError, ExtractLimits, ExtractedDocument, PdfEngine, detect_kind,
     extract_path, panic_message,
@@ -64,6 +77,8 @@ pub const NOOP_ARG: &str = "--noop";
 pub const PROBE_ARG: &str = "--probe";
 /// The child argument that loads libpdfium and exits (the worker checks it at start).
 pub const PDFIUM_CHECK_ARG: &str = "--pdfium-check";
+/// The child argument that runs the extraction server ([`super::server`]), its socket on stdin.
+pub const SERVER_ARG: &str = "--server";
 
 // Linux signal numbers (no libc dependency for five constants).
 const SIGABRT: i32 = 6;
@@ -135,6 +150,17 @@ pub struct Sandbox {
     pub network: NetworkConfinement,
     /// Each child gets a fresh folder under this one (the worker's private spool folder).
     pub scratch_root: PathBuf,
+    pub launch: Launch,
+}
+
+/// How each file's child process comes to be.
+#[derive(Debug, Clone)]
+pub enum Launch {
+    /// Forked from the extraction server (started on first use, and again if it dies). The clones of
+    /// a sandbox share one server.
+    Server(Arc<ServerSlot>),
+    /// `program program_args… <request-json>`, exec'd per file.
+    Exec,
 }
 
 impl Sandbox {
@@ -156,6 +182,7 @@ impl Sandbox {
             program_args,
             network,
             scratch_root,
+            launch: Launch::Server(Arc::default()),
         })
     }
 
@@ -173,14 +200,7 @@ impl Sandbox {
             .join(format!("child-{}", uuid::Uuid::new_v4()));
         std::fs::create_dir_all(&scratch)
             .map_err(|error| ExtractError::io("create the child's scratch folder", &error))?;
-        let outcome = self
-            .run_in(
-                &scratch,
-                request_json,
-                &request.limits,
-                request.include_texts,
-            )
-            .await;
+        let outcome = self.run_in(&scratch, request, request_json).await;
         if let Err(error) = std::fs::remove_dir_all(&scratch) {
             tracing::warn!(scratch = %scratch.display(), %error, "cannot remove the child's scratch folder");
         }
@@ -191,22 +211,45 @@ impl Sandbox {
     /// returns its stdout (for [`PROBE_ARG`]).
     pub async fn probe(&self, connect_to: &str) -> Result<ProbeReport, ExtractError> {
         let limits = ExtractLimits::default();
-        let mut command = self.command(&self.scratch_root, &limits)?;
-        command.arg(PROBE_ARG).arg(connect_to);
-        let output = command
-            .output()
-            .await
-            .map_err(|error| ExtractError::io("run the probe child", &error))?;
-        serde_json::from_slice(&output.stdout).map_err(|error| ExtractError::Io {
+        let (stdout, stderr) = match &self.launch {
+            Launch::Exec => {
+                let mut command = self.command(&self.scratch_root, &limits)?;
+                command.arg(PROBE_ARG).arg(connect_to);
+                let output = command
+                    .output()
+                    .await
+                    .map_err(|error| ExtractError::io("run the probe child", &error))?;
+                (output.stdout, output.stderr)
+            }
+            Launch::Server(slot) => {
+                let job = Job::Probe {
+                    connect_to: connect_to.to_owned(),
+                    limits: limits.clone(),
+                };
+                let cap = output_cap(&limits, false);
+                match self
+                    .fork_child(slot, &self.scratch_root, job, &limits, cap)
+                    .await?
+                {
+                    Some(finished) => (finished.stdout.bytes, finished.stderr_tail),
+                    None => (Vec::new(), b"the probe child timed out".to_vec()),
+                }
+            }
+        };
+        serde_json::from_slice(&stdout).map_err(|error| ExtractError::Io {
             detail: format!(
                 "the probe child answered no report ({error}): {}",
-                String::from_utf8_lossy(&output.stderr)
+                String::from_utf8_lossy(&stderr)
             ),
         })
     }
 
     /// The confined command, before the request argument.
-    fn command(&self, scratch: &Path, limits: &ExtractLimits) -> Result<Command, ExtractError> {
+    pub(super) fn command(
+        &self,
+        scratch: &Path,
+        limits: &ExtractLimits,
+    ) -> Result<Command, ExtractError> {
         let confinement = confine::Confinement::new(
             confine::ResourceLimits {
                 address_space_bytes: limits.child_memory_bytes,
@@ -244,11 +287,56 @@ impl Sandbox {
     async fn run_in(
         &self,
         scratch: &Path,
+        request: &ChildRequest,
         request_json: String,
-        limits: &ExtractLimits,
-        include_texts: bool,
     ) -> Result<Extraction, ExtractError> {
         let started = Instant::now();
+        let limits = &request.limits;
+        let stdout_cap = output_cap(limits, request.include_texts);
+        let ended = match &self.launch {
+            Launch::Exec => {
+                self.exec_child(scratch, request_json, limits, stdout_cap)
+                    .await?
+            }
+            Launch::Server(slot) => {
+                let job = Job::Extract(Box::new(request.clone()));
+                self.fork_child(slot, scratch, job, limits, stdout_cap)
+                    .await?
+            }
+        };
+        let Some(finished) = ended else {
+            return Err(ExtractError::ExtractTimeout {
+                detail: format!(
+                    "extraction exceeded the wall-clock limit of {} s and was killed",
+                    limits.wall_timeout_secs
+                ),
+            });
+        };
+        if finished.stdout.overflowed {
+            return Err(ExtractError::TooLarge {
+                detail: format!("extraction output exceeds {}", human_bytes(stdout_cap)),
+            });
+        }
+        if let Some(outcome) = parse_outcome(&finished.stdout.bytes) {
+            return outcome;
+        }
+        Err(failure_from_status(
+            finished.status,
+            &finished.stderr_tail,
+            started.elapsed(),
+            limits,
+        ))
+    }
+
+    /// Runs `program program_args… <request-json>` to its end; `None` when the wall clock ran out
+    /// (the child is killed).
+    async fn exec_child(
+        &self,
+        scratch: &Path,
+        request_json: String,
+        limits: &ExtractLimits,
+        stdout_cap: u64,
+    ) -> Result<Option<Finished>, ExtractError> {
         let mut command = self.command(scratch, limits)?;
         command.arg(request_json);
         let mut child = command.spawn().map_err(|error| {
@@ -262,7 +350,6 @@ impl Sandbox {
                 detail: "extraction child has no stdout/stderr pipe".to_owned(),
             });
         };
-        let stdout_cap = output_cap(limits, include_texts);
         let run = async {
             tokio::join!(
                 read_capped(stdout, stdout_cap),
@@ -270,39 +357,70 @@ impl Sandbox {
                 child.wait()
             )
         };
-        let (stdout_result, stderr_tail, wait_result) =
-            match tokio::time::timeout(limits.wall_timeout(), run).await {
-                Ok(outputs) => outputs,
-                Err(_elapsed) => {
-                    let _ = child.start_kill();
-                    let _ = tokio::time::timeout(REAP_TIMEOUT, child.wait()).await;
-                    return Err(ExtractError::ExtractTimeout {
-                        detail: format!(
-                            "extraction exceeded the wall-clock limit of {} s and was killed",
-                            limits.wall_timeout_secs
-                        ),
-                    });
-                }
-            };
-        let status =
-            wait_result.map_err(|error| ExtractError::io("wait for extraction child", &error))?;
-        let captured = stdout_result
-            .map_err(|error| ExtractError::io("read extraction child output", &error))?;
-        if captured.overflowed {
-            return Err(ExtractError::TooLarge {
-                detail: format!("extraction output exceeds {}", human_bytes(stdout_cap)),
-            });
-        }
-        if let Some(outcome) = parse_outcome(&captured.bytes) {
-            return outcome;
-        }
-        Err(failure_from_status(
-            status,
-            &stderr_tail,
-            started.elapsed(),
-            limits,
-        ))
+        let Ok((stdout_result, stderr_tail, wait_result)) =
+            tokio::time::timeout(limits.wall_timeout(), run).await
+        else {
+            let _ = child.start_kill();
+            let _ = tokio::time::timeout(REAP_TIMEOUT, child.wait()).await;
+            return Ok(None);
+        };
+        Ok(Some(Finished {
+            status: wait_result
+                .map_err(|error| ExtractError::io("wait for extraction child", &error))?,
+            stdout: stdout_result
+                .map_err(|error| ExtractError::io("read extraction child output", &error))?,
+            stderr_tail,
+        }))
     }
+
+    /// Has the extraction server fork a child for `job` and runs it to its end; `None` when the wall
+    /// clock ran out (the child is killed).
+    async fn fork_child(
+        &self,
+        slot: &ServerSlot,
+        scratch: &Path,
+        job: Job,
+        limits: &ExtractLimits,
+        stdout_cap: u64,
+    ) -> Result<Option<Finished>, ExtractError> {
+        let server = slot.get(self, limits).await?;
+        let pipe_error =
+            |error: std::io::Error| ExtractError::io("create the child's pipes", &error);
+        let (stdout_reader, stdout_writer) = std::io::pipe().map_err(pipe_error)?;
+        let (stderr_reader, stderr_writer) = std::io::pipe().map_err(pipe_error)?;
+        let mut child =
+            server.start_child(scratch, job, stdout_writer.into(), stderr_writer.into())?;
+        let stdout = pipe::Receiver::from_owned_fd(OwnedFd::from(stdout_reader))
+            .map_err(|error| ExtractError::io("read the child's stdout", &error))?;
+        let stderr = pipe::Receiver::from_owned_fd(OwnedFd::from(stderr_reader))
+            .map_err(|error| ExtractError::io("read the child's stderr", &error))?;
+        let run = async {
+            tokio::join!(
+                read_capped(stdout, stdout_cap),
+                read_tail(stderr, STDERR_TAIL_BYTES),
+                child.exited()
+            )
+        };
+        let Ok((stdout_result, stderr_tail, exit_result)) =
+            tokio::time::timeout(limits.wall_timeout(), run).await
+        else {
+            child.kill();
+            return Ok(None);
+        };
+        Ok(Some(Finished {
+            status: exit_result?,
+            stdout: stdout_result
+                .map_err(|error| ExtractError::io("read extraction child output", &error))?,
+            stderr_tail,
+        }))
+    }
+}
+
+/// A child that ran to its end.
+struct Finished {
+    status: ExitStatus,
+    stdout: CappedOutput,
+    stderr_tail: Vec<u8>,
 }
 
 /// Tasks of this process now (`Threads:` in `/proc/self/status`); RLIMIT_NPROC counts the user's tasks.
@@ -470,6 +588,7 @@ pub fn child_main(args: Vec<String>) -> ExitCode {
     let limits_at_start = std::fs::read_to_string("/proc/self/limits").unwrap_or_default();
     match args.as_slice() {
         [flag] if flag == NOOP_ARG => ExitCode::SUCCESS,
+        [flag] if flag == SERVER_ARG => super::server::serve(),
         [flag, library] if flag == PDFIUM_CHECK_ARG => {
             match super::pdf::load_pdfium(Path::new(library)) {
                 Ok(_) => ExitCode::SUCCESS,
@@ -481,7 +600,7 @@ pub fn child_main(args: Vec<String>) -> ExitCode {
         }
         [flag, address] if flag == PROBE_ARG => {
             let report = probe_report(limits_at_start, address);
-            write_json(&report)
+            ExitCode::from(write_json(&report))
         }
         [request_json] => {
             let request: ChildRequest = match serde_json::from_str(request_json) {
@@ -491,7 +610,7 @@ pub fn child_main(args: Vec<String>) -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            write_json(&run_request(request))
+            ExitCode::from(write_json(&run_request(request, None)))
         }
         _ => {
             eprintln!(
@@ -503,7 +622,7 @@ pub fn child_main(args: Vec<String>) -> ExitCode {
     }
 }
 
-fn probe_report(limits: String, address: &str) -> ProbeReport {
+pub(super) fn probe_report(limits: String, address: &str) -> ProbeReport {
     use std::net::ToSocketAddrs;
     let connect = address
         .to_socket_addrs()
@@ -523,12 +642,16 @@ fn probe_report(limits: String, address: &str) -> ProbeReport {
     }
 }
 
-fn run_request(request: ChildRequest) -> Result<Extraction, ExtractError> {
+/// Runs `process` on a thread with [`CHILD_STACK_BYTES`] of stack; a panic becomes `extract_crashed`.
+pub(super) fn run_request(
+    request: ChildRequest,
+    chunker: Option<Arc<Chunker>>,
+) -> Result<Extraction, ExtractError> {
     let memory_limit = request.limits.child_memory_bytes;
     let worker = std::thread::Builder::new()
         .name("extract".to_owned())
         .stack_size(CHILD_STACK_BYTES)
-        .spawn(move || process(&request))
+        .spawn(move || process(&request, chunker.as_deref()))
         .map_err(|error| ExtractError::ExtractCrashed {
             detail: format!(
                 "cannot start the extraction thread within the memory limit of {}: {error}",
@@ -543,8 +666,12 @@ fn run_request(request: ChildRequest) -> Result<Extraction, ExtractError> {
     }
 }
 
-/// Detect, extract, chunk: the child's whole job.
-pub fn process(request: &ChildRequest) -> Result<Extraction, ExtractError> {
+/// Detect, extract, chunk: the child's whole job. `chunker`, when given, was built for
+/// `request.chunking` (the extraction server keeps one loaded); otherwise the tokenizer is loaded here.
+pub fn process(
+    request: &ChildRequest,
+    chunker: Option<&Chunker>,
+) -> Result<Extraction, ExtractError> {
     let started = Instant::now();
     let kind = match request.kind {
         Some(kind) => kind,
@@ -557,19 +684,18 @@ pub fn process(request: &ChildRequest) -> Result<Extraction, ExtractError> {
     let mut document = extract_path(&request.path, kind, &request.pdf_engine, &request.limits)?;
     let extract_ms = started.elapsed().as_millis() as u64;
     let started = Instant::now();
-    let chunks = match &request.chunking {
-        Some(chunking) => {
-            let chunker = Chunker::from_tokenizer_file(
-                &chunking.tokenizer,
-                chunking.max_tokens,
-                chunking.overlap_tokens,
-            )
-            .map_err(|error| ExtractError::Io {
-                detail: error.to_string(),
-            })?;
-            chunker.chunk(&document.pages)
-        }
-        None => Vec::new(),
+    let chunks = match (&request.chunking, chunker) {
+        (Some(_), Some(chunker)) => chunker.chunk(&document.pages),
+        (Some(chunking), None) => Chunker::from_tokenizer_file(
+            &chunking.tokenizer,
+            chunking.max_tokens,
+            chunking.overlap_tokens,
+        )
+        .map_err(|error| ExtractError::Io {
+            detail: error.to_string(),
+        })?
+        .chunk(&document.pages),
+        (None, _) => Vec::new(),
     };
     let chunk_ms = started.elapsed().as_millis() as u64;
     let text_bytes = document.text_bytes();
@@ -601,17 +727,18 @@ fn own_peak_rss_kib() -> u64 {
         .unwrap_or(0)
 }
 
-fn write_json(value: &impl Serialize) -> ExitCode {
+/// Prints `value` as one JSON line on stdout; the exit code: 0, or 3 when it could not be written.
+pub(super) fn write_json(value: &impl Serialize) -> u8 {
     let mut stdout = std::io::stdout().lock();
     let written = serde_json::to_writer(&mut stdout, value)
         .map_err(std::io::Error::from)
         .and_then(|()| stdout.write_all(b"\n"))
         .and_then(|()| stdout.flush());
     match written {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(()) => 0,
         Err(error) => {
             eprintln!("cannot write the extraction result: {error}");
-            ExitCode::from(3)
+            3
         }
     }
 }
