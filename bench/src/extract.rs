@@ -1,14 +1,19 @@
 //! Section 2: PDF extraction, each engine against pdftotext on the same files, one file at a time:
 //! `pdftotext <pdf> -` (a process per file), and for each of our engines (pdfium, pdf-extract) the
-//! confined child as the worker runs it (`Sandbox::run`, a child per file, no chunking) and the same
-//! engine in process (`extract_path`). Similarity to pdftotext's text: see [`crate::similarity`].
+//! confined child as the worker runs it (`Sandbox::run`: a child forked per file by the extraction
+//! server, no chunking), a confined child exec'd per file (`Launch::Exec`, how the worker ran
+//! before the server), and the same engine in process (`extract_path`).
+//!
+//! pdftotext reads the text layer only, so these runs do too (`ocr_max_pages = 0`). What the
+//! worker adds by default, OCR of pages without a text layer, is timed in a row of its own
+//! (pdfium, sandboxed, default limits). Similarity to pdftotext's text: see [`crate::similarity`].
 
 use std::process::Command;
 use std::time::Instant;
 
 use anyhow::{Context, bail};
 use worker_files::EXTRACT_CHILD_ARG;
-use worker_files::extract::sandbox::ChildRequest;
+use worker_files::extract::sandbox::{ChildRequest, Launch};
 use worker_files::extract::{
     DocumentKind, ExtractLimits, PdfEngine, Sandbox, extract_path, normalize_text,
 };
@@ -27,6 +32,7 @@ const PDFIUM_SPEEDUP_TARGET: f64 = 2.0;
 #[derive(Default)]
 struct EngineTotals {
     sandboxed_seconds: f64,
+    exec_seconds: f64,
     in_process_seconds: f64,
     ordered: Overlap,
     bag: Overlap,
@@ -51,12 +57,21 @@ pub async fn run(paths: &Paths, corpus: &Corpus) -> anyhow::Result<Vec<Finding>>
         scratch.path().to_path_buf(),
     )
     .map_err(anyhow::Error::msg)?;
+    let exec_sandbox = Sandbox {
+        launch: Launch::Exec,
+        ..sandbox.clone()
+    };
     println!(
         "sandbox: network confinement {}, libpdfium {}",
         sandbox.network,
         library.display()
     );
-    let limits = ExtractLimits::default();
+    // Like for like with pdftotext: text layers only.
+    let limits = ExtractLimits {
+        ocr_max_pages: 0,
+        ..ExtractLimits::default()
+    };
+    let mut with_ocr_seconds = 0.0;
     let engines = [
         ("pdfium", PdfEngine::Pdfium { library }),
         ("pdf-extract", PdfEngine::PdfExtract),
@@ -123,12 +138,24 @@ pub async fn run(paths: &Paths, corpus: &Corpus) -> anyhow::Result<Vec<Finding>>
             let started = Instant::now();
             let sandboxed = sandbox.run(&request).await;
             let sandboxed_elapsed = started.elapsed().as_secs_f64();
+            if *name == "pdfium" {
+                let with_ocr = ChildRequest {
+                    limits: ExtractLimits::default(),
+                    ..request.clone()
+                };
+                let started = Instant::now();
+                let _ = sandbox.run(&with_ocr).await;
+                with_ocr_seconds += started.elapsed().as_secs_f64();
+            }
+            let started = Instant::now();
+            let exec = exec_sandbox.run(&request).await;
+            let exec_elapsed = started.elapsed().as_secs_f64();
             let started = Instant::now();
             let in_process = extract_path(&file.path, DocumentKind::Pdf, engine, &limits);
             let in_process_elapsed = started.elapsed().as_secs_f64();
-            let document = match (sandboxed, in_process) {
-                (Ok(extraction), Ok(_)) => extraction.document,
-                (Err(error), _) | (_, Err(error)) => {
+            let document = match (sandboxed, exec, in_process) {
+                (Ok(extraction), Ok(_), Ok(_)) => extraction.document,
+                (Err(error), _, _) | (_, Err(error), _) | (_, _, Err(error)) => {
                     engine_totals
                         .failures
                         .push(format!("{}: {error}", file.name));
@@ -138,6 +165,7 @@ pub async fn run(paths: &Paths, corpus: &Corpus) -> anyhow::Result<Vec<Finding>>
                 }
             };
             engine_totals.sandboxed_seconds += sandboxed_elapsed;
+            engine_totals.exec_seconds += exec_elapsed;
             engine_totals.in_process_seconds += in_process_elapsed;
             let ours_pages: Vec<String> = document
                 .pages
@@ -157,7 +185,6 @@ pub async fn run(paths: &Paths, corpus: &Corpus) -> anyhow::Result<Vec<Finding>>
             }
             row.push(report::millis(sandboxed_elapsed));
             similarity_cells.push(format!("{:.3}", ordered.ratio()));
-            let _ = name;
         }
         row.extend(similarity_cells);
         table.row(row);
@@ -197,6 +224,7 @@ pub async fn run(paths: &Paths, corpus: &Corpus) -> anyhow::Result<Vec<Finding>>
             .unwrap_or((0.0, "-".into()));
         for (mode, seconds) in [
             ("sandboxed child", engine_totals.sandboxed_seconds),
+            ("exec'd child", engine_totals.exec_seconds),
             ("in process", engine_totals.in_process_seconds),
         ] {
             summary.row(vec![
@@ -210,6 +238,15 @@ pub async fn run(paths: &Paths, corpus: &Corpus) -> anyhow::Result<Vec<Finding>>
             ]);
         }
     }
+    summary.row(vec![
+        "pdfium, sandboxed, + OCR of pages without text (the worker's default)".into(),
+        report::seconds(with_ocr_seconds),
+        report::rate(pages, with_ocr_seconds),
+        report::ratio(pages / with_ocr_seconds / pdftotext_rate),
+        "-".into(),
+        "-".into(),
+        "-".into(),
+    ]);
     summary.print();
     for ((name, _), engine_totals) in engines.iter().zip(&totals) {
         for failure in &engine_totals.failures {

@@ -250,11 +250,12 @@ impl GroupSample {
         self.worker_kib + self.children_kib
     }
 
-    /// Resident and proportional sizes of `worker_pid` and its children, now.
+    /// Resident and proportional sizes of `worker_pid` and the processes below it (the extraction
+    /// server and the children it forks), now.
     fn take(worker_pid: u32) -> (GroupSample, GroupSample) {
-        let children = rss::children_of(worker_pid);
+        let children = rss::descendants_of(worker_pid);
         // A child that has not reached exec yet maps the worker's pages: its RSS is not its own.
-        let exec_ed = rss::exec_ed(worker_pid, &children);
+        let exec_ed = rss::own_program_descendants(worker_pid);
         let resident = GroupSample {
             worker_kib: rss::memory_of(worker_pid).map_or(0, |memory| memory.rss_kib),
             children: exec_ed.len(),

@@ -59,6 +59,31 @@ pub fn children_of(pid: u32) -> Vec<u32> {
     children
 }
 
+/// Every process below `pid`: its children, theirs, and so on (the worker's extraction server and
+/// the children the server forks per file).
+pub fn descendants_of(pid: u32) -> Vec<u32> {
+    let mut found = Vec::new();
+    let mut next = children_of(pid);
+    while let Some(child) = next.pop() {
+        next.extend(children_of(child));
+        found.push(child);
+    }
+    found
+}
+
+/// The processes below `parent` whose memory is their own: its children that have run their own
+/// program (see [`exec_ed`]) and every process below those (the extraction server's children, forked
+/// per file, share the server's pages copy-on-write, as any forked process does).
+pub fn own_program_descendants(parent: u32) -> Vec<u32> {
+    let mut found = exec_ed(parent, &children_of(parent));
+    let below: Vec<u32> = found
+        .iter()
+        .flat_map(|&child| descendants_of(child))
+        .collect();
+    found.extend(below);
+    found
+}
+
 /// Those of `children` (of `parent`) that have run their own program. Between fork and exec (while
 /// the worker confines it) a child still maps every page of its parent, copy-on-write, so its
 /// `VmRSS` and `VmHWM` are the parent's memory, not its own; until exec its command line is the
@@ -82,9 +107,9 @@ pub struct PeakTracker {
 }
 
 impl PeakTracker {
-    /// Records the current `VmHWM` of every child of `parent` that has run its own program.
+    /// Records the current `VmHWM` of every process below `parent` (see [`own_program_descendants`]).
     pub fn sample_children(&mut self, parent: u32) {
-        for child in exec_ed(parent, &children_of(parent)) {
+        for child in own_program_descendants(parent) {
             if let Some(memory) = memory_of(child) {
                 let peak = self.peaks.entry(child).or_default();
                 *peak = (*peak).max(memory.peak_kib);

@@ -324,7 +324,7 @@ pub fn detect_network_confinement(
 
 /// Gives the C library's free memory back to the system (`malloc_trim(0)`); a no-op
 /// where the C library is not glibc. The worker calls it once, after loading the local
-/// model.
+/// model; the extraction server after loading libpdfium or the tokenizer, before it forks.
 ///
 /// Loading the model frees about 44 MiB of buffers (the weights as read and transposed,
 /// ONNX Runtime's graph building) that stay in glibc's heaps: glibc raises its mmap

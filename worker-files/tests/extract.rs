@@ -548,6 +548,199 @@ async fn wall_timeout_kills_the_child() {
     assert!(started.elapsed().as_secs() < 5);
 }
 
+// ---- The extraction server: a child forked per file ----
+
+/// Process ids whose parent is `parent` (from `/proc/<pid>/stat`).
+fn children_of(parent: u32) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|stat| {
+                    // `pid (comm) state ppid ...`; comm may hold spaces and parentheses.
+                    let after_comm = &stat[stat.rfind(')')? + 1..];
+                    after_comm.split_whitespace().nth(1)?.parse::<u32>().ok()
+                })
+                == Some(parent)
+        })
+        .collect()
+}
+
+/// This test process's extraction server (it has one per `Sandbox` in use; the tests below use one).
+fn extraction_server() -> Option<u32> {
+    children_of(std::process::id()).into_iter().find(|pid| {
+        std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|cmdline| {
+            cmdline
+                .split(|byte| *byte == 0)
+                .any(|arg| arg == b"--server")
+        })
+    })
+}
+
+/// Waits up to 10 s for `condition`.
+async fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + std::time::Duration::from_secs(10);
+    while !condition() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn one_server_forks_a_child_per_file_and_outlives_a_crashing_one() {
+    let sandbox = sandbox();
+    let page = fixtures::pdf_from_pages(&["first file"]);
+    let file = write_temp(&page, ".pdf");
+    let first = sandbox
+        .run(&request(
+            file.path(),
+            Some(DocumentKind::Pdf),
+            pdfium(),
+            &ExtractLimits::default(),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(first.document.pages[0].text, "first file");
+    let server = extraction_server().expect("the sandbox started an extraction server");
+    assert!(
+        children_of(server).is_empty(),
+        "the first file's child has exited"
+    );
+
+    // A child that overflows its stack dies alone: the server and the next file are unharmed.
+    let hostile = write_temp(&fixtures::hostile_pdf(), ".pdf");
+    let error = sandbox
+        .run(&request(
+            hostile.path(),
+            Some(DocumentKind::Pdf),
+            PdfEngine::PdfExtract,
+            &ExtractLimits::default(),
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(error.code(), "extract_crashed", "{error}");
+    assert!(error.to_string().contains("stack overflow"), "{error}");
+    let second = sandbox
+        .run(&request(
+            file.path(),
+            Some(DocumentKind::Pdf),
+            pdfium(),
+            &ExtractLimits::default(),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(second.document.pages[0].text, "first file");
+    assert_eq!(
+        extraction_server(),
+        Some(server),
+        "the same server served all three files"
+    );
+
+    // Files at once each get their own child.
+    let files: Vec<_> = (0..3)
+        .map(|index| {
+            write_temp(
+                &fixtures::pdf_from_pages(&[&format!("file {index}")]),
+                ".pdf",
+            )
+        })
+        .collect();
+    let runs = files.iter().map(|file| {
+        let sandbox = sandbox.clone();
+        let request = request(
+            file.path(),
+            Some(DocumentKind::Pdf),
+            pdfium(),
+            &ExtractLimits::default(),
+        );
+        async move { sandbox.run(&request).await }
+    });
+    let texts: Vec<String> = futures::future::join_all(runs)
+        .await
+        .into_iter()
+        .map(|outcome| outcome.unwrap().document.pages[0].text.clone())
+        .collect();
+    assert_eq!(texts, ["file 0", "file 1", "file 2"]);
+}
+
+#[tokio::test]
+async fn an_abandoned_file_s_child_is_killed_and_a_dead_server_is_replaced() {
+    let sandbox = sandbox();
+    // pdf-extract loops on this file until its CPU limit: a child that keeps running.
+    let looping = write_temp(&fixtures::looping_pdf(), ".pdf");
+    let looping_request = request(
+        looping.path(),
+        Some(DocumentKind::Pdf),
+        PdfEngine::PdfExtract,
+        &ExtractLimits::default(),
+    );
+
+    // 1. The file is abandoned (a cancel, a shutdown): its child is killed.
+    let run = tokio::spawn({
+        let sandbox = sandbox.clone();
+        let looping_request = looping_request.clone();
+        async move { sandbox.run(&looping_request).await }
+    });
+    let mut server = None;
+    eventually("the looping child runs", || {
+        server = extraction_server();
+        server.is_some_and(|server| !children_of(server).is_empty())
+    })
+    .await;
+    let server = server.unwrap();
+    let child = children_of(server)[0];
+    run.abort();
+    eventually("the abandoned child is gone", || {
+        !std::path::Path::new(&format!("/proc/{child}")).exists()
+    })
+    .await;
+
+    // 2. The server dies while a file runs: that file fails as a transient i/o error (retried),
+    //    its child dies with the server, and the next file starts a new server.
+    let run = tokio::spawn({
+        let sandbox = sandbox.clone();
+        async move { sandbox.run(&looping_request).await }
+    });
+    eventually("the second looping child runs", || {
+        !children_of(server).is_empty()
+    })
+    .await;
+    let child = children_of(server)[0];
+    let killed = std::process::Command::new("kill")
+        .args(["-KILL", &server.to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let error = tokio::time::timeout(std::time::Duration::from_secs(10), run)
+        .await
+        .expect("the file does not wait for a dead server")
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(error.code(), "io_error", "{error}");
+    assert!(!error.is_permanent(), "{error}");
+    eventually("the orphaned child is gone", || {
+        !std::path::Path::new(&format!("/proc/{child}")).exists()
+    })
+    .await;
+    let file = write_temp(&fixtures::pdf_from_pages(&["after the restart"]), ".pdf");
+    let extraction = sandbox
+        .run(&request(
+            file.path(),
+            Some(DocumentKind::Pdf),
+            pdfium(),
+            &ExtractLimits::default(),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(extraction.document.pages[0].text, "after the restart");
+    let new_server = extraction_server().expect("a new server");
+    assert_ne!(new_server, server);
+}
+
 #[tokio::test]
 async fn cpu_limit_is_extract_timeout() {
     // No `ulimit` in the script: the sandbox sets the CPU limit before exec.

@@ -395,24 +395,33 @@ impl Sandbox {
         let stderr = pipe::Receiver::from_owned_fd(OwnedFd::from(stderr_reader))
             .map_err(|error| ExtractError::io("read the child's stderr", &error))?;
         let run = async {
-            tokio::join!(
+            let (stdout_result, stderr_tail) = tokio::join!(
                 read_capped(stdout, stdout_cap),
-                read_tail(stderr, STDERR_TAIL_BYTES),
-                child.exited()
-            )
+                read_tail(stderr, STDERR_TAIL_BYTES)
+            );
+            let stdout = stdout_result
+                .map_err(|error| ExtractError::io("read extraction child output", &error))?;
+            // A child that answered closes its pipes before it exits; its exit status only
+            // matters when it did not answer. (Dropping `child` kills it if it still runs.)
+            let answered = stdout.overflowed || parse_outcome(&stdout.bytes).is_some();
+            let status = if answered {
+                ExitStatus::from_raw(0)
+            } else {
+                child.exited().await?
+            };
+            Ok(Finished {
+                status,
+                stdout,
+                stderr_tail,
+            })
         };
-        let Ok((stdout_result, stderr_tail, exit_result)) =
-            tokio::time::timeout(limits.wall_timeout(), run).await
-        else {
-            child.kill();
-            return Ok(None);
-        };
-        Ok(Some(Finished {
-            status: exit_result?,
-            stdout: stdout_result
-                .map_err(|error| ExtractError::io("read extraction child output", &error))?,
-            stderr_tail,
-        }))
+        match tokio::time::timeout(limits.wall_timeout(), run).await {
+            Ok(finished) => finished.map(Some),
+            Err(_elapsed) => {
+                child.kill();
+                Ok(None)
+            }
+        }
     }
 }
 

@@ -414,22 +414,60 @@ struct Running {
     pidfd: OwnedFd,
 }
 
+/// A one-page PDF of our own: the server reads it once with pdfium, so that pdfium's first-use
+/// set-up (its font engine, its built-in fonts, the text page machinery) is done before the forks.
+/// pdfium finds the objects without a cross-reference table.
+const WARM_UP_PDF: &[u8] = b"%PDF-1.4
+1 0 obj <</Type /Catalog /Pages 2 0 R>> endobj
+2 0 obj <</Type /Pages /Kids [3 0 R] /Count 1>> endobj
+3 0 obj <</Type /Page /Parent 2 0 R /MediaBox [0 0 300 100] /Resources <</Font <</F1 4 0 R>>>> /Contents 5 0 R>> endobj
+4 0 obj <</Type /Font /Subtype /Type1 /BaseFont /Times-Roman>> endobj
+5 0 obj <</Length 38>> stream
+BT /F1 12 Tf 10 50 Td (Warm up.) Tj ET
+endstream endobj
+trailer <</Root 1 0 R>>
+%%EOF
+";
+
 /// What the server keeps warm for its children.
 #[derive(Default)]
 struct Warm {
+    /// The library pdfium was loaded and warmed up from.
+    pdfium: Option<PathBuf>,
     /// The chunker of the last chunking request (the worker sends the same one every time).
     chunker: Option<(super::sandbox::ChunkingRequest, Arc<Chunker>)>,
 }
 
 impl Warm {
     /// Loads, before the fork, what `job` will need: libpdfium and the tokenizer. A load that fails
-    /// here is left to the child, which reports it as that file's error.
+    /// here is left to the child, which reports it as that file's error. After a load, the memory
+    /// it freed goes back to the system, so that no child inherits it.
     fn prepare(&mut self, job: &Job) {
         let Job::Extract(request) = job else {
             return;
         };
-        if let super::PdfEngine::Pdfium { library } = &request.pdf_engine {
-            let _ = super::pdf::load_pdfium(library);
+        let mut loaded = false;
+        if let engine @ super::PdfEngine::Pdfium { library } = &request.pdf_engine
+            && self.pdfium.as_ref() != Some(library)
+        {
+            self.pdfium = Some(library.clone());
+            loaded = true;
+            let warm_up = Path::new("warm-up.pdf");
+            let outcome = std::fs::write(warm_up, WARM_UP_PDF)
+                .map_err(|error| ExtractError::io("write the warm-up PDF", &error))
+                .and_then(|()| {
+                    super::extract_path(
+                        warm_up,
+                        super::DocumentKind::Pdf,
+                        engine,
+                        &ExtractLimits::default(),
+                    )
+                });
+            // A failure here (libpdfium missing, say) is each child's to report for its file.
+            if let Err(error) = outcome {
+                eprintln!("extraction server: pdfium's warm-up failed: {error}");
+            }
+            let _ = std::fs::remove_file(warm_up);
         }
         if let Some(chunking) = &request.chunking {
             let cached = self
@@ -437,6 +475,7 @@ impl Warm {
                 .as_ref()
                 .is_some_and(|(cached, _)| cached == chunking);
             if !cached {
+                loaded = true;
                 self.chunker = Chunker::from_tokenizer_file(
                     &chunking.tokenizer,
                     chunking.max_tokens,
@@ -445,6 +484,9 @@ impl Warm {
                 .ok()
                 .map(|chunker| (chunking.clone(), Arc::new(chunker)));
             }
+        }
+        if loaded {
+            confine::release_free_memory();
         }
     }
 
@@ -700,5 +742,11 @@ fn child_after_fork(
             super::sandbox::write_json(&super::sandbox::probe_report(limits, connect_to))
         }
     };
+    // The answer is complete: close the pipes now, so the worker has it without waiting for this
+    // process's memory to be torn down.
+    if let Ok(null) = std::fs::OpenOptions::new().write(true).open("/dev/null") {
+        let _ = rustix::stdio::dup2_stdout(&null);
+        let _ = rustix::stdio::dup2_stderr(&null);
+    }
     i32::from(code)
 }
