@@ -3,10 +3,11 @@
 //! alike, and another org sees none of it.
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use testkit::TestApp;
+use testkit::{TestApp, TestOptions};
 use uuid::Uuid;
 
 const WORKER: &str = env!("CARGO_BIN_EXE_worker-files");
@@ -25,7 +26,17 @@ struct Corpus {
 
 impl Corpus {
     async fn ingest() -> Corpus {
-        let app = TestApp::spawn().await.unwrap();
+        // These tests ask many questions back to back; the per-org rate limit is not what they
+        // test (api-lite's own tests do), so it must not answer some of them with 429.
+        let app = TestApp::spawn_with(TestOptions {
+            configure: Some(Arc::new(|settings| {
+                settings.api.rate_limit_per_sec = 1_000.0;
+                settings.api.rate_limit_burst = 1_000;
+            })),
+            ..TestOptions::default()
+        })
+        .await
+        .unwrap();
         let _worker = app.spawn_worker(WORKER, &[]).unwrap();
         let documents = [
             (
