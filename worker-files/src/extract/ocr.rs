@@ -115,6 +115,8 @@ impl PageReader {
         let width = usize::try_from(bitmap.width()).unwrap_or(0);
         let height = usize::try_from(bitmap.height()).unwrap_or(0);
         let bgra = bitmap.as_raw_bytes();
+        // pdfium's buffer (15 MB for a letter page at 200 dpi) goes before Tesseract starts.
+        drop(bitmap);
         let stride = bgra.len().checked_div(height).unwrap_or(0);
         if width == 0 || stride < width * 4 {
             return Ok(String::new());
