@@ -417,6 +417,18 @@ mod tests {
     }
 
     #[test]
+    fn fork_is_refused_while_another_thread_runs() {
+        // A second thread that is alive for the whole call.
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        let thread = std::thread::spawn(move || stopped.recv());
+        let outcome = fork_single_threaded();
+        stop.send(()).unwrap();
+        thread.join().unwrap().unwrap();
+        let error = outcome.expect_err("no fork with two threads");
+        assert_eq!(error.raw_os_error(), Some(libc::EBUSY));
+    }
+
+    #[test]
     fn a_failing_step_fails_the_spawn() {
         // RLIMIT_AS of 1 byte: exec itself cannot map the program, so nothing runs.
         let confinement = Confinement::new(

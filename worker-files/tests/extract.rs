@@ -590,12 +590,10 @@ async fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
     }
 }
 
-#[tokio::test]
-async fn one_server_forks_a_child_per_file_and_outlives_a_crashing_one() {
-    let sandbox = sandbox();
-    let page = fixtures::pdf_from_pages(&["first file"]);
-    let file = write_temp(&page, ".pdf");
-    let first = sandbox
+/// A one-page PDF of `text` through `sandbox` with pdfium: the page's text.
+async fn page_text_through(sandbox: &Sandbox, text: &str) -> String {
+    let file = write_temp(&fixtures::pdf_from_pages(&[text]), ".pdf");
+    let extraction = sandbox
         .run(&request(
             file.path(),
             Some(DocumentKind::Pdf),
@@ -604,12 +602,21 @@ async fn one_server_forks_a_child_per_file_and_outlives_a_crashing_one() {
         ))
         .await
         .unwrap();
-    assert_eq!(first.document.pages[0].text, "first file");
-    let server = extraction_server().expect("the sandbox started an extraction server");
-    assert!(
-        children_of(server).is_empty(),
-        "the first file's child has exited"
+    extraction.document.pages[0].text.clone()
+}
+
+#[tokio::test]
+async fn one_server_forks_a_child_per_file_and_outlives_a_crashing_one() {
+    let sandbox = sandbox();
+    assert_eq!(
+        page_text_through(&sandbox, "first file").await,
+        "first file"
     );
+    let server = extraction_server().expect("the sandbox started an extraction server");
+    eventually("the first file's child has exited", || {
+        children_of(server).is_empty()
+    })
+    .await;
 
     // A child that overflows its stack dies alone: the server and the next file are unharmed.
     let hostile = write_temp(&fixtures::hostile_pdf(), ".pdf");
@@ -624,16 +631,10 @@ async fn one_server_forks_a_child_per_file_and_outlives_a_crashing_one() {
         .unwrap_err();
     assert_eq!(error.code(), "extract_crashed", "{error}");
     assert!(error.to_string().contains("stack overflow"), "{error}");
-    let second = sandbox
-        .run(&request(
-            file.path(),
-            Some(DocumentKind::Pdf),
-            pdfium(),
-            &ExtractLimits::default(),
-        ))
-        .await
-        .unwrap();
-    assert_eq!(second.document.pages[0].text, "first file");
+    assert_eq!(
+        page_text_through(&sandbox, "second file").await,
+        "second file"
+    );
     assert_eq!(
         extraction_server(),
         Some(server),
@@ -641,29 +642,10 @@ async fn one_server_forks_a_child_per_file_and_outlives_a_crashing_one() {
     );
 
     // Files at once each get their own child.
-    let files: Vec<_> = (0..3)
-        .map(|index| {
-            write_temp(
-                &fixtures::pdf_from_pages(&[&format!("file {index}")]),
-                ".pdf",
-            )
-        })
-        .collect();
-    let runs = files.iter().map(|file| {
-        let sandbox = sandbox.clone();
-        let request = request(
-            file.path(),
-            Some(DocumentKind::Pdf),
-            pdfium(),
-            &ExtractLimits::default(),
-        );
-        async move { sandbox.run(&request).await }
-    });
-    let texts: Vec<String> = futures::future::join_all(runs)
-        .await
-        .into_iter()
-        .map(|outcome| outcome.unwrap().document.pages[0].text.clone())
-        .collect();
+    let texts = futures::future::join_all(
+        ["file 0", "file 1", "file 2"].map(|text| page_text_through(&sandbox, text)),
+    )
+    .await;
     assert_eq!(texts, ["file 0", "file 1", "file 2"]);
 }
 
@@ -726,17 +708,10 @@ async fn an_abandoned_file_s_child_is_killed_and_a_dead_server_is_replaced() {
         !std::path::Path::new(&format!("/proc/{child}")).exists()
     })
     .await;
-    let file = write_temp(&fixtures::pdf_from_pages(&["after the restart"]), ".pdf");
-    let extraction = sandbox
-        .run(&request(
-            file.path(),
-            Some(DocumentKind::Pdf),
-            pdfium(),
-            &ExtractLimits::default(),
-        ))
-        .await
-        .unwrap();
-    assert_eq!(extraction.document.pages[0].text, "after the restart");
+    assert_eq!(
+        page_text_through(&sandbox, "after the restart").await,
+        "after the restart"
+    );
     let new_server = extraction_server().expect("a new server");
     assert_ne!(new_server, server);
 }
