@@ -227,6 +227,8 @@ impl Server {
             child_open_files: SERVER_OPEN_FILES.max(limits.child_open_files),
             ..limits.clone()
         };
+        // Spawned from a runtime thread, which lives as long as the runtime: PDEATHSIG follows the
+        // thread that spawned a process, not its whole parent process.
         let mut command = sandbox.command(&folder, &server_limits)?;
         command
             .arg(super::sandbox::SERVER_ARG)
