@@ -716,6 +716,72 @@ async fn an_abandoned_file_s_child_is_killed_and_a_dead_server_is_replaced() {
     assert_ne!(new_server, server);
 }
 
+#[test]
+fn the_server_fails_a_command_it_cannot_read_and_exits_when_the_worker_hangs_up() {
+    use rustix::net::{AddressFamily, RecvFlags, SendFlags, SocketFlags, SocketType};
+    let (ours, theirs) = rustix::net::socketpair(
+        AddressFamily::UNIX,
+        SocketType::SEQPACKET,
+        SocketFlags::CLOEXEC,
+        None,
+    )
+    .unwrap();
+    // An answer that never comes fails the test instead of hanging it.
+    rustix::net::sockopt::set_socket_timeout(
+        &ours,
+        rustix::net::sockopt::Timeout::Recv,
+        Some(std::time::Duration::from_secs(10)),
+    )
+    .unwrap();
+    let folder = tempfile::tempdir().unwrap();
+    let mut server = std::process::Command::new(child_program())
+        .args([worker_files::EXTRACT_CHILD_ARG, "--server"])
+        .stdin(std::process::Stdio::from(theirs))
+        .current_dir(folder.path())
+        .spawn()
+        .unwrap();
+    let receive = |socket: &std::os::fd::OwnedFd| {
+        let mut buffer = vec![0_u8; 4096];
+        let (length, _) = rustix::net::recv(socket, &mut buffer[..], RecvFlags::empty()).unwrap();
+        serde_json::from_slice::<serde_json::Value>(&buffer[..length]).unwrap()
+    };
+    // A start command from another build: its file fails at once, not at the wall clock.
+    rustix::net::send(
+        &ours,
+        br#"{"command":"start","id":7,"scratch":"/","job":{"unknown":{}}}"#,
+        SendFlags::NOSIGNAL,
+    )
+    .unwrap();
+    let event = receive(&ours);
+    assert_eq!(event["event"], "failed", "{event}");
+    assert_eq!(event["id"], 7, "{event}");
+    // A start command without its two pipes fails the same way.
+    rustix::net::send(
+        &ours,
+        br#"{"command":"start","id":8,"scratch":"/","job":{"probe":{"connect_to":"127.0.0.1:1","limits":null}}}"#,
+        SendFlags::NOSIGNAL,
+    )
+    .unwrap();
+    let event = receive(&ours);
+    assert_eq!(event["event"], "failed", "{event}");
+    assert_eq!(event["id"], 8, "{event}");
+    // Killing a child it does not know is a no-op; hanging up ends the server cleanly.
+    rustix::net::send(&ours, br#"{"command":"kill","id":99}"#, SendFlags::NOSIGNAL).unwrap();
+    drop(ours);
+    let deadline = Instant::now() + std::time::Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = server.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the server outlived its worker's socket"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    assert!(status.success(), "{status}");
+}
+
 #[tokio::test]
 async fn cpu_limit_is_extract_timeout() {
     // No `ulimit` in the script: the sandbox sets the CPU limit before exec.

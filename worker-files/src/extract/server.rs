@@ -647,7 +647,21 @@ impl ServerState {
                 };
                 self.start(id, &scratch, job, stdout, stderr)?;
             }
-            Err(error) => eprintln!("extraction server: unreadable command: {error}"),
+            Err(error) => {
+                // A worker and a server of different builds (a binary replaced on disk while the
+                // worker runs) may not agree on a command: fail that child at once rather than
+                // leave its file waiting for the wall clock.
+                eprintln!("extraction server: unreadable command: {error}");
+                let id = serde_json::from_slice::<serde_json::Value>(&bytes[..received.bytes])
+                    .ok()
+                    .and_then(|command| command.get("id")?.as_u64());
+                if let Some(id) = id {
+                    self.send(&Event::Failed {
+                        id,
+                        detail: format!("the server cannot read the command: {error}"),
+                    })?;
+                }
+            }
         }
         Ok(true)
     }
