@@ -15,7 +15,8 @@
 //! - a cleared environment plus an allowlist ([`CHILD_ENVIRONMENT`], [`INHERITED_ENVIRONMENT`], `TMPDIR`/`HOME` = its scratch
 //!   folder): no database URL, JWT secret or AWS credentials can leak into it;
 //! - limits set between fork and exec by the `confine` crate: address space, CPU, file size, open
-//!   files, processes; it dies with the worker (PDEATHSIG);
+//!   files, processes; it dies with the worker (PDEATHSIG); a child forked by the server sets the
+//!   request's limits on itself, and dies with the server, before it reads its file;
 //! - no network: a new network namespace where the kernel allows it, a seccomp filter otherwise;
 //! - a private scratch folder as its working directory, removed when it exits;
 //! - a wall-clock timeout, after which it is killed, and a cap on its output.
