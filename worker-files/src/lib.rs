@@ -237,12 +237,12 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         .unwrap_or_else(std::env::temp_dir);
     let (worker_folder, stale_folders) = WorkerFolder::create(&spool_parent)
         .with_context(|| format!("creating the spool folder under {}", spool_parent.display()))?;
-    let extraction = ExtractionSetup::prepare(
+    let extraction = Arc::new(ExtractionSetup::prepare(
         &worker_settings,
         &settings.embedding,
         &settings.chunking,
         worker_folder.path(),
-    )?;
+    )?);
     // The worker itself keeps a tokenizer only to fail fast on a broken model folder.
     crate::chunk::Chunker::from_tokenizer_file(
         &extraction.chunking.tokenizer,
@@ -294,7 +294,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         bucket: settings.storage.bucket.clone(),
         embedder,
         settings: worker_settings,
-        extraction: Arc::new(extraction),
+        extraction: Arc::clone(&extraction),
         spool_dir: worker_folder.path().to_path_buf(),
     };
     // Metrics outlive the drain, so the last jobs' outcomes are still scraped.
@@ -317,6 +317,8 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         .with(Arc::new(handler))
         .with(Arc::new(ticks));
     run_worker(queue, handlers, options, shutdown).await;
+    // Nothing the worker started outlives it: the extraction server and its children.
+    extraction.sandbox.stop().await;
     metrics_shutdown.cancel();
     drop(worker_folder);
     Ok(())

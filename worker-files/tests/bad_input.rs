@@ -397,11 +397,19 @@ async fn odd_and_large_inputs_are_read_and_sigterm_is_honoured_mid_file() {
     })
     .await
     .unwrap();
-    let children = child_pids(worker.pid());
-    assert!(
-        !children.is_empty(),
-        "the 20 MB line is in an extraction child"
-    );
+    // The extraction server and the child it forks for the file (within moments of the stage).
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let children = loop {
+        let found = descendant_pids(worker.pid());
+        if found.len() >= 2 {
+            break found;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the 20 MB line is in an extraction child of the server: {found:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     // The work is the child's: the worker itself does not grow with the file.
     let worker_rss_kib = std::fs::read_to_string(format!("/proc/{}/status", worker.pid()))
         .ok()
@@ -455,6 +463,17 @@ async fn odd_and_large_inputs_are_read_and_sigterm_is_honoured_mid_file() {
 }
 
 /// Direct children of `pid`.
+/// Every process below `pid`: its children, theirs, and so on.
+fn descendant_pids(pid: u32) -> Vec<u32> {
+    let mut found = Vec::new();
+    let mut next = child_pids(pid);
+    while let Some(child) = next.pop() {
+        next.extend(child_pids(child));
+        found.push(child);
+    }
+    found
+}
+
 fn child_pids(pid: u32) -> Vec<u32> {
     let mut children = Vec::new();
     if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {

@@ -208,6 +208,14 @@ impl Sandbox {
         outcome
     }
 
+    /// Stops the extraction server, if this sandbox started one, and waits until it and its
+    /// children are gone. A later [`Sandbox::run`] starts a new one.
+    pub async fn stop(&self) {
+        if let Launch::Server(slot) = &self.launch {
+            slot.stop().await;
+        }
+    }
+
     /// Runs the child with `arguments` after the program's own, confined like an extraction, and
     /// returns its stdout (for [`PROBE_ARG`]).
     pub async fn probe(&self, connect_to: &str) -> Result<ProbeReport, ExtractError> {

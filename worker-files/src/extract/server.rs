@@ -53,6 +53,8 @@ use crate::chunk::Chunker;
 const MESSAGE_BYTES: usize = 64 * 1024;
 /// Descriptors a [`Command::Start`] carries: the child's stdout and stderr.
 const START_DESCRIPTORS: usize = 2;
+/// How long [`ServerSlot::stop`] gives the server to reap its children and exit.
+const STOP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 /// Open files the server itself may hold: its socket, a pidfd per running child, the pipes in
 /// flight, libraries. The children lower this to their request's limit.
 const SERVER_OPEN_FILES: u64 = 1024;
@@ -133,6 +135,25 @@ impl ServerSlot {
         *current = Some(Arc::clone(&server));
         Ok(server)
     }
+
+    /// Stops the server, if one runs, and waits until it is gone: its children die with it. The
+    /// worker calls this last, so that nothing it started outlives it.
+    pub(super) async fn stop(&self) {
+        let Some(server) = self.current.lock().await.take() else {
+            return;
+        };
+        // Hanging up asks the server to kill and reap its children, then exit; SIGKILL if it
+        // does not within the timeout (its children then die with it, by PDEATHSIG).
+        let _ = rustix::net::shutdown(&*server.socket, rustix::net::Shutdown::Both);
+        let mut process = server.process.lock().await;
+        if tokio::time::timeout(STOP_TIMEOUT, process.wait())
+            .await
+            .is_err()
+            && let Err(error) = process.kill().await
+        {
+            tracing::warn!(%error, "cannot stop the extraction server");
+        }
+    }
 }
 
 /// A running server: the process, the tasks that talk to it, and the children waiting for their end.
@@ -144,7 +165,9 @@ pub(super) struct Server {
     next_id: AtomicU64,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     /// Killed when dropped; its children die with it (PDEATHSIG).
-    _process: tokio::process::Child,
+    process: tokio::sync::Mutex<tokio::process::Child>,
+    /// The worker's end of the socket (the tasks hold it too); shut down to stop the server.
+    socket: Arc<UnixStream>,
     folder: PathBuf,
 }
 
@@ -259,7 +282,7 @@ impl Server {
                 Arc::clone(&alive),
             )),
             tokio::spawn(receive_events(
-                socket,
+                Arc::clone(&socket),
                 Arc::clone(&waiting),
                 Arc::clone(&alive),
             )),
@@ -271,7 +294,8 @@ impl Server {
             alive,
             next_id: AtomicU64::new(1),
             tasks,
-            _process: process,
+            process: tokio::sync::Mutex::new(process),
+            socket,
             folder,
         })
     }
