@@ -2,6 +2,8 @@
 
 use std::collections::HashMap;
 
+pub use testkit::processes::{children_of, descendants_of};
+
 /// `VmRSS` (now) and `VmHWM` (peak) of a process, in KiB.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Memory {
@@ -39,36 +41,6 @@ pub fn own_memory() -> Option<Memory> {
 
 fn parse_kib(value: &str) -> Option<u64> {
     value.trim().trim_end_matches("kB").trim().parse().ok()
-}
-
-/// Direct children of `pid` (every thread's `children` list).
-pub fn children_of(pid: u32) -> Vec<u32> {
-    let mut children = Vec::new();
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return children;
-    };
-    for task in tasks.flatten() {
-        let Ok(list) = std::fs::read_to_string(task.path().join("children")) else {
-            continue;
-        };
-        children.extend(
-            list.split_whitespace()
-                .filter_map(|child| child.parse::<u32>().ok()),
-        );
-    }
-    children
-}
-
-/// Every process below `pid`: its children, theirs, and so on (the worker's extraction server and
-/// the children the server forks per file).
-pub fn descendants_of(pid: u32) -> Vec<u32> {
-    let mut found = Vec::new();
-    let mut next = children_of(pid);
-    while let Some(child) = next.pop() {
-        next.extend(children_of(child));
-        found.push(child);
-    }
-    found
 }
 
 /// The processes below `parent` whose memory is their own: its children that have run their own

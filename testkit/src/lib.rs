@@ -31,6 +31,8 @@ pub mod otlp;
 pub mod pg_counter;
 /// A private Postgres cluster and moto server that a test may restart.
 pub mod private_stack;
+/// The processes below a process, from `/proc`.
+pub mod processes;
 /// Scripted OpenAI-compatible HTTP servers.
 pub mod scripted;
 /// A webhook receiver on loopback that records requests and answers by a script.

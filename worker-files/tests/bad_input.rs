@@ -400,7 +400,7 @@ async fn odd_and_large_inputs_are_read_and_sigterm_is_honoured_mid_file() {
     // The extraction server and the child it forks for the file (within moments of the stage).
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     let children = loop {
-        let found = descendant_pids(worker.pid());
+        let found = testkit::processes::descendants_of(worker.pid());
         if found.len() >= 2 {
             break found;
         }
@@ -460,31 +460,4 @@ async fn odd_and_large_inputs_are_read_and_sigterm_is_honoured_mid_file() {
         .await
         .unwrap();
     println!("after SIGTERM the file is {}", file["status"]);
-}
-
-/// Direct children of `pid`.
-/// Every process below `pid`: its children, theirs, and so on.
-fn descendant_pids(pid: u32) -> Vec<u32> {
-    let mut found = Vec::new();
-    let mut next = child_pids(pid);
-    while let Some(child) = next.pop() {
-        next.extend(child_pids(child));
-        found.push(child);
-    }
-    found
-}
-
-fn child_pids(pid: u32) -> Vec<u32> {
-    let mut children = Vec::new();
-    if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
-        for task in tasks.flatten() {
-            if let Ok(list) = std::fs::read_to_string(task.path().join("children")) {
-                children.extend(
-                    list.split_whitespace()
-                        .filter_map(|child| child.parse::<u32>().ok()),
-                );
-            }
-        }
-    }
-    children
 }

@@ -6,6 +6,7 @@ use std::sync::OnceLock;
 use std::time::Instant;
 
 use testkit::fixtures;
+use testkit::processes::children_of;
 use worker_files::extract::sandbox::{
     ChildRequest, ChunkingRequest, Extraction, Launch, ProbeReport,
 };
@@ -549,26 +550,6 @@ async fn wall_timeout_kills_the_child() {
 }
 
 // ---- The extraction server: a child forked per file ----
-
-/// Process ids whose parent is `parent` (from `/proc/<pid>/stat`).
-fn children_of(parent: u32) -> Vec<u32> {
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    entries
-        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| {
-            std::fs::read_to_string(format!("/proc/{pid}/stat"))
-                .ok()
-                .and_then(|stat| {
-                    // `pid (comm) state ppid ...`; comm may hold spaces and parentheses.
-                    let after_comm = &stat[stat.rfind(')')? + 1..];
-                    after_comm.split_whitespace().nth(1)?.parse::<u32>().ok()
-                })
-                == Some(parent)
-        })
-        .collect()
-}
 
 /// This test process's extraction server (it has one per `Sandbox` in use; the tests below use one).
 fn extraction_server() -> Option<u32> {
