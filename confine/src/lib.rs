@@ -222,7 +222,7 @@ pub fn fork_single_threaded() -> std::io::Result<Forked> {
 }
 
 /// Threads of this process (the entries of `/proc/self/task`).
-fn own_thread_count() -> std::io::Result<usize> {
+pub fn own_thread_count() -> std::io::Result<usize> {
     Ok(std::fs::read_dir("/proc/self/task")?.count())
 }
 

@@ -265,7 +265,10 @@ impl Sandbox {
                 cpu_seconds: limits.child_cpu_seconds,
                 file_size_bytes: limits.child_file_bytes,
                 open_files: limits.child_open_files,
-                processes: own_task_count().saturating_add(CHILD_TASK_HEADROOM),
+                // RLIMIT_NPROC counts every task of the user: this process's threads count too.
+                processes: confine::own_thread_count()
+                    .map_or(256, |threads| threads as u64)
+                    .saturating_add(CHILD_TASK_HEADROOM),
             },
             self.network,
         )
@@ -439,19 +442,6 @@ struct Finished {
     status: ExitStatus,
     stdout: CappedOutput,
     stderr_tail: Vec<u8>,
-}
-
-/// Tasks of this process now (`Threads:` in `/proc/self/status`); RLIMIT_NPROC counts the user's tasks.
-fn own_task_count() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|status| {
-            status
-                .lines()
-                .find_map(|line| line.strip_prefix("Threads:"))
-                .and_then(|count| count.trim().parse().ok())
-        })
-        .unwrap_or(256)
 }
 
 /// The most the child may print: the text (when asked for), the chunks (overlap included) and their
