@@ -6,6 +6,10 @@
 //! which then read the new events. When that connection drops, notifications sent in
 //! the meantime are lost, so every stream is woken to read again once it is back.
 //!
+//! Trace events notify only executions that some stream watches ([`watch`], migration
+//! 0013): a NOTIFY serialises the commits that send it, so unwatched runs, nearly all
+//! of them, commit their steps without one.
+//!
 //! Streams are capped per org and in total ([`LiveEvents::open`]); each holds a
 //! [`StreamSlot`] that gives its place back when the stream is dropped.
 
@@ -21,8 +25,14 @@ use uuid::Uuid;
 
 use crate::error::ApiError;
 
-/// The channel migration 0009's trigger notifies, with the execution id as payload.
+/// The channel migration 0007's trigger notifies, with the execution id as payload (for
+/// watched executions only, since migration 0013).
 pub const CHANNEL: &str = "glassbox_execution_events";
+/// How long a registered watch lasts without renewal.
+pub const WATCH_TTL: Duration = Duration::from_secs(60);
+/// How often an open stream renews its watch: well within [`WATCH_TTL`], so a watch
+/// never lapses while its stream is open.
+pub const WATCH_RENEW_EVERY: Duration = Duration::from_secs(20);
 /// Metric: live event streams open on this replica.
 pub const OPEN_STREAMS: &str = "glassbox_event_streams";
 /// Wake-ups a slow stream may fall behind by before it just reads again.
@@ -192,6 +202,30 @@ impl LiveEvents {
             }
         }
     }
+}
+
+/// Registers (or renews) a watch on `execution_id` for [`WATCH_TTL`]: until it expires,
+/// statements that add its trace events notify [`CHANNEL`]. A statement whose snapshot
+/// predates the registration's commit does not see it, so a new watcher reads once more
+/// shortly after registering (see `routes::events`).
+pub async fn watch(pool: &PgPool, execution_id: Uuid) -> sqlx::Result<()> {
+    sqlx::query(
+        "INSERT INTO execution_watches (execution_id, until) VALUES ($1, now() + make_interval(secs => $2)) \
+         ON CONFLICT (execution_id) DO UPDATE SET until = GREATEST(execution_watches.until, EXCLUDED.until)",
+    )
+    .bind(execution_id)
+    .bind(WATCH_TTL.as_secs_f64())
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// Deletes expired watches (the sweeper's pass); returns how many.
+pub async fn forget_expired_watches(pool: &PgPool) -> sqlx::Result<u64> {
+    let deleted = sqlx::query("DELETE FROM execution_watches WHERE until < now()")
+        .execute(pool)
+        .await?;
+    Ok(deleted.rows_affected())
 }
 
 /// A live stream's place in the caps; given back on drop.

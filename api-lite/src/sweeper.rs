@@ -6,7 +6,8 @@
 //! because every handler is idempotent.
 //!
 //! It also removes abandoned uploads: a file created but never confirmed, once its
-//! presigned URL has long expired, loses its row and whatever object was put.
+//! presigned URL has long expired, loses its row and whatever object was put; and the
+//! expired watches of live event streams.
 
 use std::time::Duration;
 
@@ -54,6 +55,9 @@ pub async fn run(sweeper: Sweeper, interval: Duration, shutdown: CancellationTok
                 tracing::warn!(failed, "marked redrive tasks of a stopped replica failed")
             }
             Err(error) => tracing::warn!(%error, "task sweep failed"),
+        }
+        if let Err(error) = crate::live::forget_expired_watches(pool).await {
+            tracing::warn!(%error, "expired live-stream watch sweep failed");
         }
         match remove_abandoned_uploads(&sweeper).await {
             Ok(0) => {}

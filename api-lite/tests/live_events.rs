@@ -1,5 +1,6 @@
-//! Live event streams (SSE): woken by LISTEN/NOTIFY, capped per org and in total, closed
-//! at their maximum lifetime and when the caller's token expires.
+//! Live event streams (SSE): woken by LISTEN/NOTIFY for the executions they watch, capped
+//! per org and in total, closed at their maximum lifetime and when the caller's token
+//! expires.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -69,6 +70,80 @@ async fn an_event_committed_by_anyone_wakes_the_stream_without_polling() {
         let data: Value = serde_json::from_str(&note.data).unwrap();
         assert_eq!(data["data"]["round"], round);
     }
+}
+
+/// Adds one `note` trace event to the execution, as a worker's step commit does.
+async fn add_note(app: &TestApp, execution_id: Uuid) {
+    sqlx::query(
+        "INSERT INTO execution_events (execution_id, org_id, step, kind, data) \
+         SELECT id, org_id, step, 'note', '{}'::jsonb FROM executions WHERE id = $1",
+    )
+    .bind(execution_id)
+    .execute(&app.pool)
+    .await
+    .unwrap();
+}
+
+/// The next notification on the trace channel within `wait`, if any.
+async fn notified(listener: &mut sqlx::postgres::PgListener, wait: Duration) -> Option<String> {
+    tokio::time::timeout(wait, listener.recv())
+        .await
+        .ok()
+        .map(|received| received.unwrap().payload().to_string())
+}
+
+#[tokio::test]
+async fn only_watched_executions_send_notifications_and_expired_watches_are_swept() {
+    let app = TestApp::spawn().await.unwrap();
+    let execution_id: Uuid = queued_execution(&app, &app.token).await.parse().unwrap();
+    let mut listener = sqlx::postgres::PgListener::connect_with(&app.pool)
+        .await
+        .unwrap();
+    listener.listen(api_lite::live::CHANNEL).await.unwrap();
+
+    // Nobody watches: a step's events commit without a NOTIFY (which would serialise
+    // every step commit of the fleet behind one lock).
+    add_note(&app, execution_id).await;
+    assert_eq!(notified(&mut listener, Duration::from_secs(1)).await, None);
+
+    // A stream registers its watch before its first read: from then on, each statement
+    // that adds events notifies, and the stream is woken.
+    let mut live = SseReader::open(&app, &events_path(&execution_id.to_string()), None)
+        .await
+        .unwrap();
+    for expected in ["queued", "note"] {
+        let event = live.next(Duration::from_secs(5)).await.unwrap().unwrap();
+        assert_eq!(event.event.as_deref(), Some(expected));
+    }
+    add_note(&app, execution_id).await;
+    assert_eq!(
+        notified(&mut listener, Duration::from_secs(5)).await,
+        Some(execution_id.to_string())
+    );
+    let note = live.next(Duration::from_secs(5)).await.unwrap().unwrap();
+    assert_eq!(note.event.as_deref(), Some("note"));
+    drop(live);
+
+    // A lapsed watch (its stream gone for longer than the TTL) notifies nobody, and the
+    // sweeper's pass removes it.
+    sqlx::query("UPDATE execution_watches SET until = now() - interval '1 second'")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    add_note(&app, execution_id).await;
+    assert_eq!(notified(&mut listener, Duration::from_secs(1)).await, None);
+    assert_eq!(
+        api_lite::live::forget_expired_watches(&app.pool)
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        api_lite::live::forget_expired_watches(&app.pool)
+            .await
+            .unwrap(),
+        0
+    );
 }
 
 #[tokio::test]

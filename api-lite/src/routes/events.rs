@@ -2,7 +2,8 @@
 //!
 //! Each event's id is the trace event id, so a client that reconnects with
 //! `Last-Event-ID` (or `?after=`) resumes right after the last event it saw. New events
-//! arrive by LISTEN/NOTIFY ([`crate::live`]); a slow poll is only the fallback for a
+//! arrive by LISTEN/NOTIFY ([`crate::live`]) for as long as the stream keeps its watch on
+//! the execution registered ([`live::watch`]); a slow poll is only the fallback for a
 //! notification lost in a database restart. The stream closes once the run has ended
 //! and every event was sent, or earlier: at its maximum lifetime or when the caller's
 //! token expires or the server shuts down, with a last `stream_closed` event saying which
@@ -25,12 +26,16 @@ use uuid::Uuid;
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::extract::{ApiPath, ApiQuery};
-use crate::live::{StreamSlot, Wake};
+use crate::live::{self, StreamSlot, Wake};
 use crate::routes::executions::{TraceEvent, TraceQuery};
 use crate::state::AppState;
 
 /// How often a stream reads anyway when no notification came: only a fallback.
 const FALLBACK_POLL: Duration = Duration::from_secs(10);
+/// The first wait after a stream registers its watch reads again this soon: a step
+/// commit whose statement began before the watch was committed neither sees the watch
+/// (so sends no notification) nor, possibly, was visible to the read after it.
+const SETTLE_POLL: Duration = Duration::from_secs(1);
 /// Trace events read at once.
 const PAGE: i64 = 200;
 
@@ -66,6 +71,12 @@ struct LiveCursor {
     closes_at: tokio::time::Instant,
     deadline: Deadline,
     closing: CancellationToken,
+    /// When the watch was last registered; `None`: register it before the next read
+    /// (at the start, and after the listener reconnected, since a restarted Postgres
+    /// has lost its unlogged watches).
+    watched_at: Option<tokio::time::Instant>,
+    /// The watch was just registered: the next wait is [`SETTLE_POLL`].
+    settling: bool,
     /// Holds the stream's place in the caps until the stream is dropped.
     _slot: StreamSlot,
 }
@@ -77,6 +88,24 @@ enum Next {
 }
 
 impl LiveCursor {
+    /// Registers the watch when it is due (see [`Self::watched_at`]). A failure only
+    /// costs notifications: the fallback poll still reads, and the next read retries.
+    async fn keep_watching(&mut self) {
+        if self
+            .watched_at
+            .is_some_and(|at| at.elapsed() < live::WATCH_RENEW_EVERY)
+        {
+            return;
+        }
+        match live::watch(&self.pool, self.execution_id).await {
+            Ok(()) => {
+                self.settling |= self.watched_at.is_none();
+                self.watched_at = Some(tokio::time::Instant::now());
+            }
+            Err(error) => tracing::warn!(%error, "registering the stream's watch failed; retrying"),
+        }
+    }
+
     async fn fetch(&mut self) -> sqlx::Result<()> {
         let events: Vec<TraceEvent> = sqlx::query_as(
             "SELECT id, step, kind, data, created_at FROM execution_events \
@@ -122,6 +151,7 @@ impl LiveCursor {
                 self.finished = true;
                 return Some(Next::Closed(self.deadline));
             }
+            self.keep_watching().await;
             if let Err(error) = self.fetch().await {
                 tracing::warn!(%error, "event stream query failed; retrying");
             }
@@ -148,7 +178,12 @@ impl LiveCursor {
 
     /// Until a notification concerns this execution, the fallback poll, or the deadline.
     async fn wait(&mut self) {
-        let fallback = tokio::time::sleep(FALLBACK_POLL);
+        let poll = if std::mem::take(&mut self.settling) {
+            SETTLE_POLL
+        } else {
+            FALLBACK_POLL
+        };
+        let fallback = tokio::time::sleep(poll);
         tokio::pin!(fallback);
         loop {
             tokio::select! {
@@ -156,10 +191,19 @@ impl LiveCursor {
                 _ = tokio::time::sleep_until(self.closes_at) => return,
                 _ = self.closing.cancelled() => return,
                 wake = self.wakes.recv() => match wake {
+                    // The listener is back after a lost connection: register again.
+                    Ok(Wake::Everyone) => {
+                        self.watched_at = None;
+                        return;
+                    }
                     Ok(wake) if wake.concerns(self.execution_id) => return,
                     Ok(_) => {}
-                    // Fell behind: something of ours may be among the skipped wakes.
-                    Err(broadcast::error::RecvError::Lagged(_)) => return,
+                    // Fell behind: something of ours may be among the skipped wakes,
+                    // a reconnection's included.
+                    Err(broadcast::error::RecvError::Lagged(_)) => {
+                        self.watched_at = None;
+                        return;
+                    }
                     // The hub is gone (shutdown): the fallback poll alone remains.
                     Err(broadcast::error::RecvError::Closed) => {
                         (&mut fallback).await;
@@ -247,6 +291,8 @@ pub async fn stream(
         closes_at: tokio::time::Instant::now() + lifetime,
         deadline: reason,
         closing: state.live.closing(),
+        watched_at: None,
+        settling: false,
         _slot: slot,
     };
     let stream = futures::stream::unfold(cursor, |mut cursor| async move {
