@@ -9,9 +9,10 @@
 # 2. `docker compose up` with docker/compose.check.yaml (host networking, loopback
 #    ports): Postgres + pgvector, moto + its init step, migrations, api-lite and both
 #    workers, each with its health check; recorded-llm serves the agent's model.
-# 3. Through the API: uploads the demo's PDF, DOCX and Markdown samples, waits for
-#    `ready` and searches; runs an agent execution against the recorded responses,
-#    answers its question, approves its write, and waits for `completed`.
+# 3. Through the API: uploads the demo's PDF, DOCX and Markdown samples and a scanned
+#    PDF (read by OCR), waits for `ready` and searches; runs an agent execution against
+#    the recorded responses, answers its question, approves its write, and waits for
+#    `completed`.
 # 4. SIGTERMs the worker-files container while it processes a long file, starts it
 #    again, and checks that the file ends `ready` exactly once (one success in the logs,
 #    each chunk stored once, the count the row says).
@@ -207,6 +208,14 @@ make_samples() {
   chmod 0777 "$WORK/samples"
   docker run --rm --network none --entrypoint /usr/local/bin/make-samples \
     -v "$WORK/samples:/samples" "glassbox/testkit:$IMAGE_TAG" /samples >/dev/null || return 1
+  # The scanned page the image build made (no shell in the image: copy it out).
+  local holder
+  holder="$(docker create "glassbox/testkit:$IMAGE_TAG")" || return 1
+  docker cp "$holder:/opt/glassbox/samples/harbour-notice-scanned.pdf" "$WORK/samples/" || {
+    docker rm "$holder" >/dev/null
+    return 1
+  }
+  docker rm "$holder" >/dev/null
   ls "$WORK/samples" >&2
 }
 

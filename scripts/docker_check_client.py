@@ -24,6 +24,8 @@ from demo_client import call, trace, upload  # noqa: E402  (the demo's client, o
 EXPECTED_FIRST = {
     "what happens after the fifth receive of a message": "operator-handbook.pdf",
     "how much sun do tomatoes need": "garden-rules.docx",
+    # A scanned page (no text layer): found only if OCR works in worker-files' image.
+    "what colour does the copper lantern show when the ferry is late": "harbour-notice-scanned.pdf",
 }
 END_STATES = ("ready", "failed", "dead_lettered")
 WORDS = ("queue worker lease message retry shutdown vector chunk embed store extract page "

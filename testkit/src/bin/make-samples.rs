@@ -1,5 +1,9 @@
 //! Writes the demo's sample documents (PDF, DOCX, Markdown) into a folder. The text is
 //! the project's own.
+//!
+//! `make-samples --scanned FOLDER` writes a scanned PDF instead (one page that only OCR
+//! can read; needs poppler's `pdftoppm`): the image build makes it for `make
+//! docker-check`, which shows that OCR works in worker-files' image.
 
 use std::path::PathBuf;
 
@@ -24,9 +28,26 @@ const GARDEN_PARAGRAPHS: [&str; 4] = [
 const RECIPE: &str = "# Lentil soup\n\nA warming soup for cold evenings.\n\n## Ingredients\n\n- red lentils\n- carrots and onions\n- cumin and smoked paprika\n\n\
 ## Method\n\nSweat the onions, add the spices, then simmer the lentils in stock for twenty minutes until soft. Blend half for a creamy texture.\n";
 
+/// The scanned sample's one page.
+const HARBOUR_NOTICE: &str = "Harbour notice. The copper lantern on the north pier shows a violet light when the \
+     falcon ferry is delayed by fog. Fishing boats wait inside the granite breakwater until it turns white again.";
+
 fn main() -> std::io::Result<()> {
-    let folder = PathBuf::from(std::env::args().nth(1).unwrap_or_else(|| "samples".into()));
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    let scanned = args.first().is_some_and(|arg| arg == "--scanned");
+    if scanned {
+        args.remove(0);
+    }
+    let folder = PathBuf::from(args.first().cloned().unwrap_or_else(|| "samples".into()));
     std::fs::create_dir_all(&folder)?;
+    if scanned {
+        std::fs::write(
+            folder.join("harbour-notice-scanned.pdf"),
+            fixtures::scanned_pdf(&[HARBOUR_NOTICE]),
+        )?;
+        println!("{}", folder.display());
+        return Ok(());
+    }
     std::fs::write(
         folder.join("operator-handbook.pdf"),
         fixtures::pdf_from_pages(&HANDBOOK_PAGES),
