@@ -188,11 +188,14 @@ compose_up() {
   return 1
 }
 
-# The check's API token, minted inside the api-lite container (no shell needed).
+# The check's API tokens, minted inside the api-lite container (no shell needed): the
+# caller's, and an approver's (only the approver role may approve held tool calls).
 mint_token() {
   ORG="$(cat /proc/sys/kernel/random/uuid)"
   TOKEN="$(compose exec -T api-lite /usr/local/bin/api-lite token --org "$ORG" --subject docker-check)"
-  [[ -n "$TOKEN" ]]
+  APPROVER_TOKEN="$(compose exec -T api-lite /usr/local/bin/api-lite token --org "$ORG" \
+    --subject docker-check-approver --approver)"
+  [[ -n "$TOKEN" && -n "$APPROVER_TOKEN" ]]
 }
 
 # ---------------------------------------------------------------------------
@@ -225,7 +228,7 @@ files_and_search() {
 }
 
 agent_run() {
-  python3 "$REPO_ROOT/scripts/demo_client.py" agent "$API" "$TOKEN" gpt-4o-mini \
+  python3 "$REPO_ROOT/scripts/demo_client.py" agent "$API" "$TOKEN" "$APPROVER_TOKEN" gpt-4o-mini \
     "recorded responses (testkit/recordings/demo-agent.json), not a live model" | tee "$WORK/agent.log" || return 1
   local execution_id
   execution_id="$(awk '$1 == "execution" && $3 == "queued" {print $2; exit}' "$WORK/agent.log")"
@@ -357,7 +360,7 @@ main() {
   step "1c. build the images" build_images
   step "2. compose up: health checks, migrations" compose_up
   step "3a. API token (minted in the container), samples" prepare_client
-  step "3b. upload PDF, DOCX, Markdown; ready; search" files_and_search
+  step "3b. upload PDF, DOCX, Markdown, a scanned PDF; ready; search" files_and_search
   step "3c. agent run: answer, approve, completed" agent_run
   step "4. SIGTERM worker-files mid-file; ready exactly once" sigterm_mid_file
   step "5. compose down -v" compose_down
