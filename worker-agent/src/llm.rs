@@ -10,6 +10,7 @@
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use serde::Serialize;
 use serde_json::{Value, json};
 use shared::config::ModelPrice;
 use shared::openai_http::{CallError, HttpOptions, OpenAiHttp};
@@ -63,6 +64,18 @@ pub trait ChatModel: Send + Sync + 'static {
     ) -> Result<Completion, LlmError>;
 }
 
+/// The body of a chat completion request, borrowing the conversation.
+#[derive(Serialize)]
+struct ChatRequest<'a> {
+    model: &'a str,
+    messages: &'a [Value],
+    max_tokens: u32,
+    #[serde(skip_serializing_if = "<[Value]>::is_empty")]
+    tools: &'a [Value],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tool_choice: Option<&'static str>,
+}
+
 /// An OpenAI-compatible chat endpoint.
 pub struct OpenAiChat {
     http: OpenAiHttp,
@@ -87,11 +100,15 @@ impl ChatModel for OpenAiChat {
         tools: &[Value],
         max_tokens: u32,
     ) -> Result<Completion, LlmError> {
-        let mut body = json!({ "model": model, "messages": messages, "max_tokens": max_tokens });
-        if !tools.is_empty() {
-            body["tools"] = Value::Array(tools.to_vec());
-            body["tool_choice"] = json!("auto");
-        }
+        // Borrowed, not built as a `Value`: that deep-copied the whole conversation at
+        // every step, which grew with the run.
+        let body = ChatRequest {
+            model,
+            messages,
+            max_tokens,
+            tool_choice: (!tools.is_empty()).then_some("auto"),
+            tools,
+        };
         let started = Instant::now();
         let answer = self
             .http
