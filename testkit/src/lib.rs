@@ -167,6 +167,9 @@ pub struct TestApp {
     pub aws: shared::aws::AwsClients,
     pub queue: Queue,
     shutdown: CancellationToken,
+    /// The server's `postgres` database, from which drop removes this app's own.
+    admin_url: String,
+    database_name: String,
 }
 
 /// A fresh database on the local stack with every migration applied, for tests that
@@ -317,6 +320,8 @@ impl TestApp {
             aws,
             queue,
             shutdown,
+            admin_url: format!("{server_url}/postgres"),
+            database_name,
         })
     }
 
@@ -845,7 +850,38 @@ pub fn workspace_binary(name: &str) -> PathBuf {
 impl Drop for TestApp {
     fn drop(&mut self) {
         self.shutdown.cancel();
+        // A passing test's database goes with it: some 380 of them, about 10 MB each, filled
+        // the disk of a CI machine. A failing test's stays for inspection, and
+        // `make clean-test-dbs` drops it two hours later.
+        if !std::thread::panicking() {
+            drop_database(&self.admin_url, &self.database_name);
+        }
     }
+}
+
+/// `DROP DATABASE … WITH (FORCE)` from a thread of its own, so it works from any runtime
+/// (or none). Errors are ignored: the sweep in `make clean-test-dbs` catches what is left.
+fn drop_database(admin_url: &str, database_name: &str) {
+    let admin_url = admin_url.to_string();
+    let statement = format!("DROP DATABASE IF EXISTS {database_name} WITH (FORCE)");
+    let dropper = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .ok()?;
+        runtime.block_on(async {
+            let admin = PgPoolOptions::new()
+                .max_connections(1)
+                .acquire_timeout(Duration::from_secs(3))
+                .connect(&admin_url)
+                .await
+                .ok()?;
+            let dropped = sqlx::query(&statement).execute(&admin).await.ok();
+            admin.close().await;
+            dropped
+        })
+    });
+    let _ = dropper.join();
 }
 
 fn flatten_settings(prefix: &str, value: &Value, out: &mut Vec<(String, String)>) {

@@ -64,6 +64,10 @@ async fn run_as_postgres(program: &Path, args: &[&str]) -> anyhow::Result<String
     Ok(String::from_utf8_lossy(&output.stdout).trim().to_string())
 }
 
+/// Where private clusters live: `/tmp/glassbox-private-pg-XXXXXX`.
+const PRIVATE_DATA_PARENT: &str = "/tmp";
+const PRIVATE_DATA_PREFIX: &str = "glassbox-private-pg-";
+
 /// A private Postgres 15 cluster on its own port; stopped and deleted on drop.
 pub struct PrivatePostgres {
     pub port: u16,
@@ -80,7 +84,10 @@ impl PrivatePostgres {
         let data_dir = PathBuf::from(
             run_as_postgres(
                 Path::new("mktemp"),
-                &["-d", "/tmp/glassbox-private-pg-XXXXXX"],
+                &[
+                    "-d",
+                    &format!("{PRIVATE_DATA_PARENT}/{PRIVATE_DATA_PREFIX}XXXXXX"),
+                ],
             )
             .await?,
         );
@@ -170,10 +177,24 @@ impl Drop for PrivatePostgres {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status();
-        if self.data_dir.starts_with("/tmp/glassbox-private-pg-") {
+        if is_private_data_dir(&self.data_dir) {
             let _ = std::fs::remove_dir_all(&self.data_dir);
         }
     }
+}
+
+/// Whether `path` is a folder [`PrivatePostgres::start`] made, so drop may delete it.
+///
+/// By name, not `Path::starts_with`, which compares whole components: no folder
+/// "starts with" `/tmp/glassbox-private-pg-`, and every cluster's 48 MB stayed behind.
+fn is_private_data_dir(path: &Path) -> bool {
+    path.parent() == Some(Path::new(PRIVATE_DATA_PARENT))
+        && path
+            .file_name()
+            .and_then(|name| name.to_str())
+            .is_some_and(|name| {
+                name.len() > PRIVATE_DATA_PREFIX.len() && name.starts_with(PRIVATE_DATA_PREFIX)
+            })
 }
 
 /// One stored object: key, content type and bytes.
@@ -407,5 +428,35 @@ impl PrivateStack {
             postgres_server_url: self.postgres.server_url(),
             aws_endpoint: self.moto.endpoint(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_folders_start_made_count_as_private_data() {
+        assert!(is_private_data_dir(Path::new(
+            "/tmp/glassbox-private-pg-DLUfr8"
+        )));
+        assert!(!is_private_data_dir(Path::new("/tmp/glassbox-private-pg-")));
+        assert!(!is_private_data_dir(Path::new("/tmp")));
+        assert!(!is_private_data_dir(Path::new(
+            "/var/lib/glassbox-private-pg-DLUfr8"
+        )));
+        assert!(!is_private_data_dir(Path::new(
+            "/tmp/glassbox-private-pg-DLUfr8/base"
+        )));
+        assert!(!is_private_data_dir(Path::new("/tmp/other-DLUfr8")));
+    }
+
+    #[tokio::test]
+    async fn a_dropped_cluster_leaves_no_folder_behind() {
+        let cluster = PrivatePostgres::start().await.unwrap();
+        let folder = cluster.data_dir.clone();
+        assert!(folder.join("PG_VERSION").exists(), "{}", folder.display());
+        drop(cluster);
+        assert!(!folder.exists(), "{} was left behind", folder.display());
     }
 }

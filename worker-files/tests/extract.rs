@@ -25,12 +25,17 @@ fn pdfium() -> PdfEngine {
     }
 }
 
-/// One scratch root for the whole test binary (each child gets its own folder under it).
+/// One scratch root shared by every test process (each child gets its own folder under it,
+/// removed when it ends). A fixed folder, not a `TempDir` in a static: statics are never
+/// dropped, and nextest runs each test in its own process, so that left one folder per test.
 fn scratch_root() -> PathBuf {
-    static ROOT: OnceLock<tempfile::TempDir> = OnceLock::new();
-    ROOT.get_or_init(|| tempfile::tempdir().expect("scratch root"))
-        .path()
-        .to_path_buf()
+    static ROOT: OnceLock<PathBuf> = OnceLock::new();
+    ROOT.get_or_init(|| {
+        let root = std::env::temp_dir().join("glassbox-extract-tests");
+        std::fs::create_dir_all(&root).expect("scratch root");
+        root
+    })
+    .clone()
 }
 
 /// The worker binary as the confined extractor, as the worker starts it.

@@ -164,6 +164,27 @@ pub enum Launch {
     Exec,
 }
 
+/// A child's own scratch folder, removed on drop: also when the extraction is cancelled
+/// mid-way (a shutdown, a lease lost), which a removal after the `await` would miss.
+struct ScratchFolder(PathBuf);
+
+impl ScratchFolder {
+    fn create(root: &Path) -> Result<Self, ExtractError> {
+        let path = root.join(format!("child-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&path)
+            .map_err(|error| ExtractError::io("create the child's scratch folder", &error))?;
+        Ok(Self(path))
+    }
+}
+
+impl Drop for ScratchFolder {
+    fn drop(&mut self) {
+        if let Err(error) = std::fs::remove_dir_all(&self.0) {
+            tracing::warn!(scratch = %self.0.display(), %error, "cannot remove the child's scratch folder");
+        }
+    }
+}
+
 impl Sandbox {
     /// A sandbox for `program program_args…` with the strongest network confinement the kernel allows
     /// here (found by starting `program program_args… --noop` under each).
@@ -196,16 +217,8 @@ impl Sandbox {
         let request_json = serde_json::to_string(request).map_err(|error| ExtractError::Io {
             detail: format!("cannot encode the extraction request: {error}"),
         })?;
-        let scratch = self
-            .scratch_root
-            .join(format!("child-{}", uuid::Uuid::new_v4()));
-        std::fs::create_dir_all(&scratch)
-            .map_err(|error| ExtractError::io("create the child's scratch folder", &error))?;
-        let outcome = self.run_in(&scratch, request, request_json).await;
-        if let Err(error) = std::fs::remove_dir_all(&scratch) {
-            tracing::warn!(scratch = %scratch.display(), %error, "cannot remove the child's scratch folder");
-        }
-        outcome
+        let scratch = ScratchFolder::create(&self.scratch_root)?;
+        self.run_in(&scratch.0, request, request_json).await
     }
 
     /// Stops the extraction server, if this sandbox started one, and waits until it and its
