@@ -8,7 +8,7 @@ export CARGO_TARGET_DIR ?= $(HOME)/.cache/glassbox/target
 export CARGO_TERM_COLOR ?= never
 STACK_ENV := set -a; source .stack/env; set +a
 
-.PHONY: demo test stack down lint unit-and-integration deploy-checks docker-check docker-check-if-warm bench bench-agent clean-test-dbs
+.PHONY: demo test prune-target stack down lint unit-and-integration deploy-checks docker-check docker-check-if-warm bench bench-agent clean-test-dbs
 
 ## demo: start the stack and the fleet, ingest sample documents, search them
 demo: stack
@@ -16,7 +16,12 @@ demo: stack
 	$(STACK_ENV); scripts/demo.sh
 
 ## test: formatting, lints and every test, against the real stack
-test: stack lint unit-and-integration deploy-checks docker-check-if-warm
+test: prune-target stack lint unit-and-integration deploy-checks docker-check-if-warm
+
+## prune-target: remove the workspace's own build artifacts older than 6 h from the shared cargo
+## target folder (every checkout leaves a set of its own), and warn when the disk is nearly full
+prune-target:
+	scripts/prune-target.sh
 
 ## stack: PostgreSQL + pgvector, moto (SQS, S3) and the embedding model, installed and started
 stack:

@@ -158,9 +158,10 @@ ensure_build_client() {
 }
 
 build_images() {
-  local target started
+  local target started previous
   for target in "${TARGETS[@]}"; do
     started=$SECONDS
+    previous="$(docker image inspect --format '{{.Id}}' "glassbox/$target:$IMAGE_TAG" 2>/dev/null || true)"
     log "building glassbox/$target:$IMAGE_TAG (log: $WORK/build-$target.log)"
     if ! "${BUILD_CMD[@]}" --network host --progress plain -f "$REPO_ROOT/docker/Dockerfile" \
       --target "$target" -t "glassbox/$target:$IMAGE_TAG" "$REPO_ROOT" >"$WORK/build-$target.log" 2>&1; then
@@ -168,6 +169,10 @@ build_images() {
       return 1
     fi
     log "glassbox/$target:$IMAGE_TAG built in $((SECONDS - started)) s"
+    # The image this tag named before: untagged now, a few hundred MB each time.
+    if [[ -n "$previous" && "$previous" != "$(docker image inspect --format '{{.Id}}' "glassbox/$target:$IMAGE_TAG")" ]]; then
+      docker image rm "$previous" >/dev/null 2>&1 || true
+    fi
   done
 }
 
