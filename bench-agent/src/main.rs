@@ -210,17 +210,35 @@ struct ZeroLatencyModel {
     requests: AtomicUsize,
 }
 
+/// What the zero-latency model reads of a request: the model's name and each message's
+/// role. The rest is skipped without being built, so the stand-in's own cost stays small
+/// beside the worker's (the LangGraph peer's model runs in its process and parses nothing).
+#[derive(serde::Deserialize)]
+struct ChatRequestView<'a> {
+    #[serde(borrow)]
+    model: std::borrow::Cow<'a, str>,
+    #[serde(borrow)]
+    messages: Vec<RoleView<'a>>,
+}
+
+#[derive(serde::Deserialize)]
+struct RoleView<'a> {
+    #[serde(borrow)]
+    role: std::borrow::Cow<'a, str>,
+}
+
 async fn chat(
     State(model): State<Arc<ZeroLatencyModel>>,
-    Json(request): Json<Value>,
-) -> Json<Value> {
+    body: axum::body::Bytes,
+) -> Result<Json<Value>, (axum::http::StatusCode, String)> {
     model.requests.fetch_add(1, Ordering::Relaxed);
-    let step = request["messages"].as_array().map_or(0, |messages| {
-        messages
-            .iter()
-            .filter(|message| message["role"] == "assistant")
-            .count()
-    });
+    let request: ChatRequestView<'_> = serde_json::from_slice(&body)
+        .map_err(|error| (axum::http::StatusCode::BAD_REQUEST, error.to_string()))?;
+    let step = request
+        .messages
+        .iter()
+        .filter(|message| message.role == "assistant")
+        .count();
     let last = model
         .steps_per_run
         .load(Ordering::Relaxed)
@@ -236,13 +254,13 @@ async fn chat(
     } else {
         (json!({ "role": "assistant", "content": "Done." }), "stop")
     };
-    Json(json!({
+    Ok(Json(json!({
         "id": format!("chatcmpl-{step}"),
         "object": "chat.completion",
-        "model": request["model"],
+        "model": request.model,
         "choices": [{ "index": 0, "message": message, "finish_reason": finish }],
         "usage": { "prompt_tokens": 100, "completion_tokens": 20, "total_tokens": 120 }
-    }))
+    })))
 }
 
 async fn start_model() -> anyhow::Result<(String, Arc<ZeroLatencyModel>)> {

@@ -20,7 +20,7 @@ use std::time::Duration;
 use backon::{ExponentialBuilder, Retryable};
 use bytes::Bytes;
 use reqwest::StatusCode;
-use reqwest::header::{HeaderMap, RETRY_AFTER};
+use reqwest::header::{CONTENT_TYPE, HeaderMap, RETRY_AFTER};
 use serde::Serialize;
 
 /// Where the endpoint is and how hard to try.
@@ -107,6 +107,21 @@ impl OpenAiHttp {
         body: &B,
         label: &str,
     ) -> Result<Answer, CallError> {
+        let body = serde_json::to_vec(body).map_err(|error| CallError::Rejected {
+            status: 0,
+            message: format!("cannot encode the request as JSON: {error}"),
+        })?;
+        self.post_json_bytes(path, Bytes::from(body), label).await
+    }
+
+    /// [`Self::post_json`] with a body the caller already wrote as JSON text (written
+    /// once, not again at each retry).
+    pub async fn post_json_bytes(
+        &self,
+        path: &str,
+        body: Bytes,
+        label: &str,
+    ) -> Result<Answer, CallError> {
         let endpoint = self.endpoint(path);
         let backoff = ExponentialBuilder::default()
             .with_min_delay(self.options.initial_backoff)
@@ -117,7 +132,7 @@ impl OpenAiHttp {
         let mut attempts = 0u32;
         let outcome = (|| {
             attempts += 1;
-            self.send_once(&endpoint, body)
+            self.send_once(&endpoint, body.clone())
         })
         .retry(backoff)
         .when(|error: &Attempt| matches!(error, Attempt::Retryable { .. }))
@@ -156,8 +171,12 @@ impl OpenAiHttp {
         }
     }
 
-    async fn send_once<B: Serialize>(&self, endpoint: &str, body: &B) -> Result<Bytes, Attempt> {
-        let mut request = self.http.post(endpoint).json(body);
+    async fn send_once(&self, endpoint: &str, body: Bytes) -> Result<Bytes, Attempt> {
+        let mut request = self
+            .http
+            .post(endpoint)
+            .header(CONTENT_TYPE, "application/json")
+            .body(body);
         if let Some(api_key) = &self.options.api_key {
             request = request.bearer_auth(api_key);
         }

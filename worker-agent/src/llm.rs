@@ -10,7 +10,6 @@
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use serde::Serialize;
 use serde_json::{Value, json};
 use shared::config::ModelPrice;
 use shared::openai_http::{CallError, HttpOptions, OpenAiHttp};
@@ -53,27 +52,113 @@ pub enum LlmError {
 
 #[async_trait]
 pub trait ChatModel: Send + Sync + 'static {
-    /// One completion of `messages` by `model`, offering `tools`, writing at most
+    /// One completion of `conversation` by `model`, offering `tools`, writing at most
     /// `max_tokens` tokens.
     async fn complete(
         &self,
         model: &str,
-        messages: &[Value],
-        tools: &[Value],
+        conversation: &Conversation,
+        tools: &ToolSchemas,
         max_tokens: u32,
     ) -> Result<Completion, LlmError>;
 }
 
-/// The body of a chat completion request, borrowing the conversation.
-#[derive(Serialize)]
-struct ChatRequest<'a> {
-    model: &'a str,
-    messages: &'a [Value],
+/// The conversation as the model receives it: each message written as JSON once, when
+/// it joins. The conversation grows with every step and each request carries all of it;
+/// writing it out in full at every step made a step's cost grow with the run.
+#[derive(Debug, Clone, Default)]
+pub struct Conversation {
+    /// The messages' JSON, comma-separated, without the brackets.
+    json: Vec<u8>,
+    len: usize,
+}
+
+impl Conversation {
+    pub fn new<'a>(messages: impl IntoIterator<Item = &'a Value>) -> Self {
+        let mut conversation = Self::default();
+        conversation.extend(messages);
+        conversation
+    }
+
+    pub fn push(&mut self, message: &Value) {
+        if self.len > 0 {
+            self.json.push(b',');
+        }
+        // A `Value` always serializes (its keys are strings), and a Vec takes every write.
+        serde_json::to_writer(&mut self.json, message).expect("a JSON value serializes into a Vec");
+        self.len += 1;
+    }
+
+    pub fn extend<'a>(&mut self, messages: impl IntoIterator<Item = &'a Value>) {
+        for message in messages {
+            self.push(message);
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The messages as a JSON array.
+    pub fn to_value(&self) -> Value {
+        let mut array = Vec::with_capacity(self.json.len() + 2);
+        array.push(b'[');
+        array.extend_from_slice(&self.json);
+        array.push(b']');
+        serde_json::from_slice(&array).expect("the conversation holds JSON it wrote itself")
+    }
+}
+
+/// The tools a run may call, as a request's `tools` array: written once per run.
+#[derive(Debug, Clone, Default)]
+pub struct ToolSchemas {
+    json: Vec<u8>,
+    len: usize,
+}
+
+impl ToolSchemas {
+    pub fn new(schemas: &[Value]) -> Self {
+        Self {
+            json: serde_json::to_vec(schemas).expect("JSON values serialize into a Vec"),
+            len: schemas.len(),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+/// The body of a chat completion request, from the parts written ahead:
+/// `{"model", "max_tokens", "tools", "tool_choice", "messages"}`.
+pub fn request_body(
+    model: &str,
+    conversation: &Conversation,
+    tools: &ToolSchemas,
     max_tokens: u32,
-    #[serde(skip_serializing_if = "<[Value]>::is_empty")]
-    tools: &'a [Value],
-    #[serde(skip_serializing_if = "Option::is_none")]
-    tool_choice: Option<&'static str>,
+) -> Vec<u8> {
+    let mut body =
+        Vec::with_capacity(conversation.json.len() + tools.json.len() + model.len() + 96);
+    body.extend_from_slice(b"{\"model\":");
+    serde_json::to_writer(&mut body, model).expect("a string serializes into a Vec");
+    body.extend_from_slice(format!(",\"max_tokens\":{max_tokens}").as_bytes());
+    if !tools.is_empty() {
+        body.extend_from_slice(b",\"tools\":");
+        body.extend_from_slice(&tools.json);
+        body.extend_from_slice(b",\"tool_choice\":\"auto\"");
+    }
+    body.extend_from_slice(b",\"messages\":[");
+    body.extend_from_slice(&conversation.json);
+    body.extend_from_slice(b"]}");
+    body
 }
 
 /// An OpenAI-compatible chat endpoint.
@@ -96,23 +181,15 @@ impl ChatModel for OpenAiChat {
     async fn complete(
         &self,
         model: &str,
-        messages: &[Value],
-        tools: &[Value],
+        conversation: &Conversation,
+        tools: &ToolSchemas,
         max_tokens: u32,
     ) -> Result<Completion, LlmError> {
-        // Borrowed, not built as a `Value`: that deep-copied the whole conversation at
-        // every step, which grew with the run.
-        let body = ChatRequest {
-            model,
-            messages,
-            max_tokens,
-            tool_choice: (!tools.is_empty()).then_some("auto"),
-            tools,
-        };
+        let body = request_body(model, conversation, tools, max_tokens);
         let started = Instant::now();
         let answer = self
             .http
-            .post_json("chat/completions", &body, model)
+            .post_json_bytes("chat/completions", body.into(), model)
             .await
             .map_err(|error| match error {
                 CallError::Unavailable {
@@ -241,6 +318,51 @@ mod tests {
         let replayed = Completion::from_message(&completion.message).unwrap();
         assert_eq!(replayed.tool_calls, completion.tool_calls);
         assert_eq!(replayed.message, completion.message);
+    }
+
+    #[test]
+    fn the_request_body_is_the_conversation_and_tools_as_written_once() {
+        let system = json!({ "role": "system", "content": "Be brief \"always\"\n" });
+        let user = json!({ "role": "user", "content": "Ünïcode and \\ slashes" });
+        let answer = json!({ "role": "assistant", "content": null, "tool_calls": [
+            { "id": "c1", "type": "function", "function": { "name": "get_node_context", "arguments": "{}" } }
+        ] });
+        let mut conversation = Conversation::new([&system, &user]);
+        conversation.push(&answer);
+        assert_eq!(conversation.len(), 3);
+        assert_eq!(conversation.to_value(), json!([system, user, answer]));
+
+        let tool = json!({ "type": "function", "function": { "name": "get_node_context", "parameters": {} } });
+        let body: Value = serde_json::from_slice(&request_body(
+            "gpt-\"quoted\"",
+            &conversation,
+            &ToolSchemas::new(std::slice::from_ref(&tool)),
+            256,
+        ))
+        .unwrap();
+        assert_eq!(
+            body,
+            json!({
+                "model": "gpt-\"quoted\"",
+                "max_tokens": 256,
+                "tools": [tool],
+                "tool_choice": "auto",
+                "messages": [system, user, answer],
+            })
+        );
+
+        // No tools: neither `tools` nor `tool_choice`; an empty conversation is `[]`.
+        let body: Value = serde_json::from_slice(&request_body(
+            "m",
+            &Conversation::default(),
+            &ToolSchemas::new(&[]),
+            1,
+        ))
+        .unwrap();
+        assert_eq!(
+            body,
+            json!({ "model": "m", "max_tokens": 1, "messages": [] })
+        );
     }
 
     #[test]

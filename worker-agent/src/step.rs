@@ -37,7 +37,7 @@ use crate::checkpoint::{self, Head, ResolvedInput};
 use crate::failpoint;
 use crate::handler::{AgentHandler, interrupted, lease_lost};
 use crate::ledger::{Ledger, result_event, tool_message};
-use crate::llm::{self, Completion, LlmError, ToolCall};
+use crate::llm::{self, Completion, Conversation, LlmError, ToolCall, ToolSchemas};
 use crate::mcp::McpTool;
 use crate::tools::{AnyTool, Plan, ToolArgs};
 
@@ -101,8 +101,10 @@ impl AgentHandler {
         };
         let budget = Budget::resolve(&execution.budget, &self.settings);
         let mcp_tools = self.mcp.tools_for(run.org_id).await;
-        let schemas = self.registry.schemas_with(&mcp_tools);
-        let mut messages = checkpoint::conversation(&self.pool, run.execution_id, &node).await?;
+        let schemas = ToolSchemas::new(&self.registry.schemas_with(&mcp_tools));
+        let mut messages = Conversation::new(
+            &checkpoint::conversation(&self.pool, run.execution_id, &node).await?,
+        );
         let mut spent = execution.spent();
         let mut recorded_answer = execution.recorded_answer();
         let failpoint = self.settings.failpoint.as_deref();
@@ -156,7 +158,7 @@ impl AgentHandler {
             let mut gathered = Gathered::default();
             self.resolve_inputs(&ledger, &mcp_tools, current.resolved, &mut gathered)
                 .await?;
-            messages.extend(gathered.delta.iter().cloned());
+            messages.extend(&gathered.delta);
 
             // The spend the commit adds: none when the answer was recorded ahead.
             let mut unrecorded_spend = (0_i64, 0_i64, 0.0_f64);
@@ -224,7 +226,7 @@ impl AgentHandler {
                     )
                     .await?;
             }
-            messages.extend(gathered.delta[answered_at - 1..].iter().cloned());
+            messages.extend(&gathered.delta[answered_at - 1..]);
             failpoint::hit(failpoint, failpoint::AFTER_TOOL_CALLS, step, cancel).await;
             if cancel.is_cancelled() {
                 return Err(interrupted());
