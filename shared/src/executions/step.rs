@@ -9,6 +9,7 @@
 
 use serde_json::{Value, json};
 use sqlx::PgPool;
+use sqlx::types::Json;
 use uuid::Uuid;
 
 use super::{ExecutionStatus, Moved, Transition, record};
@@ -53,7 +54,7 @@ pub async fn record_model_call(
     events: &[(String, Value)],
 ) -> sqlx::Result<bool> {
     let kinds: Vec<&str> = events.iter().map(|(kind, _)| kind.as_str()).collect();
-    let data: Vec<Value> = events.iter().map(|(_, data)| data.clone()).collect();
+    let data: Vec<Json<&Value>> = events.iter().map(|(_, data)| Json(data)).collect();
     let appended = sqlx::query(
         "WITH moved AS ( \
              UPDATE executions SET tokens_in = tokens_in + $4, tokens_out = tokens_out + $5, cost_usd = cost_usd + $6, \
@@ -130,6 +131,46 @@ pub struct Committed {
     pub control: Option<String>,
 }
 
+/// The step commit statement, `$1`–`$14`, with `$inputs` (the CTEs that open and consume
+/// questions and approvals) spliced in when the step has any. Most steps have none, and
+/// each CTE is a table modification Postgres sets up at every execution even when it
+/// touches no row: the statement without them is the one nearly every step runs.
+macro_rules! commit_step_statement {
+    ($($inputs:literal)?) => {
+        concat!(
+            "WITH advanced AS ( \
+                 UPDATE executions SET step = step + 1, active_ms = active_ms + $4, status = $5, result = COALESCE($6, result), \
+                        tokens_in = tokens_in + $9, tokens_out = tokens_out + $10, cost_usd = cost_usd + $11, \
+                        pending_completion = NULL, \
+                        control = CASE WHEN $5 = $7 THEN NULL ELSE control END, \
+                        lease_token = CASE WHEN $5 = $8 THEN lease_token ELSE NULL END, \
+                        lease_expires_at = CASE WHEN $5 = $8 THEN lease_expires_at ELSE NULL END, \
+                        finished_at = CASE WHEN $5 = $7 THEN now() ELSE finished_at END, updated_at = now() \
+                 WHERE id = $1 AND lease_token = $2 AND step = $3 RETURNING id, org_id, control), \
+             checkpoint AS ( \
+                 INSERT INTO execution_steps (execution_id, step, messages) SELECT id, $3, $12 FROM advanced), \
+             events AS ( \
+                 INSERT INTO execution_events (execution_id, org_id, step, kind, data) \
+                 SELECT advanced.id, advanced.org_id, $3, event.kind, event.data \
+                 FROM advanced, UNNEST($13::text[], $14::jsonb[]) WITH ORDINALITY AS event(kind, data, position) ORDER BY event.position)",
+            $($inputs,)?
+            " SELECT control FROM advanced"
+        )
+    };
+}
+
+const COMMIT_STEP: &str = commit_step_statement!();
+
+const COMMIT_STEP_WITH_INPUTS: &str = commit_step_statement!(
+    ", inputs AS ( \
+         INSERT INTO execution_inputs (id, execution_id, org_id, step, tool_call_id, call_index, kind, tool, arguments, question) \
+         SELECT input.id, advanced.id, advanced.org_id, $3, input.tool_call_id, input.call_index, input.kind, input.tool, input.arguments, input.question \
+         FROM advanced, UNNEST($15::uuid[], $16::text[], $17::int[], $18::text[], $19::text[], $20::jsonb[], $21::text[]) \
+              AS input(id, tool_call_id, call_index, kind, tool, arguments, question)), \
+     consumed AS ( \
+         UPDATE execution_inputs SET status = 'consumed' WHERE id = ANY($22) AND execution_id IN (SELECT id FROM advanced))"
+);
+
 /// Commits `step` in ONE statement (one round trip, one implicit transaction): advances
 /// the run, adds the step's spend, stores the checkpoint delta, its events (the
 /// transition's last, when the run parks or completes), new questions and approvals,
@@ -162,66 +203,22 @@ pub async fn commit_step(
         .iter()
         .map(|(kind, _)| kind.as_str())
         .collect();
-    let mut data: Vec<Value> = commit.events.iter().map(|(_, data)| data.clone()).collect();
+    // Borrowed: sqlx writes each event's JSON straight from the step's values.
+    let mut data: Vec<Json<&Value>> = commit.events.iter().map(|(_, data)| Json(data)).collect();
+    let no_data = json!({});
     if let Some(transition) = transition {
         // The transition's event row goes with the others; neither transition enqueues,
         // so `record` would write nothing else.
         debug_assert!(!transition.enqueues());
         kinds.push(transition.as_str());
-        data.push(json!({}));
+        data.push(Json(&no_data));
     }
-    let input_ids: Vec<Uuid> = commit.new_inputs.iter().map(|_| Uuid::now_v7()).collect();
-    let input_call_ids: Vec<&str> = commit
-        .new_inputs
-        .iter()
-        .map(|input| input.tool_call_id.as_str())
-        .collect();
-    let input_indexes: Vec<i32> = commit
-        .new_inputs
-        .iter()
-        .map(|input| input.call_index)
-        .collect();
-    let input_kinds: Vec<&str> = commit.new_inputs.iter().map(|input| input.kind).collect();
-    let input_tools: Vec<&str> = commit
-        .new_inputs
-        .iter()
-        .map(|input| input.tool.as_str())
-        .collect();
-    let input_arguments: Vec<Value> = commit
-        .new_inputs
-        .iter()
-        .map(|input| input.arguments.clone())
-        .collect();
-    let input_questions: Vec<Option<String>> = commit
-        .new_inputs
-        .iter()
-        .map(|input| input.question.clone())
-        .collect();
-    let committed: Option<(Option<String>,)> = sqlx::query_as(
-        "WITH advanced AS ( \
-             UPDATE executions SET step = step + 1, active_ms = active_ms + $4, status = $5, result = COALESCE($6, result), \
-                    tokens_in = tokens_in + $9, tokens_out = tokens_out + $10, cost_usd = cost_usd + $11, \
-                    pending_completion = NULL, \
-                    control = CASE WHEN $5 = $7 THEN NULL ELSE control END, \
-                    lease_token = CASE WHEN $5 = $8 THEN lease_token ELSE NULL END, \
-                    lease_expires_at = CASE WHEN $5 = $8 THEN lease_expires_at ELSE NULL END, \
-                    finished_at = CASE WHEN $5 = $7 THEN now() ELSE finished_at END, updated_at = now() \
-             WHERE id = $1 AND lease_token = $2 AND step = $3 RETURNING id, org_id, control), \
-         checkpoint AS ( \
-             INSERT INTO execution_steps (execution_id, step, messages) SELECT id, $3, $12 FROM advanced), \
-         events AS ( \
-             INSERT INTO execution_events (execution_id, org_id, step, kind, data) \
-             SELECT advanced.id, advanced.org_id, $3, event.kind, event.data \
-             FROM advanced, UNNEST($13::text[], $14::jsonb[]) WITH ORDINALITY AS event(kind, data, position) ORDER BY event.position), \
-         inputs AS ( \
-             INSERT INTO execution_inputs (id, execution_id, org_id, step, tool_call_id, call_index, kind, tool, arguments, question) \
-             SELECT input.id, advanced.id, advanced.org_id, $3, input.tool_call_id, input.call_index, input.kind, input.tool, input.arguments, input.question \
-             FROM advanced, UNNEST($15::uuid[], $16::text[], $17::int[], $18::text[], $19::text[], $20::jsonb[], $21::text[]) \
-                  AS input(id, tool_call_id, call_index, kind, tool, arguments, question)), \
-         consumed AS ( \
-             UPDATE execution_inputs SET status = 'consumed' WHERE id = ANY($22) AND execution_id IN (SELECT id FROM advanced)) \
-         SELECT control FROM advanced",
-    )
+    let with_inputs = !commit.new_inputs.is_empty() || !commit.consumed_inputs.is_empty();
+    let query = sqlx::query_as(if with_inputs {
+        COMMIT_STEP_WITH_INPUTS
+    } else {
+        COMMIT_STEP
+    })
     .bind(run.execution_id)
     .bind(run.lease)
     .bind(step)
@@ -233,19 +230,39 @@ pub async fn commit_step(
     .bind(commit.tokens_in)
     .bind(commit.tokens_out)
     .bind(commit.cost_usd)
-    .bind(Value::Array(commit.delta.clone()))
+    .bind(Json(&commit.delta))
     .bind(&kinds)
-    .bind(&data)
-    .bind(&input_ids)
-    .bind(&input_call_ids)
-    .bind(&input_indexes)
-    .bind(&input_kinds)
-    .bind(&input_tools)
-    .bind(&input_arguments)
-    .bind(&input_questions)
-    .bind(&commit.consumed_inputs)
-    .fetch_optional(pool)
-    .await?;
+    .bind(&data);
+    let committed: Option<(Option<String>,)> = if with_inputs {
+        let inputs = &commit.new_inputs;
+        let ids: Vec<Uuid> = inputs.iter().map(|_| Uuid::now_v7()).collect();
+        let call_ids: Vec<&str> = inputs
+            .iter()
+            .map(|input| input.tool_call_id.as_str())
+            .collect();
+        let indexes: Vec<i32> = inputs.iter().map(|input| input.call_index).collect();
+        let kinds: Vec<&str> = inputs.iter().map(|input| input.kind).collect();
+        let tools: Vec<&str> = inputs.iter().map(|input| input.tool.as_str()).collect();
+        let arguments: Vec<Json<&Value>> =
+            inputs.iter().map(|input| Json(&input.arguments)).collect();
+        let questions: Vec<Option<&str>> = inputs
+            .iter()
+            .map(|input| input.question.as_deref())
+            .collect();
+        query
+            .bind(&ids)
+            .bind(&call_ids)
+            .bind(&indexes)
+            .bind(&kinds)
+            .bind(&tools)
+            .bind(&arguments)
+            .bind(&questions)
+            .bind(&commit.consumed_inputs)
+            .fetch_optional(pool)
+            .await?
+    } else {
+        query.fetch_optional(pool).await?
+    };
     Ok(committed.map(|(control,)| Committed { control }))
 }
 
