@@ -60,7 +60,7 @@ check_free() {
   local free_kb
   free_kb="$(df --output=avail -k "$REPO_ROOT" | tail -n 1)"
   if ((free_kb < MIN_FREE_GB * 1024 * 1024)); then
-    log "WARNING: $((free_kb / 1024)) MB free; a full \`make test\` writes about 8 GB (debug build, test databases, venvs). The largest users:"
+    log "WARNING: $((free_kb / 1024)) MB free. In a fresh clone \`make test\` writes several GB: its own debug build of the workspace (about 4.6 GB of artifacts here, plus incremental caches), the venvs, the test databases. The largest users:"
     du -sh "$TARGET" "$REPO_ROOT/.stack" /tmp /var/lib/docker 2>/dev/null | sort -h >&2 || true
   fi
 }
