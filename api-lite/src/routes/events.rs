@@ -99,8 +99,9 @@ impl LiveCursor {
         }
         match live::watch(&self.pool, self.execution_id).await {
             Ok(()) => {
-                self.settling |= self.watched_at.is_none();
-                self.watched_at = Some(tokio::time::Instant::now());
+                let now = tokio::time::Instant::now();
+                self.settling |= watch_lapsed(self.watched_at, now);
+                self.watched_at = Some(now);
             }
             Err(error) => tracing::warn!(%error, "registering the stream's watch failed; retrying"),
         }
@@ -215,6 +216,14 @@ impl LiveCursor {
     }
 }
 
+/// Whether a watch registered at `watched_at` (never, when `None`) may have expired by
+/// `now`: a stream whose client stopped reading for longer than [`live::WATCH_TTL`] let it
+/// lapse, and a commit in the gap before it registers again sent no notification. The
+/// first wait after such a registration is then the short settle read.
+fn watch_lapsed(watched_at: Option<tokio::time::Instant>, now: tokio::time::Instant) -> bool {
+    watched_at.is_none_or(|at| now.saturating_duration_since(at) >= live::WATCH_TTL)
+}
+
 fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -325,5 +334,20 @@ mod tests {
         assert!(matches!(reason, Deadline::MaxLifetime));
         let (left, _) = deadline(hour, unix_now() - 5);
         assert_eq!(left, Duration::ZERO);
+    }
+
+    #[test]
+    fn a_first_registration_and_one_after_a_lapsed_watch_settle_a_renewal_does_not() {
+        let now = tokio::time::Instant::now() + Duration::from_secs(3600);
+        assert!(watch_lapsed(None, now));
+        // Renewed on time (every WATCH_RENEW_EVERY): the watch never lapsed.
+        assert!(!watch_lapsed(Some(now - live::WATCH_RENEW_EVERY), now));
+        assert!(!watch_lapsed(
+            Some(now - live::WATCH_TTL + Duration::from_millis(1)),
+            now
+        ));
+        // The client stopped reading for longer than the TTL.
+        assert!(watch_lapsed(Some(now - live::WATCH_TTL), now));
+        assert!(watch_lapsed(Some(now - 3 * live::WATCH_TTL), now));
     }
 }
