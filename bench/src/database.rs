@@ -69,12 +69,9 @@ pub fn unthrottled() -> testkit::Configure {
 }
 
 pub async fn drop_database(name: &str) -> anyhow::Result<()> {
-    let admin = admin_pool().await?;
-    sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-        .execute(&admin)
-        .await?;
-    admin.close().await;
-    Ok(())
+    testkit::drop_database(&testkit::admin_database_url(), name)
+        .await
+        .context("is `make stack` up, .stack/env sourced?")
 }
 
 async fn admin_pool() -> anyhow::Result<PgPool> {

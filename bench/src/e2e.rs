@@ -55,11 +55,6 @@ pub async fn run(paths: &Paths, corpus: &Corpus, limit: usize) -> anyhow::Result
         ..TestOptions::default()
     })
     .await?;
-    let database_name = app
-        .database_url
-        .rsplit_once('/')
-        .map(|(_, name)| name.to_string())
-        .context("database url has a name")?;
     let overrides = [
         ("GLASSBOX_FILES_WORKER__LEASE_SECS", "60"),
         ("GLASSBOX_FILES_WORKER__EXTRACT_TIMEOUT_SECS", "120"),
@@ -246,10 +241,8 @@ pub async fn run(paths: &Paths, corpus: &Corpus, limit: usize) -> anyhow::Result
         println!("NOT READY: {failure}");
     }
 
+    // Its database goes with it (testkit's `TestApp` drops it).
     drop(app);
-    // api-lite's tasks stop on the cancelled token; FORCE ends their connections.
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    drop_database(&database_name).await.ok();
 
     let ours = Throughput {
         files: ready,

@@ -18,7 +18,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use futures::StreamExt;
 use serde_json::json;
 use testkit::{TestApp, TestOptions};
@@ -28,7 +28,7 @@ use worker_files::extract::normalize_text;
 
 use crate::Paths;
 use crate::corpus::Corpus;
-use crate::database::{self, drop_database};
+use crate::database;
 use crate::report::{Finding, Table, heading};
 use crate::rss;
 
@@ -54,11 +54,6 @@ pub async fn run(paths: &Paths, corpus: &Corpus) -> anyhow::Result<Vec<Finding>>
         ..TestOptions::default()
     })
     .await?;
-    let database_name = app
-        .database_url
-        .rsplit_once('/')
-        .map(|(_, name)| name.to_string())
-        .context("database url has a name")?;
     let library = crate::pdfium_library()?;
     let library_text = library.display().to_string();
     let mut worker = app.spawn_worker(
@@ -204,8 +199,8 @@ pub async fn run(paths: &Paths, corpus: &Corpus) -> anyhow::Result<Vec<Finding>>
     );
 
     worker.terminate(Duration::from_secs(60)).await.ok();
+    // Its database goes with it (testkit's `TestApp` drops it).
     drop(app);
-    drop_database(&database_name).await.ok();
 
     Ok(vec![
         Finding {

@@ -854,31 +854,48 @@ impl Drop for TestApp {
         // the disk of a CI machine. A failing test's stays for inspection, and
         // `make clean-test-dbs` drops it two hours later.
         if !std::thread::panicking() {
-            drop_database(&self.admin_url, &self.database_name);
+            drop_database_now(&self.admin_url, &self.database_name);
         }
     }
 }
 
-/// `DROP DATABASE … WITH (FORCE)` from a thread of its own, so it works from any runtime
-/// (or none). Errors are ignored: the sweep in `make clean-test-dbs` catches what is left.
-fn drop_database(admin_url: &str, database_name: &str) {
+/// Drops `database_name` on the server whose `postgres` database `admin_url` names,
+/// ending its connections (`WITH (FORCE)`).
+pub async fn drop_database(admin_url: &str, database_name: &str) -> anyhow::Result<()> {
+    let admin = PgPoolOptions::new()
+        .max_connections(1)
+        .connect(admin_url)
+        .await
+        .context("connecting to postgres to drop a database")?;
+    let dropped = sqlx::query(&format!(
+        "DROP DATABASE IF EXISTS {database_name} WITH (FORCE)"
+    ))
+    .execute(&admin)
+    .await;
+    admin.close().await;
+    dropped.with_context(|| format!("dropping database {database_name}"))?;
+    Ok(())
+}
+
+/// [`drop_database`] from a thread of its own, so it works from a `Drop` in any runtime
+/// (or none), giving up after 3 s (a test may have stopped its server). Errors are
+/// ignored: the sweep in `make clean-test-dbs` catches what is left.
+fn drop_database_now(admin_url: &str, database_name: &str) {
     let admin_url = admin_url.to_string();
-    let statement = format!("DROP DATABASE IF EXISTS {database_name} WITH (FORCE)");
+    let database_name = database_name.to_string();
     let dropper = std::thread::spawn(move || {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .ok()?;
         runtime.block_on(async {
-            let admin = PgPoolOptions::new()
-                .max_connections(1)
-                .acquire_timeout(Duration::from_secs(3))
-                .connect(&admin_url)
-                .await
-                .ok()?;
-            let dropped = sqlx::query(&statement).execute(&admin).await.ok();
-            admin.close().await;
-            dropped
+            tokio::time::timeout(
+                Duration::from_secs(3),
+                drop_database(&admin_url, &database_name),
+            )
+            .await
+            .ok()?
+            .ok()
         })
     });
     let _ = dropper.join();
