@@ -20,7 +20,7 @@
 #
 # `scripts/docker-check.sh --if-warm` (what `make test` runs) does all that only when a
 # check already passed on this machine with the same Cargo.lock and docker/Dockerfile, so
-# that the image build is warm (under a minute when nothing changed, about 15 minutes
+# that the image build is warm (under a minute when nothing changed, 5 to 10 minutes
 # after a change to the workspace's crates); otherwise it says so and exits 0.
 #
 # Needs root. Leaves nothing running that it started (dockerd included, unless
