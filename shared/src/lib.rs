@@ -28,11 +28,14 @@
 //!   without blocking ingestion.
 //! - [`error`]: [`error::JobError`], the retry decision handlers return.
 //! - [`worker`]: the one worker loop: receive, claim, run, ack; heartbeats; shutdown.
+//! - [`acker`]: finished jobs' messages deleted ten to a call.
 //! - [`lease`]: fenced leases on job rows: renew, fence, what a claim found.
 //! - [`shutdown`]: SIGTERM and Ctrl-C as a cancellation token.
 //! - [`webhooks`]: per-org endpoints, events written with the state change, signed
 //!   durable deliveries with retries, SSRF checks.
 
+/// Deleting finished jobs' messages in batches.
+pub mod acker;
 /// The audit log of ops actions.
 pub mod audit;
 /// SQS and S3 clients.

@@ -16,6 +16,7 @@ pub const QUEUE_WAIT_SECONDS: &str = "glassbox_queue_wait_seconds";
 pub const HEARTBEATS: &str = "glassbox_heartbeat_extensions_total";
 pub const POISON_MESSAGES: &str = "glassbox_poison_messages_total";
 pub const DUPLICATE_MESSAGES: &str = "glassbox_duplicate_messages_total";
+pub const ACK_BATCH_SIZE: &str = "glassbox_ack_batch_size";
 pub const OUTBOX_RELAYED: &str = "glassbox_outbox_relayed_total";
 pub const WEBHOOK_ATTEMPTS: &str = "glassbox_webhook_attempts_total";
 pub const HTTP_REQUESTS: &str = "glassbox_http_requests_total";

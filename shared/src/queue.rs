@@ -7,7 +7,8 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use aws_sdk_sqs::types::{
-    MessageSystemAttributeName, QueueAttributeName, SendMessageBatchRequestEntry,
+    DeleteMessageBatchRequestEntry, MessageSystemAttributeName, QueueAttributeName,
+    SendMessageBatchRequestEntry,
 };
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -439,6 +440,43 @@ impl Queue {
             .await
             .map_err(sqs_error("DeleteMessage"))?;
         Ok(())
+    }
+
+    /// Deletes up to ten received messages of this queue in one call (DeleteMessageBatch).
+    /// Returns the receipt handles SQS did not delete, each with its reason; a failed call
+    /// is an error for all of them.
+    pub async fn delete_batch(
+        &self,
+        receipt_handles: &[String],
+    ) -> Result<Vec<(String, String)>, QueueError> {
+        let entries = receipt_handles
+            .iter()
+            .enumerate()
+            .map(|(index, handle)| {
+                DeleteMessageBatchRequestEntry::builder()
+                    .id(index.to_string())
+                    .receipt_handle(handle)
+                    .build()
+                    .expect("id and receipt handle are set")
+            })
+            .collect::<Vec<_>>();
+        let output = self
+            .client
+            .delete_message_batch()
+            .queue_url(&self.url)
+            .set_entries(Some(entries))
+            .send()
+            .await
+            .map_err(sqs_error("DeleteMessageBatch"))?;
+        Ok(output
+            .failed
+            .into_iter()
+            .filter_map(|failure| {
+                let handle = receipt_handles.get(failure.id.parse::<usize>().ok()?)?;
+                let reason = failure.message.unwrap_or(failure.code);
+                Some((handle.clone(), reason))
+            })
+            .collect())
     }
 
     /// Hides the message for `delay` more (a heartbeat, a backoff), or makes it visible

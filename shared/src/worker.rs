@@ -8,6 +8,10 @@
 //! down in three phases on SIGTERM: stop receiving, let in-flight jobs finish until a
 //! deadline, then cancel and release the rest (visibility 0).
 //!
+//! SQS calls are shared where they can be: while the queue has a backlog, a receive waits
+//! up to [`RECEIVE_GATHER`] for more slots to free up and fetches for all of them, and
+//! finished jobs' messages are deleted up to ten to a call by the [`crate::acker`].
+//!
 //! A second message of a job another worker is running now (a live lease taken with
 //! another message) is a duplicate: that worker holds the job's own message and hands it
 //! back or finishes it, so the duplicate is deleted instead of delayed. Delaying it would
@@ -22,12 +26,13 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use rand::Rng;
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, info, info_span, warn};
 use uuid::Uuid;
 
+use crate::acker::{ACK_LINGER, AckSender, Acker};
 use crate::config::RetrySettings;
 use crate::error::JobError;
 pub use crate::lease::{Claim, Receipt};
@@ -127,6 +132,19 @@ pub fn backoff_delay(retry: &RetrySettings, receive_count: u32) -> Duration {
     Duration::from_secs_f64(half + jitter)
 }
 
+/// How long the loop waits for more free slots before a receive, while the queue has a
+/// backlog (the last receive was full): jobs that end close together then share one
+/// ReceiveMessage instead of one each. With no backlog it receives at once.
+pub const RECEIVE_GATHER: Duration = Duration::from_millis(25);
+
+/// What every job of one worker loop shares.
+struct Loop {
+    queue: Arc<Queue>,
+    handlers: Handlers,
+    options: WorkerOptions,
+    acks: AckSender,
+}
+
 /// Runs the loop until `shutdown` fires, then drains as described in the module docs.
 pub async fn run_worker(
     queue: Queue,
@@ -139,8 +157,7 @@ pub async fn run_worker(
     // Fires when the shutdown deadline passes: in-flight jobs are then cancelled and released.
     let hard_stop = CancellationToken::new();
     let queue = Arc::new(queue);
-    let options = Arc::new(options);
-    let handlers = Arc::new(handlers);
+    let acker = Acker::start(queue.clone(), ACK_LINGER);
     info!(queue = %queue.name, kinds = ?handlers.kinds(), concurrency = options.concurrency, max_receive_count = queue.max_receive_count, "worker started");
     if options.lease > queue.visibility_timeout {
         // A dead worker's message would then come back while its lease still looks live,
@@ -151,15 +168,30 @@ pub async fn run_worker(
             "the lease outlasts the queue's visibility timeout; keep it shorter"
         );
     }
+    let shutdown_deadline = options.shutdown_deadline;
+    let context = Arc::new(Loop {
+        queue: queue.clone(),
+        handlers,
+        options,
+        acks: acker.sender(),
+    });
+    // A receive asks for at most ten messages (an SQS limit), and never for more than
+    // there are free slots, so no message waits unleased.
+    let most_per_receive = context.options.concurrency.clamp(1, 10);
+    let mut backlog = false;
 
     while !shutdown.is_cancelled() {
-        // Receive only as many messages as there are free slots, so none waits unleased.
-        let first_permit = tokio::select! {
+        let first_slot = tokio::select! {
             _ = shutdown.cancelled() => break,
             permit = permits.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
         };
-        let free_slots = 1 + permits.available_permits();
-        let receive = queue.receive(free_slots.min(10) as i32, options.receive_wait);
+        let gather = if backlog {
+            RECEIVE_GATHER
+        } else {
+            Duration::ZERO
+        };
+        let slots = gather_slots(&permits, first_slot, most_per_receive, gather).await;
+        let receive = queue.receive(slots.len() as i32, context.options.receive_wait);
         tokio::pin!(receive);
         let received = tokio::select! {
             received = &mut receive => received,
@@ -182,30 +214,22 @@ pub async fn run_worker(
             Ok(deliveries) => deliveries,
             Err(error) => {
                 warn!(%error, "receive failed; retrying in 1s");
-                drop(first_permit);
+                drop(slots);
+                backlog = false;
                 tokio::select! {
                     _ = shutdown.cancelled() => break,
                     _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
                 }
             }
         };
-        let mut first_permit = Some(first_permit);
-        for delivery in deliveries {
-            let permit = match first_permit.take() {
-                Some(permit) => permit,
-                None => permits
-                    .clone()
-                    .acquire_owned()
-                    .await
-                    .expect("the semaphore is never closed"),
-            };
-            let queue = queue.clone();
-            let handlers = handlers.clone();
-            let options = options.clone();
+        backlog = deliveries.len() == slots.len();
+        // Slots no message came for go back with the rest of the iterator.
+        for (delivery, slot) in deliveries.into_iter().zip(slots) {
+            let context = context.clone();
             let hard_stop = hard_stop.clone();
             tracker.spawn(async move {
-                handle_delivery(&queue, &handlers, &options, delivery, hard_stop).await;
-                drop(permit);
+                handle_delivery(&context, delivery, hard_stop).await;
+                drop(slot);
             });
         }
     }
@@ -213,10 +237,10 @@ pub async fn run_worker(
     tracker.close();
     info!(
         in_flight = tracker.len(),
-        deadline_secs = options.shutdown_deadline.as_secs(),
+        deadline_secs = shutdown_deadline.as_secs(),
         "shutting down: no longer receiving"
     );
-    if tokio::time::timeout(options.shutdown_deadline, tracker.wait())
+    if tokio::time::timeout(shutdown_deadline, tracker.wait())
         .await
         .is_err()
     {
@@ -227,21 +251,45 @@ pub async fn run_worker(
         hard_stop.cancel();
         tracker.wait().await;
     }
+    // Every job has ended: delete the messages still waiting for a batch.
+    drop(context);
+    acker.close().await;
     info!("worker stopped");
 }
 
-async fn handle_delivery(
-    queue: &Queue,
-    handlers: &Handlers,
-    options: &WorkerOptions,
-    delivery: Delivery,
-    hard_stop: CancellationToken,
-) {
+/// `first` and up to `most - 1` more free slots: those free now, then, for up to
+/// `gather`, those that jobs free meanwhile.
+async fn gather_slots(
+    permits: &Arc<Semaphore>,
+    first: OwnedSemaphorePermit,
+    most: usize,
+    gather: Duration,
+) -> Vec<OwnedSemaphorePermit> {
+    let mut slots = vec![first];
+    let until = tokio::time::Instant::now() + gather;
+    while slots.len() < most {
+        if let Ok(slot) = permits.clone().try_acquire_owned() {
+            slots.push(slot);
+            continue;
+        }
+        if gather.is_zero() {
+            break;
+        }
+        match tokio::time::timeout_at(until, permits.clone().acquire_owned()).await {
+            Ok(slot) => slots.push(slot.expect("the semaphore is never closed")),
+            Err(_) => break,
+        }
+    }
+    slots
+}
+
+async fn handle_delivery(context: &Loop, delivery: Delivery, hard_stop: CancellationToken) {
+    let queue = &context.queue;
     let job = match JobMessage::parse(&delivery.body) {
         Ok(job) => job,
         Err(reason) => return dead_letter_poison(queue, &delivery, &reason).await,
     };
-    let Some(handler) = handlers.get(job.kind) else {
+    let Some(handler) = context.handlers.get(job.kind) else {
         let reason = format!(
             "job kind {} does not belong on {}",
             job.kind.as_str(),
@@ -252,7 +300,7 @@ async fn handle_delivery(
     let span = info_span!("job", kind = job.kind.as_str(), job_id = %job.job_id, org_id = %job.org_id, receive_count = delivery.receive_count);
     // The trace of the request that enqueued the job continues here (when exported).
     crate::telemetry::set_parent(&span, &delivery.trace_context);
-    process_job(queue, handler.as_ref(), options, &delivery, &job, hard_stop)
+    process_job(context, handler.as_ref(), &delivery, &job, hard_stop)
         .instrument(span)
         .await;
 }
@@ -266,13 +314,13 @@ async fn dead_letter_poison(queue: &Queue, delivery: &Delivery, reason: &str) {
 }
 
 async fn process_job(
-    queue: &Queue,
+    context: &Loop,
     handler: &dyn JobHandler,
-    options: &WorkerOptions,
     delivery: &Delivery,
     job: &JobMessage,
     hard_stop: CancellationToken,
 ) {
+    let (queue, options) = (context.queue.as_ref(), &context.options);
     let kind = job.kind.as_str();
     if let (Some(sent_at), Ok(now)) = (
         delivery.sent_at_epoch_ms,
@@ -289,14 +337,14 @@ async fn process_job(
         Ok(Claim::Acquired { lease, attempt }) => (lease, attempt),
         Ok(Claim::Finished) => {
             info!("job already finished; acknowledging the message");
-            ack(queue, delivery).await;
+            context.acks.ack(&delivery.receipt_handle);
             return;
         }
         Ok(Claim::Duplicate) => {
             info!("another worker is running this job; dropping the duplicate message");
             metrics::counter!(names::DUPLICATE_MESSAGES, "queue" => queue.name.clone())
                 .increment(1);
-            ack(queue, delivery).await;
+            context.acks.ack(&delivery.receipt_handle);
             return;
         }
         Ok(Claim::Busy { retry_after }) => {
@@ -357,7 +405,7 @@ async fn process_job(
         Ok(()) => {
             info!("job succeeded");
             metrics::counter!(names::JOBS_FINISHED, "kind" => kind, "outcome" => "succeeded", "error_class" => "", "error_code" => "").increment(1);
-            ack(queue, delivery).await;
+            context.acks.ack(&delivery.receipt_handle);
         }
         Err(error) => {
             let disposition = match &error {
@@ -390,7 +438,7 @@ async fn process_job(
                 warn!(error = %record_error, "could not record the failure on the row");
             }
             match disposition {
-                Disposition::Failed => ack(queue, delivery).await,
+                Disposition::Failed => context.acks.ack(&delivery.receipt_handle),
                 Disposition::Retrying { delay } => set_visibility(queue, delivery, delay).await,
                 // Visible again at once: the next receive exceeds maxReceiveCount, so SQS
                 // moves the message to the DLQ instead of delivering it.
@@ -435,13 +483,6 @@ async fn heartbeat(
     }
 }
 
-async fn ack(queue: &Queue, delivery: &Delivery) {
-    if let Err(error) = queue.delete(delivery).await {
-        // Harmless: the message comes back, and the claim finds the job finished.
-        warn!(%error, "delete failed; the message will be redelivered and found finished");
-    }
-}
-
 async fn set_visibility(queue: &Queue, delivery: &Delivery, delay: Duration) {
     if let Err(error) = queue.set_visibility(delivery, delay).await {
         warn!(%error, "change visibility failed; the message reappears at its current timeout");
@@ -451,6 +492,59 @@ async fn set_visibility(queue: &Queue, delivery: &Delivery, delay: Duration) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A semaphore of `size` slots with `held` of them taken (returned to hold them).
+    fn slots(size: usize, held: usize) -> (Arc<Semaphore>, Vec<OwnedSemaphorePermit>) {
+        let permits = Arc::new(Semaphore::new(size));
+        let taken = (0..held)
+            .map(|_| permits.clone().try_acquire_owned().unwrap())
+            .collect();
+        (permits, taken)
+    }
+
+    #[tokio::test]
+    async fn without_a_backlog_a_receive_takes_only_the_slots_free_now() {
+        let (permits, mut held) = slots(16, 15);
+        let first = permits.clone().try_acquire_owned().unwrap();
+        held.truncate(12); // three more free
+        let gathered = gather_slots(&permits, first, 10, Duration::ZERO).await;
+        assert_eq!(gathered.len(), 4);
+        let (permits, _held) = slots(16, 15);
+        let first = permits.clone().try_acquire_owned().unwrap();
+        assert_eq!(
+            gather_slots(&permits, first, 10, Duration::ZERO)
+                .await
+                .len(),
+            1
+        );
+    }
+
+    #[tokio::test]
+    async fn with_a_backlog_a_receive_waits_for_slots_that_jobs_free_up_to_its_most() {
+        let (permits, mut held) = slots(16, 15);
+        let first = permits.clone().try_acquire_owned().unwrap();
+        let ending_jobs = tokio::spawn(async move {
+            for _ in 0..5 {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                held.pop();
+            }
+            held
+        });
+        // Ends when it holds 3, long before its hour is up.
+        let gathered = tokio::time::timeout(
+            Duration::from_secs(20),
+            gather_slots(&permits, first, 3, Duration::from_secs(3600)),
+        )
+        .await
+        .expect("stopped at its most");
+        assert_eq!(gathered.len(), 3);
+        let held = ending_jobs.await.unwrap();
+        // And gives up when the wait is over: 2 more freed meanwhile, none after.
+        drop(gathered);
+        let first = permits.clone().try_acquire_owned().unwrap();
+        let gathered = gather_slots(&permits, first, 10, Duration::from_millis(50)).await;
+        assert_eq!(gathered.len(), 16 - held.len());
+    }
 
     #[test]
     fn backoff_grows_is_capped_and_jittered_within_bounds() {
