@@ -3,10 +3,11 @@
 //!
 //! The bench starts api-lite in process on a fresh database, queue and bucket of the
 //! local stack (testkit's `TestApp`), a zero-latency OpenAI-compatible chat server in
-//! process, and real `worker-agent` processes. Each phase creates its runs with no worker
-//! running, waits until the outbox has relayed every message, then starts the workers
-//! and waits until every run completed. A run of N steps is N-1 steps that call the
-//! `get_node_context` tool, then a final text answer.
+//! process, and real `worker-agent` processes. Each phase queues its first runs (two per
+//! worker slot beyond the running ones, `--backlog`) with no worker running, waits until
+//! the outbox has relayed them, then starts the workers, creates the rest through the API
+//! as runs finish, and waits until every run completed. A run of N steps is N-1 steps
+//! that call the `get_node_context` tool, then a final text answer.
 //!
 //! The peer, LangGraph with PostgresSaver (`langgraph/steps.py`), runs the same phase
 //! right after, in the same database: as many Python processes as workers, each with the
@@ -85,6 +86,12 @@ struct Args {
     /// Skip the LangGraph peer even when it is installed.
     #[arg(long)]
     no_peer: bool,
+    /// Runs kept queued per worker slot beyond the running ones: the phase's runs are
+    /// created as earlier ones finish, not all at once, so the SQS backlog stays at about
+    /// this × workers × concurrency. (moto scans its whole queue for every message it
+    /// hands out; a phase queued up front made the local SQS, not the fleet, the limit.)
+    #[arg(long, default_value_t = 2)]
+    backlog: usize,
     /// Messages the outbox relay is timed on after the phases (0 skips it).
     #[arg(long, default_value_t = 2000)]
     relay_messages: usize,
@@ -396,6 +403,45 @@ struct Bench<'a> {
     logs: PathBuf,
 }
 
+/// Creates `count` runs of the bench's node through the API (202 each).
+async fn create_runs(
+    app: &TestApp,
+    node: Uuid,
+    body: &Value,
+    count: usize,
+) -> anyhow::Result<Vec<Uuid>> {
+    let created: Vec<anyhow::Result<Uuid>> = futures::stream::iter(0..count)
+        .map(|_| async move {
+            let key = Uuid::new_v4().to_string();
+            let (status, execution) = app.execute(node, Some(&key), body.clone()).await?;
+            if status != 202 {
+                bail!("execute answered {status}: {execution}");
+            }
+            Ok(execution["id"].as_str().context("execution id")?.parse()?)
+        })
+        .buffer_unordered(8)
+        .collect()
+        .await;
+    created.into_iter().collect()
+}
+
+/// Waits until the outbox relay has sent every committed message to SQS.
+async fn wait_for_relay(app: &TestApp) -> anyhow::Result<()> {
+    let relay_deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let pending: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox")
+            .fetch_one(&app.pool)
+            .await?;
+        if pending == 0 {
+            return Ok(());
+        }
+        if Instant::now() > relay_deadline {
+            bail!("the outbox still holds {pending} messages after 60s");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 async fn run_phase(
     bench: &Bench<'_>,
     workers: usize,
@@ -416,38 +462,12 @@ async fn run_phase(
     sqlx::query("CHECKPOINT").execute(&app.pool).await.ok();
     let size_before = relation_sizes(app).await?;
 
-    // Every run queued and relayed before any worker starts.
+    // The runs waiting in SQS are kept to `args.backlog` per worker slot: the first ones
+    // are queued and relayed before any worker starts, the rest as runs finish.
     let budget = json!({ "model": "gpt-4o-mini", "budget": { "max_steps": steps_per_run + 5 } });
-    let created: Vec<anyhow::Result<Uuid>> = futures::stream::iter(0..runs)
-        .map(|_| {
-            let body = budget.clone();
-            async move {
-                let key = Uuid::new_v4().to_string();
-                let (status, execution) = app.execute(node, Some(&key), body).await?;
-                if status != 202 {
-                    bail!("execute answered {status}: {execution}");
-                }
-                Ok(execution["id"].as_str().context("execution id")?.parse()?)
-            }
-        })
-        .buffer_unordered(8)
-        .collect()
-        .await;
-    let ids: Vec<Uuid> = created.into_iter().collect::<anyhow::Result<_>>()?;
-    let relay_deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let pending: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox")
-            .fetch_one(&app.pool)
-            .await?;
-        if pending == 0 {
-            break;
-        }
-        if Instant::now() > relay_deadline {
-            bail!("the outbox still holds {pending} messages after 60s");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-
+    let outstanding = workers * args.concurrency * (1 + args.backlog);
+    let mut ids = create_runs(app, node, &budget, outstanding.min(runs)).await?;
+    wait_for_relay(app).await?;
     let name = format!("w{workers}-s{steps_per_run}");
     let cpu_before = cpu_snapshot(app, &[]).await?;
     let started = Instant::now();
@@ -479,13 +499,21 @@ async fn run_phase(
             .await?;
             break Err(anyhow::anyhow!("{failed} runs failed: {errors:?}"));
         }
-        if finished as usize == ids.len() {
+        if finished as usize == runs {
             break Ok(());
+        }
+        let more = (finished as usize + outstanding)
+            .min(runs)
+            .saturating_sub(ids.len());
+        if more > 0 {
+            match create_runs(app, node, &budget, more).await {
+                Ok(created) => ids.extend(created),
+                Err(error) => break Err(error),
+            }
         }
         if Instant::now() > deadline {
             break Err(anyhow::anyhow!(
-                "only {finished} of {} runs finished within {}s",
-                ids.len(),
+                "only {finished} of {runs} runs finished within {}s",
                 args.phase_timeout_secs
             ));
         }
