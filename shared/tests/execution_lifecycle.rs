@@ -23,7 +23,7 @@ fn message(message_id: &str, last: bool) -> Receipt<'_> {
     }
 }
 
-async fn database() -> PgPool {
+async fn database() -> testkit::FreshDatabase {
     testkit::fresh_database().await.expect("a fresh database")
 }
 
@@ -141,7 +141,8 @@ fn commit(outcome: StepOutcome) -> StepCommit {
 
 #[tokio::test]
 async fn the_status_enum_mirrors_the_check_list() {
-    let pool = database().await;
+    let database = database().await;
+    let pool = database.pool.clone();
     let definition: String = sqlx::query_scalar(
         "SELECT pg_get_constraintdef(oid) FROM pg_constraint WHERE conrelid = 'executions'::regclass AND conname = 'executions_status_check'",
     )
@@ -157,7 +158,8 @@ async fn the_status_enum_mirrors_the_check_list() {
 
 #[tokio::test]
 async fn create_enqueues_once_per_idempotency_key() {
-    let pool = database().await;
+    let database = database().await;
+    let pool = database.pool.clone();
     let (id, org_id) = new_execution(&pool).await;
     assert_eq!(status(&pool, id).await, "queued");
     assert_eq!(events(&pool, id).await, ["queued"]);
@@ -200,7 +202,8 @@ async fn create_enqueues_once_per_idempotency_key() {
 
 #[tokio::test]
 async fn claims_take_queued_expired_and_dead_lettered_runs_only() {
-    let pool = database().await;
+    let database = database().await;
+    let pool = database.pool.clone();
     let (id, org_id) = new_execution(&pool).await;
     let run = run_of(&pool, id, org_id, false).await;
     assert_eq!(status(&pool, id).await, "running");
@@ -261,7 +264,8 @@ async fn claims_take_queued_expired_and_dead_lettered_runs_only() {
 
 #[tokio::test]
 async fn a_model_answer_is_paid_for_before_its_step_commits() {
-    let pool = database().await;
+    let database = database().await;
+    let pool = database.pool.clone();
     let (id, org_id) = new_execution(&pool).await;
     let run = run_of(&pool, id, org_id, false).await;
     let message = json!({ "role": "assistant", "content": null, "tool_calls": [] });
@@ -345,7 +349,8 @@ async fn a_model_answer_is_paid_for_before_its_step_commits() {
 
 #[tokio::test]
 async fn steps_end_in_completion_or_a_wait_for_input() {
-    let pool = database().await;
+    let database = database().await;
+    let pool = database.pool.clone();
     let (done, org_id) = new_execution(&pool).await;
     let run = run_of(&pool, done, org_id, false).await;
     let completed = StepOutcome::Completed {
@@ -406,7 +411,8 @@ async fn steps_end_in_completion_or_a_wait_for_input() {
 
 #[tokio::test]
 async fn parking_cancelling_and_releasing_need_the_lease() {
-    let pool = database().await;
+    let database = database().await;
+    let pool = database.pool.clone();
     let cases: [(&str, &str, usize); 4] = [
         ("paused", "paused", 0),
         ("awaiting_input", "awaiting_input", 0),
@@ -454,7 +460,8 @@ async fn parking_cancelling_and_releasing_need_the_lease() {
 
 #[tokio::test]
 async fn failures_record_their_disposition_and_backoffs_keep_the_sweeper_away() {
-    let pool = database().await;
+    let database = database().await;
+    let pool = database.pool.clone();
     let error = JobError::transient("model_unavailable", "503");
     for (disposition, expected) in [
         (Disposition::Failed, "failed"),
@@ -506,7 +513,8 @@ async fn failures_record_their_disposition_and_backoffs_keep_the_sweeper_away() 
 
 #[tokio::test]
 async fn stalled_runs_are_requeued_or_dead_lettered_and_parked_ones_left_alone() {
-    let pool = database().await;
+    let database = database().await;
+    let pool = database.pool.clone();
     let (queued, _) = new_execution(&pool).await;
     let (crashed, org_id) = new_execution(&pool).await;
     run_of(&pool, crashed, org_id, false).await;
@@ -570,7 +578,8 @@ async fn stalled_runs_are_requeued_or_dead_lettered_and_parked_ones_left_alone()
 
 #[tokio::test]
 async fn pause_resume_and_cancel_follow_the_run_state() {
-    let pool = database().await;
+    let database = database().await;
+    let pool = database.pool.clone();
     let mut connection = pool.acquire().await.unwrap();
     let (id, org_id) = new_execution(&pool).await;
     assert!(matches!(
@@ -660,7 +669,8 @@ async fn pause_resume_and_cancel_follow_the_run_state() {
 
 #[tokio::test]
 async fn answers_requeue_a_waiting_run_only_when_nothing_is_pending() {
-    let pool = database().await;
+    let database = database().await;
+    let pool = database.pool.clone();
     let (id, org_id) = new_execution(&pool).await;
     let run = run_of(&pool, id, org_id, false).await;
     let mut asking = commit(StepOutcome::AwaitingInput);

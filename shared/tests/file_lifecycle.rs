@@ -21,7 +21,7 @@ fn message(message_id: &str, last: bool) -> Receipt<'_> {
     }
 }
 
-async fn database() -> PgPool {
+async fn database() -> testkit::FreshDatabase {
     testkit::fresh_database().await.expect("a fresh database")
 }
 
@@ -121,7 +121,8 @@ fn stored() -> Stored<'static> {
 
 #[tokio::test]
 async fn the_status_enum_mirrors_the_check_list() {
-    let pool = database().await;
+    let database = database().await;
+    let pool = database.pool.clone();
     let definition: String = sqlx::query_scalar(
         "SELECT pg_get_constraintdef(oid) FROM pg_constraint WHERE conrelid = 'files'::regclass AND conname = 'files_status_check'",
     )
@@ -140,7 +141,8 @@ async fn the_status_enum_mirrors_the_check_list() {
 
 #[tokio::test]
 async fn an_upload_is_queued_once_with_one_message() {
-    let pool = database().await;
+    let database = database().await;
+    let pool = database.pool.clone();
     let (id, org_id) = new_file(&pool).await;
     assert_eq!(status(&pool, id).await, "awaiting_upload");
     let mut connection = pool.acquire().await.unwrap();
@@ -172,7 +174,8 @@ async fn an_upload_is_queued_once_with_one_message() {
 
 #[tokio::test]
 async fn claims_take_waiting_files_and_refuse_the_rest() {
-    let pool = database().await;
+    let database = database().await;
+    let pool = database.pool.clone();
     for waiting in ["queued", "retrying", "dead_lettered"] {
         let (id, org_id) = file_in(&pool, waiting).await;
         let lease = claimed(&pool, id, org_id, false).await;
@@ -243,7 +246,8 @@ async fn claims_take_waiting_files_and_refuse_the_rest() {
 
 #[tokio::test]
 async fn only_the_lease_holder_stores_and_marks_ready() {
-    let pool = database().await;
+    let database = database().await;
+    let pool = database.pool.clone();
     let (id, org_id) = file_in(&pool, "queued").await;
     let lease = claimed(&pool, id, org_id, false).await;
     let stranger = Uuid::new_v4();
@@ -296,7 +300,8 @@ async fn only_the_lease_holder_stores_and_marks_ready() {
 
 #[tokio::test]
 async fn failures_record_their_disposition_under_the_lease_only() {
-    let pool = database().await;
+    let database = database().await;
+    let pool = database.pool.clone();
     let error = JobError::transient("embedding_unavailable", "503");
     let cases = [
         (Disposition::Failed, "failed", "failed"),
@@ -356,7 +361,8 @@ async fn failures_record_their_disposition_under_the_lease_only() {
 
 #[tokio::test]
 async fn a_release_puts_the_file_back_on_the_queue_without_a_new_message() {
-    let pool = database().await;
+    let database = database().await;
+    let pool = database.pool.clone();
     let (id, org_id) = file_in(&pool, "queued").await;
     let lease = claimed(&pool, id, org_id, false).await;
     assert!(!files::release(&pool, id, Uuid::new_v4()).await.unwrap());
@@ -372,7 +378,8 @@ async fn a_release_puts_the_file_back_on_the_queue_without_a_new_message() {
 
 #[tokio::test]
 async fn stalled_files_are_requeued_or_dead_lettered_and_healthy_ones_left_alone() {
-    let pool = database().await;
+    let database = database().await;
+    let pool = database.pool.clone();
     let waiting = file_in(&pool, "queued").await;
     let lost_retry = file_in(&pool, "retrying").await;
     let crashed = file_in(&pool, "queued").await;
@@ -448,7 +455,8 @@ async fn stalled_files_are_requeued_or_dead_lettered_and_healthy_ones_left_alone
 
 #[tokio::test]
 async fn reprocess_and_redrive_reopen_only_finished_files() {
-    let pool = database().await;
+    let database = database().await;
+    let pool = database.pool.clone();
     let mut connection = pool.acquire().await.unwrap();
     for finished in ["ready", "failed", "dead_lettered"] {
         let (id, org_id) = file_in(&pool, finished).await;

@@ -173,8 +173,9 @@ pub struct TestApp {
 }
 
 /// A fresh database on the local stack with every migration applied, for tests that
-/// need Postgres and nothing else (the lifecycle modules' unit tests).
-pub async fn fresh_database() -> anyhow::Result<PgPool> {
+/// need Postgres and nothing else (the lifecycle modules' unit tests). It is dropped with
+/// the returned value unless the test is failing, like a [`TestApp`]'s.
+pub async fn fresh_database() -> anyhow::Result<FreshDatabase> {
     shared::telemetry::init_for_tests();
     let database_name = unique_database_name();
     let admin = PgPoolOptions::new()
@@ -191,7 +192,24 @@ pub async fn fresh_database() -> anyhow::Result<PgPool> {
         .connect(&database_url_for(&database_name))
         .await?;
     shared::db::migrate(&pool).await?;
-    Ok(pool)
+    Ok(FreshDatabase {
+        pool,
+        database_name,
+    })
+}
+
+/// What [`fresh_database`] made: its pool, and the database's drop when it goes.
+pub struct FreshDatabase {
+    pub pool: PgPool,
+    database_name: String,
+}
+
+impl Drop for FreshDatabase {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            drop_database_now(&admin_database_url(), &self.database_name);
+        }
+    }
 }
 
 /// `t_<unix time>_<random>`: the creation time in the name lets `make clean-test-dbs`
