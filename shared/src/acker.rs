@@ -21,6 +21,8 @@ use crate::queue::Queue;
 
 /// The longest a finished job's receipt handle waits for others to share its call.
 pub const ACK_LINGER: Duration = Duration::from_millis(50);
+/// How long a stopping worker waits for its last deletes.
+pub const ACK_CLOSE_LIMIT: Duration = Duration::from_secs(5);
 /// DeleteMessageBatch takes at most ten entries.
 const BATCH: usize = 10;
 /// Batches in flight at once; beyond it, handles wait in the channel and batches fill up.
@@ -55,12 +57,24 @@ impl Acker {
         self.sender.clone()
     }
 
-    /// Deletes every handle queued so far and stops. Handles sent through clones that are
-    /// still alive keep it running until those are dropped too.
-    pub async fn close(self) {
+    /// Deletes every handle queued so far and stops, waiting at most `limit` for SQS:
+    /// shutdown must not hang on an endpoint that stopped answering. Handles sent through
+    /// clones that are still alive keep it running until those are dropped too.
+    pub async fn close(self, limit: Duration) {
         drop(self.sender);
-        if let Err(error) = self.task.await {
-            warn!(%error, "the acker stopped abnormally; unacknowledged messages will come back and be found finished");
+        let mut task = self.task;
+        match tokio::time::timeout(limit, &mut task).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => {
+                warn!(%error, "the acker stopped abnormally; unacknowledged messages will come back and be found finished")
+            }
+            Err(_) => {
+                task.abort();
+                warn!(
+                    limit_secs = limit.as_secs_f64(),
+                    "sqs did not take the last deletes in time; those messages will come back and be found finished"
+                );
+            }
         }
     }
 }
@@ -105,5 +119,48 @@ async fn flush(queue: Arc<Queue>, batch: Vec<String>) {
             messages = batch.len(),
             "delete batch failed; the messages will be redelivered and found finished"
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use aws_sdk_sqs::config::{BehaviorVersion, Credentials, Region};
+
+    use super::*;
+
+    #[tokio::test]
+    async fn closing_gives_up_on_an_endpoint_that_never_answers() {
+        // Accepts connections and never answers them.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let silent = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((connection, _)) = listener.accept().await {
+                held.push(connection);
+            }
+        });
+        let config = aws_sdk_sqs::Config::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .region(Region::new("us-east-1"))
+            .endpoint_url(format!("http://{address}"))
+            .credentials_provider(Credentials::new("test", "test", None, None, "test"))
+            .build();
+        let queue = Queue {
+            client: aws_sdk_sqs::Client::from_conf(config),
+            name: "silent".into(),
+            url: format!("http://{address}/000000000000/silent"),
+            dlq_url: format!("http://{address}/000000000000/silent-dlq"),
+            max_receive_count: 3,
+            visibility_timeout: Duration::from_secs(30),
+        };
+        let acker = Acker::start(Arc::new(queue), Duration::ZERO);
+        acker.sender().ack("a-receipt-handle");
+        tokio::time::timeout(
+            Duration::from_secs(60),
+            acker.close(Duration::from_millis(500)),
+        )
+        .await
+        .expect("close returned after its limit, not after the endpoint answered");
+        silent.abort();
     }
 }

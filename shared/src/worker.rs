@@ -32,7 +32,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{Instrument, info, info_span, warn};
 use uuid::Uuid;
 
-use crate::acker::{ACK_LINGER, AckSender, Acker};
+use crate::acker::{ACK_CLOSE_LIMIT, ACK_LINGER, AckSender, Acker};
 use crate::config::RetrySettings;
 use crate::error::JobError;
 pub use crate::lease::{Claim, Receipt};
@@ -253,7 +253,7 @@ pub async fn run_worker(
     }
     // Every job has ended: delete the messages still waiting for a batch.
     drop(context);
-    acker.close().await;
+    acker.close(ACK_CLOSE_LIMIT).await;
     info!("worker stopped");
 }
 

@@ -56,7 +56,7 @@ async fn finished_messages_are_deleted_ten_to_a_call() {
         acks.ack(&delivery.receipt_handle);
     }
     drop(acks);
-    acker.close().await;
+    acker.close(Duration::from_secs(20)).await;
 
     assert_eq!(left(&queue).await, 0, "every acknowledged message is gone");
     // 23 handles queued at once: two full batches and the three left at close.
@@ -94,8 +94,11 @@ async fn closing_flushes_at_once_instead_of_waiting_out_the_linger() {
         acks.ack(&delivery.receipt_handle);
     }
     drop(acks);
-    tokio::time::timeout(Duration::from_secs(20), acker.close())
-        .await
-        .expect("close flushed without waiting for the hour-long linger");
+    tokio::time::timeout(
+        Duration::from_secs(20),
+        acker.close(Duration::from_secs(60)),
+    )
+    .await
+    .expect("close flushed without waiting for the hour-long linger");
     assert_eq!(left(&queue).await, 0);
 }
