@@ -127,20 +127,7 @@ async fn measure_relay(app: &TestApp, messages: usize) -> anyhow::Result<RelayFi
     let before = cpu_snapshot(app, &[]).await?;
     let started = Instant::now();
     transaction.commit().await?;
-    let deadline = started + Duration::from_secs(300);
-    loop {
-        let pending: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox")
-            .fetch_one(&app.pool)
-            .await?;
-        if pending == 0 {
-            break;
-        }
-        anyhow::ensure!(
-            Instant::now() < deadline,
-            "the relay left {pending} messages after 300 s"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    app.wait_for_relay(Duration::from_secs(300)).await?;
     let secs = started.elapsed().as_secs_f64();
     let after = cpu_snapshot(app, &[]).await?;
     Ok(RelayFigures {
@@ -425,23 +412,6 @@ async fn create_runs(
     created.into_iter().collect()
 }
 
-/// Waits until the outbox relay has sent every committed message to SQS.
-async fn wait_for_relay(app: &TestApp) -> anyhow::Result<()> {
-    let relay_deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let pending: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox")
-            .fetch_one(&app.pool)
-            .await?;
-        if pending == 0 {
-            return Ok(());
-        }
-        if Instant::now() > relay_deadline {
-            bail!("the outbox still holds {pending} messages after 60s");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 async fn run_phase(
     bench: &Bench<'_>,
     workers: usize,
@@ -467,7 +437,7 @@ async fn run_phase(
     let budget = json!({ "model": "gpt-4o-mini", "budget": { "max_steps": steps_per_run + 5 } });
     let outstanding = workers * args.concurrency * (1 + args.backlog);
     let mut ids = create_runs(app, node, &budget, outstanding.min(runs)).await?;
-    wait_for_relay(app).await?;
+    app.wait_for_relay(Duration::from_secs(60)).await?;
     let name = format!("w{workers}-s{steps_per_run}");
     let cpu_before = cpu_snapshot(app, &[]).await?;
     let started = Instant::now();

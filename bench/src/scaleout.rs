@@ -94,19 +94,7 @@ async fn run_phase(
         .collect()
         .await;
     let ids: Vec<Uuid> = uploads.into_iter().collect::<anyhow::Result<_>>()?;
-    let relay_deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let pending: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox")
-            .fetch_one(&app.pool)
-            .await?;
-        if pending == 0 {
-            break;
-        }
-        if Instant::now() > relay_deadline {
-            bail!("the outbox still holds {pending} messages after 60 s");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    app.wait_for_relay(Duration::from_secs(60)).await?;
     let overrides = [
         ("GLASSBOX_EMBEDDING__PROVIDER", "openai"),
         ("GLASSBOX_EMBEDDING__BASE_URL", embeddings_url),

@@ -579,6 +579,26 @@ impl TestApp {
         Ok(id)
     }
 
+    /// Waits until api-lite's outbox relay has sent every committed message to SQS
+    /// (polling every 10 ms); an error after `limit`.
+    pub async fn wait_for_relay(&self, limit: Duration) -> anyhow::Result<()> {
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            let pending: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox")
+                .fetch_one(&self.pool)
+                .await?;
+            if pending == 0 {
+                return Ok(());
+            }
+            anyhow::ensure!(
+                std::time::Instant::now() < deadline,
+                "the outbox still holds {pending} messages after {} s",
+                limit.as_secs()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     /// Polls the file until its status is one of `statuses`; returns the file.
     pub async fn wait_for_file(
         &self,
