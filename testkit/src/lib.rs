@@ -167,9 +167,8 @@ pub struct TestApp {
     pub aws: shared::aws::AwsClients,
     pub queue: Queue,
     shutdown: CancellationToken,
-    /// The server's `postgres` database, from which drop removes this app's own.
-    admin_url: String,
-    database_name: String,
+    /// Dropped after the app's tasks are told to stop (`Drop` below), with the app.
+    _database: OwnedDatabase,
 }
 
 /// A fresh database on the local stack with every migration applied, for tests that
@@ -177,37 +176,66 @@ pub struct TestApp {
 /// the returned value unless the test is failing, like a [`TestApp`]'s.
 pub async fn fresh_database() -> anyhow::Result<FreshDatabase> {
     shared::telemetry::init_for_tests();
-    let database_name = unique_database_name();
-    let admin = PgPoolOptions::new()
-        .max_connections(1)
-        .connect(&admin_database_url())
-        .await
-        .context("connecting to the stack's postgres (is `make stack` up?)")?;
-    sqlx::query(&format!("CREATE DATABASE {database_name}"))
-        .execute(&admin)
-        .await?;
-    admin.close().await;
+    let database = OwnedDatabase::create(&stack_server_url()).await?;
     let pool = PgPoolOptions::new()
         .max_connections(4)
-        .connect(&database_url_for(&database_name))
+        .connect(&database.url())
         .await?;
     shared::db::migrate(&pool).await?;
     Ok(FreshDatabase {
         pool,
-        database_name,
+        _database: database,
     })
 }
 
 /// What [`fresh_database`] made: its pool, and the database's drop when it goes.
 pub struct FreshDatabase {
     pub pool: PgPool,
-    database_name: String,
+    _database: OwnedDatabase,
 }
 
-impl Drop for FreshDatabase {
+/// A database a test created for itself. A passing test's goes when this drops: some 380
+/// of them, about 10 MB each, filled the disk of a CI machine. A failing test's stays for
+/// inspection, and `make clean-test-dbs` drops it two hours later.
+struct OwnedDatabase {
+    server_url: String,
+    name: String,
+}
+
+impl OwnedDatabase {
+    /// Creates a database with a [`unique_database_name`] on `server_url` (no database
+    /// name in it).
+    async fn create(server_url: &str) -> anyhow::Result<Self> {
+        let database = Self {
+            server_url: server_url.to_string(),
+            name: unique_database_name(),
+        };
+        let admin = PgPoolOptions::new()
+            .max_connections(1)
+            .connect(&database.admin_url())
+            .await
+            .context("connecting to the stack's postgres (is `make stack` up?)")?;
+        sqlx::query(&format!("CREATE DATABASE {}", database.name))
+            .execute(&admin)
+            .await?;
+        admin.close().await;
+        Ok(database)
+    }
+
+    fn url(&self) -> String {
+        format!("{}/{}", self.server_url, self.name)
+    }
+
+    /// The server's `postgres` database, from which this one is created and dropped.
+    fn admin_url(&self) -> String {
+        format!("{}/postgres", self.server_url)
+    }
+}
+
+impl Drop for OwnedDatabase {
     fn drop(&mut self) {
         if !std::thread::panicking() {
-            drop_database_now(&admin_database_url(), &self.database_name);
+            drop_database_now(&self.admin_url(), &self.name);
         }
     }
 }
@@ -232,7 +260,6 @@ impl TestApp {
     pub async fn spawn_with(options: TestOptions) -> anyhow::Result<Self> {
         shared::telemetry::init_for_tests();
         let unique = Uuid::new_v4().simple().to_string()[..12].to_string();
-        let database_name = unique_database_name();
         let (server_url, endpoint_url) = match &options.stack {
             Some(stack) => (
                 stack.postgres_server_url.clone(),
@@ -240,16 +267,8 @@ impl TestApp {
             ),
             None => (stack_server_url(), aws_endpoint()),
         };
-        let admin = PgPoolOptions::new()
-            .max_connections(1)
-            .connect(&format!("{server_url}/postgres"))
-            .await
-            .context("connecting to the stack's postgres (is `make stack` up?)")?;
-        sqlx::query(&format!("CREATE DATABASE {database_name}"))
-            .execute(&admin)
-            .await?;
-        admin.close().await;
-        let database_url = format!("{server_url}/{database_name}");
+        let database = OwnedDatabase::create(&server_url).await?;
+        let database_url = database.url();
 
         let mut settings = Settings::default();
         settings.database.url = Some(database_url.clone().into());
@@ -338,8 +357,7 @@ impl TestApp {
             aws,
             queue,
             shutdown,
-            admin_url: format!("{server_url}/postgres"),
-            database_name,
+            _database: database,
         })
     }
 
@@ -887,13 +905,8 @@ pub fn workspace_binary(name: &str) -> PathBuf {
 
 impl Drop for TestApp {
     fn drop(&mut self) {
+        // The app's tasks stop; its database goes with the `_database` field.
         self.shutdown.cancel();
-        // A passing test's database goes with it: some 380 of them, about 10 MB each, filled
-        // the disk of a CI machine. A failing test's stays for inspection, and
-        // `make clean-test-dbs` drops it two hours later.
-        if !std::thread::panicking() {
-            drop_database_now(&self.admin_url, &self.database_name);
-        }
     }
 }
 
