@@ -115,26 +115,21 @@ impl Conversation {
 }
 
 /// The tools a run may call, as a request's `tools` array: written once per run.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct ToolSchemas {
     json: Vec<u8>,
-    len: usize,
 }
 
 impl ToolSchemas {
     pub fn new(schemas: &[Value]) -> Self {
         Self {
             json: serde_json::to_vec(schemas).expect("JSON values serialize into a Vec"),
-            len: schemas.len(),
         }
     }
 
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
+    /// No tools: the array written is `[]`.
     pub fn is_empty(&self) -> bool {
-        self.len == 0
+        self.json == b"[]"
     }
 }
 
