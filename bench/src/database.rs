@@ -13,16 +13,7 @@ pub struct FreshDatabase {
 
 impl FreshDatabase {
     pub async fn create(label: &str, max_connections: u32) -> anyhow::Result<Self> {
-        let name = format!(
-            "bench_{label}_{}",
-            &Uuid::new_v4().simple().to_string()[..10]
-        );
-        let admin = admin_pool().await?;
-        sqlx::query(&format!("CREATE DATABASE {name}"))
-            .execute(&admin)
-            .await?;
-        admin.close().await;
-        let url = testkit::database_url_for(&name);
+        let (name, url) = Self::create_empty(label).await?;
         let pool = PgPoolOptions::new()
             .max_connections(max_connections)
             .connect(&url)
